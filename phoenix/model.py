@@ -1,0 +1,133 @@
+"""The Phoenix ranker: tokens from hashed-id embeddings, the transformer, per-action logits.
+
+Shapes: B requests, S history, C candidates, T = 1 + S + C, D width, A actions,
+V product surfaces, nu/ni/na user/post/author hash counts.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from phoenix.config import RankerConfig
+from phoenix.mask import make_recsys_attn_mask
+from phoenix.transformer import RMSNorm, Transformer, matmul_precision
+
+
+class RecsysBatch(NamedTuple):
+    """The integer and small float inputs of one batch; hash 0 is padding."""
+
+    user_hashes: jnp.ndarray  # [B, nu] int32
+    history_post_hashes: jnp.ndarray  # [B, S, ni] int32
+    history_author_hashes: jnp.ndarray  # [B, S, na] int32
+    history_actions: jnp.ndarray  # [B, S, A] float32 multi-hot
+    history_product_surface: jnp.ndarray  # [B, S] int32
+    candidate_post_hashes: jnp.ndarray  # [B, C, ni] int32
+    candidate_author_hashes: jnp.ndarray  # [B, C, na] int32
+    candidate_product_surface: jnp.ndarray  # [B, C] int32
+
+
+class RecsysEmbeddings(NamedTuple):
+    """One looked-up row per hash, not yet concatenated."""
+
+    user_embeddings: jnp.ndarray  # [B, nu, D]
+    history_post_embeddings: jnp.ndarray  # [B, S, ni, D]
+    history_author_embeddings: jnp.ndarray  # [B, S, na, D]
+    candidate_post_embeddings: jnp.ndarray  # [B, C, ni, D]
+    candidate_author_embeddings: jnp.ndarray  # [B, C, na, D]
+
+
+def _flatten_hashes(x: jnp.ndarray) -> jnp.ndarray:
+    """[..., n, D] -> [..., n*D]: the n hash rows are concatenated, not summed."""
+    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+
+def padding_mask(batch: RecsysBatch) -> jnp.ndarray:
+    """[B, T] bool: which token positions hold a real user, history item or candidate."""
+    user = batch.user_hashes[:, :1] != 0  # [B, 1]
+    history = batch.history_post_hashes[:, :, 0] != 0  # [B, S]
+    candidates = batch.candidate_post_hashes[:, :, 0] != 0  # [B, C]
+    return jnp.concatenate([user, history, candidates], axis=1)  # [B, T]
+
+
+def _dot(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+    return jnp.matmul(x, w, precision=matmul_precision(x.dtype))
+
+
+def _fan_in_param(name: str, shape: list[int]) -> jnp.ndarray:
+    init = hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(shape[0]))
+    return hk.get_parameter(name, shape, jnp.float32, init=init)
+
+
+class PhoenixModel(hk.Module):
+    """Input tokens -> transformer -> per-action logits at the candidate positions.
+
+    Everything happens in `__call__`: Haiku scopes parameters made in other methods under
+    `~method`, and the checkpoint layout wants them directly under `phoenix_model`.
+    """
+
+    def __init__(self, config: RankerConfig, name: str = "phoenix_model"):
+        super().__init__(name=name)
+        self.config = config
+
+    def __call__(self, batch: RecsysBatch, emb: RecsysEmbeddings, transformer: Transformer,
+                 dtype=jnp.float32) -> jnp.ndarray:
+        """-> float32 logits `[B, C, A]`."""
+        cfg = self.config
+        d, a, v = cfg.emb_size, cfg.num_actions, cfg.product_surface_vocab_size
+        nu, ni, na = (cfg.hashes.num_user_hashes, cfg.hashes.num_item_hashes,
+                      cfg.hashes.num_author_hashes)
+        proj_user = _fan_in_param("proj_mat_1", [nu * d, d])
+        proj_candidate = _fan_in_param("proj_mat_2", [(ni + na + 1) * d, d])
+        proj_history = _fan_in_param("proj_mat_3", [(ni + na + 2) * d, d])
+        action_projection = _fan_in_param("action_projection", [a, d])
+        surface_table = _fan_in_param("product_surface_embedding_table", [v, d])
+        unembeddings = _fan_in_param("unembeddings", [d, a])
+
+        user = _dot(_flatten_hashes(emb.user_embeddings)[:, None, :], proj_user)  # [B, 1, D]
+
+        actions = batch.history_actions.astype(jnp.float32)  # [B, S, A]
+        action_emb = _dot(2.0 * actions - 1.0, action_projection)  # [B, S, D]
+        action_emb = action_emb * jnp.any(actions != 0, axis=-1, keepdims=True)  # [B, S, D]
+        history = jnp.concatenate([
+            _flatten_hashes(emb.history_post_embeddings),  # [B, S, ni*D]
+            _flatten_hashes(emb.history_author_embeddings),  # [B, S, na*D]
+            action_emb,  # [B, S, D]
+            jnp.take(surface_table, batch.history_product_surface, axis=0),  # [B, S, D]
+        ], axis=-1)
+        history = _dot(history, proj_history)  # [B, S, D]
+
+        candidates = jnp.concatenate([
+            _flatten_hashes(emb.candidate_post_embeddings),  # [B, C, ni*D]
+            _flatten_hashes(emb.candidate_author_embeddings),  # [B, C, na*D]
+            jnp.take(surface_table, batch.candidate_product_surface, axis=0),  # [B, C, D]
+        ], axis=-1)
+        candidates = _dot(candidates, proj_candidate)  # [B, C, D]
+
+        tokens = jnp.concatenate([user, history, candidates], axis=1).astype(dtype)  # [B, T, D]
+        mask = make_recsys_attn_mask(cfg.seq_len, cfg.candidate_start, jnp.float32)  # [1,1,T,T]
+        mask = mask * padding_mask(batch)[:, None, None, :].astype(jnp.float32)  # [B,1,T,T]
+        h = transformer(tokens, mask)  # [B, T, D]
+        h = RMSNorm()(h)[:, cfg.candidate_start:, :].astype(jnp.float32)  # [B, C, D]
+        return _dot(h, unembeddings)  # [B, C, A]
+
+
+def phoenix_forward(config: RankerConfig, batch: RecsysBatch, emb: RecsysEmbeddings,
+                    dtype=jnp.float32) -> jnp.ndarray:
+    """The whole model, to be wrapped in `hk.transform`. Returns logits `[B, C, A]` float32.
+
+    The transformer is built at the top level (not inside `phoenix_model`) so that parameter
+    paths are `transformer/decoder_layer_i/...`, as in the reference checkpoints.
+    """
+    transformer = Transformer(config.transformer)
+    return PhoenixModel(config)(batch, emb, transformer, dtype)
+
+
+def build_model(config: RankerConfig, dtype=jnp.float32) -> hk.Transformed:
+    """`init(rng, batch, emb)` / `apply(params, batch, emb) -> logits [B, C, A]`."""
+    return hk.without_apply_rng(hk.transform(
+        lambda batch, emb: phoenix_forward(config, batch, emb, dtype)))

@@ -1,0 +1,117 @@
+"""The ranking runner: owns params and tables, compiles once per input shape.
+
+Shapes: B requests, C candidates, A actions.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from phoenix import checkpoint
+from phoenix.config import RankerConfig
+from phoenix.embeddings import HashTables, init_tables, lookup
+from phoenix.model import RecsysBatch, build_model
+from phoenix.params import Params, dummy_batch, init_params
+from phoenix.scoring import ScoringConfig, diversify, order_candidates, weighted_scores
+
+
+class RankOutput(NamedTuple):
+    probabilities: np.ndarray  # [B, C, A] sigmoid of the logits
+    scores: np.ndarray  # [B, C] final score; -inf at padded candidates
+    order: np.ndarray  # [B, C] int32 candidate indices, best first, padding last
+
+
+class ModelState(NamedTuple):
+    """Everything the jitted step reads besides the batch: a pytree, never closed over."""
+
+    params: Params
+    tables: HashTables
+    weights: jnp.ndarray  # [A]
+    diversity: jnp.ndarray  # [2] (decay, floor)
+
+
+def rank_step(apply_fn, state: ModelState, batch: RecsysBatch):
+    """Pure: lookup, model, sigmoid, final score, order. -> (probs [B,C,A], scores [B,C],
+    order [B,C])."""
+    emb = lookup(state.tables, batch)  # [B, ., n, D]
+    probs = jax.nn.sigmoid(apply_fn(state.params, batch, emb))  # [B, C, A]
+    valid = batch.candidate_post_hashes[:, :, 0] != 0  # [B, C]
+    scores = weighted_scores(probs, state.weights)  # [B, C]
+    scores = diversify(scores, batch.candidate_author_hashes, valid, state.diversity)
+    scores = jnp.where(valid, scores, -jnp.inf)  # [B, C]
+    return probs, scores, order_candidates(scores, valid)
+
+
+class RankingRunner:
+    """`rank(batch) -> RankOutput` with one jitted call: lookup, model, sigmoid, score, order."""
+
+    def __init__(self, config: RankerConfig, params: Params, tables: HashTables,
+                 scoring: ScoringConfig = ScoringConfig(), dtype=jnp.float32,
+                 model_version: str = "untrained"):
+        self.config = config
+        self.model_version = model_version
+        self.dtype = jnp.dtype(dtype)
+        self._model = build_model(config, self.dtype)
+        self._compilations = 0
+        self._lock = threading.Lock()  # the counter is bumped from executor threads
+        self.state = ModelState(
+            params=jax.device_put(params), tables=jax.device_put(tables),
+            weights=jnp.asarray(scoring.weight_vector()),
+            diversity=jnp.asarray(scoring.diversity_params()))
+        self.scoring = scoring
+        self._step = jax.jit(self._traced_step)
+
+    @classmethod
+    def create(cls, config: RankerConfig = RankerConfig(), seed: int = 0,
+               **kwargs) -> "RankingRunner":
+        """A randomly initialised model (deterministic by seed)."""
+        params_key, tables_key = jax.random.split(jax.random.PRNGKey(seed))
+        return cls(config, init_params(config, params_key), init_tables(config, tables_key),
+                   **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, path, expected_config: RankerConfig | None = None,
+                        **kwargs) -> "RankingRunner":
+        config, params, tables, version = checkpoint.load(path, expected_config)
+        return cls(config, params, tables, model_version=version, **kwargs)
+
+    def save(self, path) -> None:
+        checkpoint.save(path, self.config, jax.device_get(self.params),
+                        jax.device_get(self.tables), self.model_version)
+
+    def _traced_step(self, state: ModelState, batch: RecsysBatch):
+        with self._lock:  # runs only while tracing: one increment per compilation
+            self._compilations += 1
+        return rank_step(self._model.apply, state, batch)
+
+    @property
+    def compile_count(self) -> int:
+        """How many times the step was traced and compiled (once per distinct input shape)."""
+        return self._compilations
+
+    def rank(self, batch: RecsysBatch) -> RankOutput:
+        """Blocking: returns host numpy arrays."""
+        return RankOutput(*jax.device_get(self._step(self.state, batch)))
+
+    def rank_eager(self, batch: RecsysBatch) -> RankOutput:
+        """The same computation op by op, without jit: the naive baseline for benchmarks."""
+        with jax.disable_jit():
+            return RankOutput(*jax.device_get(rank_step(self._model.apply, self.state, batch)))
+
+    def warmup(self, batch_sizes: tuple[int, ...]) -> None:
+        """Compile every batch-size bucket now, not in the first requests' latency."""
+        for size in batch_sizes:
+            self.rank(dummy_batch(self.config, size))
+
+    @property
+    def params(self) -> Params:
+        return self.state.params
+
+    @property
+    def tables(self) -> HashTables:
+        return self.state.tables

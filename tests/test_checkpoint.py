@@ -1,0 +1,67 @@
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from phoenix import checkpoint
+from phoenix.checkpoint import CheckpointError
+from phoenix.runner import RankingRunner
+from tests.phoenix_helpers import TINY, random_batch
+
+GOLDEN = Path(__file__).parent / "data" / "phoenix_golden_public.npz"
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    runner = RankingRunner.create(TINY, seed=5, model_version="v-test")
+    path = tmp_path / "model.npz"
+    runner.save(path)
+    loaded = RankingRunner.from_checkpoint(path, expected_config=TINY)
+    assert loaded.model_version == "v-test" and loaded.config == TINY
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(runner.state)),
+                    jax.tree_util.tree_leaves(jax.device_get(loaded.state))):
+        np.testing.assert_array_equal(a, b)
+    batch = random_batch(TINY, 2, seed=0)
+    np.testing.assert_array_equal(runner.rank(batch).probabilities,
+                                  loaded.rank(batch).probabilities)
+
+
+def test_config_mismatch_names_the_entry(tmp_path):
+    path = tmp_path / "model.npz"
+    RankingRunner.create(TINY, seed=0).save(path)
+    other = dataclasses.replace(TINY, history_seq_len=7)
+    with pytest.raises(CheckpointError, match=r"config\.history_seq_len is 6 in the file, 7"):
+        checkpoint.load(path, expected_config=other)
+
+
+def test_shape_mismatch_names_the_entry(tmp_path):
+    path = tmp_path / "model.npz"
+    RankingRunner.create(TINY, seed=0).save(path)
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    key = "param:transformer/decoder_layer_0/linear_v:w"
+    arrays[key] = arrays[key][:, :-1]
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match="linear_v:w' has shape"):
+        checkpoint.load(path)
+
+
+def test_foreign_and_missing_files(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        checkpoint.load(tmp_path / "nope.npz")
+    with pytest.raises(CheckpointError, match="no 'meta' entry"):
+        checkpoint.load(GOLDEN)  # a bare reference parameter set, not a checkpoint
+
+
+def test_reference_layout_params_load():
+    from phoenix.golden import config_from_golden
+    import json
+    with np.load(GOLDEN) as data:
+        config = config_from_golden(json.loads(str(data["config"])))
+        expected = data["param:transformer/decoder_layer_1/linear_1:w"]
+    params = checkpoint.load_params(GOLDEN, config)
+    np.testing.assert_array_equal(params["transformer/decoder_layer_1/linear_1"]["w"], expected)
+    with pytest.raises(CheckpointError, match="missing entry"):
+        checkpoint.load_params(GOLDEN, dataclasses.replace(
+            config, transformer=dataclasses.replace(config.transformer, num_layers=3)))

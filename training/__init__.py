@@ -1,0 +1,1 @@
+"""A synthetic world with known engagement probabilities, training and evaluation."""
