@@ -109,10 +109,13 @@ class PhoenixModel(hk.Module):
         candidates = _dot(candidates, proj_candidate)  # [B, C, D]
 
         tokens = jnp.concatenate([user, history, candidates], axis=1).astype(dtype)  # [B, T, D]
-        mask = make_recsys_attn_mask(cfg.seq_len, cfg.candidate_start, jnp.float32)  # [1,1,T,T]
+        # S and C come from the batch, not the config: assembly may use a smaller candidate
+        # bucket than the configured maximum C, and positions are the same either way.
+        candidate_start = 1 + history.shape[1]
+        mask = make_recsys_attn_mask(tokens.shape[1], candidate_start, jnp.float32)  # [1,1,T,T]
         mask = mask * padding_mask(batch)[:, None, None, :].astype(jnp.float32)  # [B,1,T,T]
         h = transformer(tokens, mask)  # [B, T, D]
-        h = RMSNorm()(h)[:, cfg.candidate_start:, :].astype(jnp.float32)  # [B, C, D]
+        h = RMSNorm()(h)[:, candidate_start:, :].astype(jnp.float32)  # [B, C, D]
         return _dot(h, unembeddings)  # [B, C, A]
 
 

@@ -15,10 +15,13 @@ from phoenix.model import RecsysBatch, build_model
 Params = Any  # Haiku's nested {module_path: {name: array}} mapping
 
 
-def dummy_batch(config: RankerConfig, batch_size: int = 1) -> RecsysBatch:
-    """An all-padding batch of the configured shape, for init and warm-up."""
+def dummy_batch(config: RankerConfig, batch_size: int = 1,
+                num_candidates: int | None = None) -> RecsysBatch:
+    """An all-padding batch `[batch_size, ...]` with C = `num_candidates` (default the
+    config's), for init and warm-up."""
     h = config.hashes
-    b, s, c = batch_size, config.history_seq_len, config.candidate_seq_len
+    b, s = batch_size, config.history_seq_len
+    c = config.candidate_seq_len if num_candidates is None else num_candidates
     return RecsysBatch(
         user_hashes=np.zeros((b, h.num_user_hashes), np.int32),
         history_post_hashes=np.zeros((b, s, h.num_item_hashes), np.int32),

@@ -17,12 +17,13 @@ from phoenix.config import RankerConfig
 from phoenix.embeddings import HashTables, init_tables, lookup
 from phoenix.model import RecsysBatch, build_model
 from phoenix.params import Params, dummy_batch, init_params
-from phoenix.scoring import ScoringConfig, diversify, order_candidates, weighted_scores
+from phoenix.scoring import ScoringConfig, finalize, weighted_scores
 
 
 class RankOutput(NamedTuple):
     probabilities: np.ndarray  # [B, C, A] sigmoid of the logits
     scores: np.ndarray  # [B, C] final score; -inf at padded candidates
+    raw_scores: np.ndarray  # [B, C] weighted sum before author diversity (for merging rows)
     order: np.ndarray  # [B, C] int32 candidate indices, best first, padding last
 
 
@@ -36,15 +37,13 @@ class ModelState(NamedTuple):
 
 
 def rank_step(apply_fn, state: ModelState, batch: RecsysBatch):
-    """Pure: lookup, model, sigmoid, final score, order. -> (probs [B,C,A], scores [B,C],
-    order [B,C])."""
+    """Pure: lookup, model, sigmoid, final score, order: the fields of `RankOutput`."""
     emb = lookup(state.tables, batch)  # [B, ., n, D]
     probs = jax.nn.sigmoid(apply_fn(state.params, batch, emb))  # [B, C, A]
     valid = batch.candidate_post_hashes[:, :, 0] != 0  # [B, C]
-    scores = weighted_scores(probs, state.weights)  # [B, C]
-    scores = diversify(scores, batch.candidate_author_hashes, valid, state.diversity)
-    scores = jnp.where(valid, scores, -jnp.inf)  # [B, C]
-    return probs, scores, order_candidates(scores, valid)
+    raw = weighted_scores(probs, state.weights)  # [B, C]
+    scores, order = finalize(raw, batch.candidate_author_hashes, valid, state.diversity)
+    return probs, scores, raw, order
 
 
 class RankingRunner:
@@ -103,10 +102,10 @@ class RankingRunner:
         with jax.disable_jit():
             return RankOutput(*jax.device_get(rank_step(self._model.apply, self.state, batch)))
 
-    def warmup(self, batch_sizes: tuple[int, ...]) -> None:
-        """Compile every batch-size bucket now, not in the first requests' latency."""
-        for size in batch_sizes:
-            self.rank(dummy_batch(self.config, size))
+    def warmup(self, shapes: list[tuple[int, int]]) -> None:
+        """Compile every (rows, candidates) shape now, not in the first requests' latency."""
+        for rows, candidates in shapes:
+            self.rank(dummy_batch(self.config, rows, candidates))
 
     @property
     def params(self) -> Params:

@@ -88,6 +88,18 @@ def diversify(scores: jnp.ndarray, author_hashes: jnp.ndarray, valid: jnp.ndarra
     return _attenuate(scores, factor)
 
 
+def finalize(raw_scores: jnp.ndarray, author_hashes: jnp.ndarray, valid: jnp.ndarray,
+             diversity: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Weighted scores `[B, C]` -> (final scores with -inf at padding `[B, C]`, order `[B, C]`).
+
+    Runs inside the jitted step, and eagerly when a request's candidates were scored in
+    several rows and must be ranked together.
+    """
+    scores = diversify(raw_scores, author_hashes, valid, diversity)  # [B, C]
+    scores = jnp.where(valid, scores, -jnp.inf)  # [B, C]
+    return scores, order_candidates(scores, valid)
+
+
 def order_candidates(scores: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
     """Best first, padding last: `[B, C]` int32 candidate indices. Ties keep input order."""
     return jnp.argsort(-jnp.where(valid, scores, -jnp.inf), axis=-1, stable=True).astype(

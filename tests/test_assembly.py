@@ -1,0 +1,117 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from phoenix.config import ConfigError
+from phoenix.hashing import Hasher
+from phoenix.runner import RankingRunner
+from tests.phoenix_helpers import TINY
+from tests.request_helpers import make_request
+from worker.assembly import Assembler, Buckets
+
+BUCKETS = Buckets(batch_sizes=(1, 2, 4, 8), candidate_counts=(2, 4))  # TINY has C=4, S=6
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return RankingRunner.create(TINY, seed=1)
+
+
+def rank(runner, assembler, requests):
+    assembly = assembler.assemble(requests)
+    outputs = [runner.rank(call.batch) for call in assembly.calls]
+    return assembler.rankings(requests, assembly, outputs, runner.scoring.diversity_params())
+
+
+def test_batch_and_candidate_counts_round_up_to_buckets():
+    assembler = Assembler(TINY, BUCKETS)
+    requests = [make_request(i, 3, 1) for i in range(3)]
+    call, = assembler.assemble(requests).calls
+    assert call.num_rows == 3
+    assert call.batch.user_hashes.shape == (4, TINY.hashes.num_user_hashes)
+    assert call.batch.candidate_post_hashes.shape == (4, 2, TINY.hashes.num_item_hashes)
+    assert call.batch.history_actions.shape == (4, TINY.history_seq_len, TINY.num_actions)
+    assert (call.batch.user_hashes[3] == 0).all()  # the padding row is empty
+
+
+def test_values_land_in_their_slots():
+    assembler = Assembler(TINY, BUCKETS)
+    hasher = Hasher(TINY.hashes)
+    request = make_request(0, num_history=9, num_candidates=3)  # history longer than S=6
+    batch = assembler.assemble([request]).calls[0].batch
+    np.testing.assert_array_equal(batch.user_hashes[0], hasher.users(np.uint64(request.user_id)))
+    # The most recent S items, oldest first, left-aligned.
+    np.testing.assert_array_equal(batch.history_post_hashes[0],
+                                  hasher.posts(request.history_post_ids[-6:]))
+    np.testing.assert_array_equal(batch.history_actions[0], request.history_actions[-6:])
+    np.testing.assert_array_equal(batch.candidate_post_hashes[0, :3],
+                                  hasher.posts(request.candidate_post_ids))
+    np.testing.assert_array_equal(batch.candidate_product_surface[0, :3],
+                                  request.candidate_surfaces)
+    assert (batch.candidate_post_hashes[0, 3:] == 0).all()
+
+
+def test_short_history_is_padded():
+    batch = Assembler(TINY, BUCKETS).assemble([make_request(1, 2, 2)]).calls[0].batch
+    assert (batch.history_post_hashes[0, :2] != 0).all()
+    assert (batch.history_post_hashes[0, 2:] == 0).all()
+    assert (batch.history_actions[0, 2:] == 0).all()
+
+
+def test_compilations_bounded_by_bucket_shapes(runner):
+    assembler = Assembler(TINY, BUCKETS)
+    before = runner.compile_count
+    rng = np.random.default_rng(0)
+    for trial in range(25):
+        n = int(rng.integers(1, 12))
+        requests = [make_request(100 * trial + i, int(rng.integers(0, 8)),
+                                 int(rng.integers(1, 10))) for i in range(n)]
+        rank(runner, assembler, requests)
+    assert runner.compile_count - before <= len(BUCKETS.shapes())
+
+
+def test_large_batches_are_split_into_calls():
+    assembler = Assembler(TINY, BUCKETS)
+    assembly = assembler.assemble([make_request(i, 2, 2) for i in range(19)])
+    assert [c.num_rows for c in assembly.calls] == [8, 8, 3]
+    assert [c.batch.user_hashes.shape[0] for c in assembly.calls] == [8, 8, 4]
+
+
+def test_rankings_map_back_to_own_candidates(runner):
+    assembler = Assembler(TINY, BUCKETS)
+    requests = [make_request(i, 4, n) for i, n in enumerate([1, 3, 4, 2])]
+    rankings = rank(runner, assembler, requests)
+    for request, ranking in zip(requests, rankings):
+        c = request.num_candidates
+        assert ranking.request is request
+        assert sorted(ranking.order.tolist()) == list(range(c))
+        assert ranking.probabilities.shape == (c, TINY.num_actions)
+        assert (np.diff(ranking.scores[ranking.order]) <= 0).all()
+        # Same as ranking that request alone.
+        alone, = rank(runner, assembler, [request])
+        np.testing.assert_allclose(ranking.probabilities, alone.probabilities, atol=1e-5)
+        np.testing.assert_array_equal(ranking.order, alone.order)
+
+
+def test_more_candidates_than_c_are_merged(runner):
+    assembler = Assembler(TINY, BUCKETS)
+    big = make_request(7, 5, 10)  # C = 4: three rows (4 + 4 + 2)
+    ranking, = rank(runner, assembler, [big])
+    assert sorted(ranking.order.tolist()) == list(range(10))
+    for start in range(0, 10, 4):  # each chunk scored alone as its own request
+        chunk = dataclasses.replace(
+            big, candidate_post_ids=big.candidate_post_ids[start:start + 4],
+            candidate_author_ids=big.candidate_author_ids[start:start + 4],
+            candidate_surfaces=big.candidate_surfaces[start:start + 4])
+        alone, = rank(runner, assembler, [chunk])
+        np.testing.assert_allclose(ranking.probabilities[start:start + 4], alone.probabilities,
+                                   atol=1e-5)
+    assert (np.diff(ranking.scores[ranking.order]) <= 0).all()
+
+
+def test_bucket_config_errors():
+    with pytest.raises(ConfigError, match="ascending"):
+        Buckets(batch_sizes=(4, 2))
+    with pytest.raises(ConfigError, match=r"must equal the model's candidate_seq_len C \(4\)"):
+        Assembler(TINY, Buckets(candidate_counts=(8,)))
