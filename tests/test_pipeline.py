@@ -1,0 +1,132 @@
+"""The pipeline below Kafka: records in, encoded results and dead letters out."""
+
+import time
+
+import numpy as np
+import pytest
+
+from phoenix.actions import ACTION_NAMES
+from phoenix.runner import RankingRunner
+from tests.phoenix_helpers import TINY
+from worker import codec
+from worker.assembly import Assembler, Buckets
+from worker.pipeline import InputRecord, RankingPipeline
+from worker.producer import BAD_EVENT_KINDS, generate_events
+from worker.validation import ValidationLimits, parse_request
+
+BUCKETS = Buckets(batch_sizes=(1, 4, 16), candidate_counts=(8,))
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return RankingRunner.create(seed=3, model_version="test-v1")
+
+
+@pytest.fixture(scope="module")
+def pipeline(runner):
+    return RankingPipeline.create(runner, BUCKETS, worker_id="w-test")
+
+
+def records_for(events, now=None):
+    now = int(time.time() * 1000) if now is None else now
+    return [InputRecord(e.encode(now), e.key, "ranking-requests", 0, i, now)
+            for i, e in enumerate(events)]
+
+
+def test_results_match_the_runner_called_directly(pipeline, runner):
+    events = list(generate_events(seed=11, count=20))
+    records = records_for(events)
+    batch = pipeline.process(records)
+    assert [o.request_id for o in batch.outcomes] == [e.request_id for e in events]
+    assert all(o.is_result for o in batch.outcomes)
+    limits = ValidationLimits.from_config(runner.config)
+    assembler = Assembler(runner.config, Buckets(batch_sizes=(1,), candidate_counts=(8,)))
+    for record, outcome in zip(records, batch.outcomes):
+        result = codec.decode_message(outcome.value)
+        request = parse_request(record.value, limits)
+        assembly = assembler.assemble([request])
+        ranking, = assembler.rankings([request], assembly,
+                                      [runner.rank(c.batch) for c in assembly.calls],
+                                      runner.scoring.diversity_params())
+        assert [c["post_id"] for c in result["ranked"]] == \
+            request.candidate_post_ids[ranking.order].tolist()
+        got = np.array([[c["probabilities"][a] for a in ACTION_NAMES] for c in result["ranked"]])
+        np.testing.assert_allclose(got, ranking.probabilities[ranking.order], atol=1e-5)
+        assert result["model_version"] == "test-v1" and result["worker_id"] == "w-test"
+        assert outcome.key == codec.user_key(request.user_id)
+
+
+def test_every_bad_kind_is_dead_lettered_with_its_code(pipeline):
+    events = list(generate_events(seed=5, count=4 * len(BAD_EVENT_KINDS), bad_fraction=0.5))
+    records = records_for(events)
+    outcomes = pipeline.process(records).outcomes
+    seen = set()
+    for event, record, outcome in zip(events, records, outcomes):
+        assert outcome.dead_letter_code == event.expected_code, event.kind
+        if outcome.is_result:
+            continue
+        seen.add(event.kind)
+        letter = codec.decode_message(outcome.value)
+        assert letter["original"] == record.value  # untouched
+        assert letter["source"] == {"topic": "ranking-requests", "partition": 0,
+                                    "offset": record.offset}
+        assert letter["error"]["code"] == event.expected_code and letter["error"]["message"]
+    assert seen == set(BAD_EVENT_KINDS)
+
+
+def test_max_age_expires_old_records(runner):
+    pipeline = RankingPipeline.create(runner, BUCKETS, "w", max_age_ms=1000)
+    events = list(generate_events(seed=1, count=2))
+    old = int(time.time() * 1000) - 5000
+    records = records_for(events, now=old)
+    outcomes = pipeline.process(records).outcomes
+    assert [o.dead_letter_code for o in outcomes] == ["expired", "expired"]
+    assert "max age of 1000 ms" in codec.decode_message(outcomes[0].value)["error"]["message"]
+
+
+def test_top_k_cuts_the_ranking(pipeline):
+    event = next(generate_events(seed=2, count=1))
+    request = codec.decode_message(event.encode(1))
+    request["top_k"] = 3
+    record = InputRecord(codec.encode_request(request), None, "t", 0, 0)
+    result = codec.decode_message(pipeline.process([record]).outcomes[0].value)
+    assert len(result["ranked"]) == 3
+    scores = [c["score"] for c in result["ranked"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+class PoisonRunner(RankingRunner):
+    """Raises whenever a batch contains the poisoned user's hash."""
+
+    poison_user_hash: int = -1
+
+    def rank(self, batch):
+        if (np.asarray(batch.user_hashes)[:, 0] == self.poison_user_hash).any():
+            raise FloatingPointError("poisoned row")
+        return super().rank(batch)
+
+
+def test_poison_request_is_isolated(runner):
+    poison = PoisonRunner(runner.config, runner.params, runner.tables)
+    pipeline = RankingPipeline.create(poison, BUCKETS, "w")
+    events = list(generate_events(seed=8, count=9))
+    records = records_for(events)
+    culprit = parse_request(records[4].value, pipeline.limits)
+    poison.poison_user_hash = int(pipeline.assembler.hasher.users(
+        np.uint64(culprit.user_id))[0])
+    outcomes = pipeline.process(records).outcomes
+    codes = [o.dead_letter_code for o in outcomes]
+    assert codes == [None] * 4 + ["model_error"] + [None] * 4
+    message = codec.decode_message(outcomes[4].value)["error"]["message"]
+    assert "FloatingPointError" in message and "poisoned row" in message
+
+
+def test_tiny_config_pipeline_smoke():
+    """The shrunken-config path (Flax style): tiny model, one batch, every stage runs."""
+    runner = RankingRunner.create(TINY, seed=0)
+    pipeline = RankingPipeline.create(runner, Buckets(batch_sizes=(2,), candidate_counts=(4,)),
+                                      "w", max_history=64, max_candidates=16)
+    events = list(generate_events(seed=3, count=2, source="random"))
+    batch = pipeline.process(records_for(events))
+    assert all(o.is_result for o in batch.outcomes)
+    assert batch.model_rows == 4  # 8 candidates per request, C = 4: two rows each

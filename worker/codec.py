@@ -1,0 +1,249 @@
+"""msgpack encoding of the three wire messages, and a decoder that is safe on hostile bytes.
+
+Safety of `decode_request_bytes`, in the order the checks run:
+  1. the byte cap is checked on `len(data)` before the parser sees a byte;
+  2. msgpack's C unpacker is given per-object caps (array/map lengths, str/bin bytes, no ext
+     types), which it checks on each header *before* allocating the list/dict/str it announces,
+     so a 5-byte message claiming 4 billion items fails at once instead of allocating;
+  3. nesting is bounded by the C unpacker's fixed parser stack (StackError), and every decoded
+     object costs at least one input byte, so the byte cap bounds the total object count;
+  4. map keys must be str (strict_map_key) and may appear only once per map; extension types
+     (msgpack timestamps included) are refused.
+Nothing is ever evaluated or unpickled: msgpack builds only nil/bool/int/float/str/bytes/list/dict.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import numpy as np
+
+from worker.errors import (
+    DEAD_LETTER_CODES,
+    MSG_DECODER_CAP,
+    MSG_DUPLICATE_KEY,
+    MSG_NOT_A_MAP,
+    MSG_NOT_MSGPACK,
+    MSG_TOO_MANY_BYTES,
+    INVALID,
+    NOT_MSGPACK,
+    TOO_LARGE,
+    ValidationError,
+    WorkerError,
+    describe,
+)
+
+if TYPE_CHECKING:  # validation imports this module; the import is for type hints only.
+    from worker.validation import ValidationLimits
+
+REQUEST_SCHEMA = "ranking-request.v1"
+RESULT_SCHEMA = "ranking-result.v1"
+DEAD_LETTER_SCHEMA = "dead-letter.v1"
+
+U64_MAX = 2**64 - 1
+MAX_MAP_KEYS = 32  # The widest map in the request contract has 8 keys; room for clear errors.
+MIN_STR_BYTES = 64  # Keys and action names must always fit, whatever the request id cap.
+MESSAGE_DECODE_MAX_BYTES = 64 * 1024 * 1024  # Default cap for results/dead letters (viewers).
+DEAD_LETTER_MESSAGE_CHARS = 2000  # Error messages (e.g. a model traceback line) are cut here.
+
+# msgpack reports per-object cap violations as a plain ValueError "N exceeds max_X_len(M)".
+_CAP_EXCEEDED = re.compile(r"exceeds max_\w+_len")
+
+
+def _reject_ext(code: int, data: bytes) -> None:
+    """ext_hook: extension types (even empty ones, which pass max_ext_len=0) are refused."""
+    raise ValidationError(NOT_MSGPACK, MSG_NOT_MSGPACK.format(
+        reason=f"msgpack extension type {code} is not accepted; times are integer epoch ms"))
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict:
+    """object_pairs_hook: build the dict, refusing duplicate keys (last-one-wins hides data)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValidationError(INVALID, MSG_DUPLICATE_KEY.format(key=repr(key)[:80]))
+            seen.add(key)
+    return result
+
+
+@functools.lru_cache(maxsize=32)
+def _request_unpack_kwargs(limits: "ValidationLimits") -> dict:
+    str_bytes = max(4 * limits.max_request_id_len, MIN_STR_BYTES)  # UTF-8: <= 4 bytes a char.
+    return dict(
+        raw=False,  # str -> str (strict UTF-8), bin -> bytes
+        strict_map_key=True,  # keys: str or bytes only (bytes then fail validation by name)
+        use_list=True,
+        object_pairs_hook=_unique_keys,
+        max_str_len=str_bytes,
+        # Requests contain no binaries; small ones are decoded so validation can say "got bytes".
+        max_bin_len=str_bytes,
+        max_array_len=max(limits.max_history, limits.max_candidates),
+        max_map_len=MAX_MAP_KEYS,
+        max_ext_len=0,  # No extension types (timestamps included) ...
+        ext_hook=_reject_ext,  # ... not even zero-length ones.
+    )
+
+
+def _decoder_failure(exc: Exception, limits: "ValidationLimits") -> ValidationError:
+    if "max_ext_len" in str(exc):
+        return ValidationError(NOT_MSGPACK, MSG_NOT_MSGPACK.format(
+            reason="msgpack extension types are not accepted; times are integer epoch ms"))
+    if isinstance(exc, msgpack.StackError) or _CAP_EXCEEDED.search(str(exc)):
+        reason = "nested too deeply" if isinstance(exc, msgpack.StackError) else str(exc)
+        kw = _request_unpack_kwargs(limits)
+        return ValidationError(TOO_LARGE, MSG_DECODER_CAP.format(
+            reason=reason, max_array=kw["max_array_len"], max_map=kw["max_map_len"],
+            max_str=kw["max_str_len"]))
+    if isinstance(exc, msgpack.ExtraData):
+        reason = "bytes follow the first msgpack object"
+    elif isinstance(exc, msgpack.FormatError):
+        reason = "a byte that starts no msgpack type (0xc1)"
+    elif "incomplete input" in str(exc):
+        reason = "the bytes end before the msgpack object does (truncated)"
+    elif isinstance(exc, UnicodeDecodeError):
+        reason = f"a str that is not valid UTF-8: {exc.reason} at byte {exc.start}"
+    else:
+        reason = str(exc) or type(exc).__name__
+    return ValidationError(NOT_MSGPACK, MSG_NOT_MSGPACK.format(reason=reason))
+
+
+def decode_request_bytes(data: bytes, limits: "ValidationLimits") -> dict:
+    """Decode one request message into a dict, enforcing every cap before allocating.
+
+    Raises only ValidationError: code "too_large" (byte cap, list/map/str/bin caps, nesting),
+    "not_msgpack" (empty, truncated, trailing bytes, bad UTF-8, ext types, non-str keys) or
+    "invalid" (not a map at the top, duplicate keys).
+    """
+    if data is None:
+        raise ValidationError(NOT_MSGPACK, MSG_NOT_MSGPACK.format(
+            reason="the record value is null (a tombstone)"))
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValidationError(NOT_MSGPACK, MSG_NOT_MSGPACK.format(
+            reason=f"expected bytes, got {type(data).__name__}"))
+    size = len(data)
+    if size > limits.max_message_bytes:
+        raise ValidationError(TOO_LARGE, MSG_TOO_MANY_BYTES.format(
+            size=size, cap=limits.max_message_bytes, max_history=limits.max_history,
+            max_candidates=limits.max_candidates, keep=limits.history_keep))
+    if size == 0:
+        raise ValidationError(NOT_MSGPACK, MSG_NOT_MSGPACK.format(reason="the message is empty"))
+    try:
+        obj = msgpack.unpackb(data, **_request_unpack_kwargs(limits))
+    except (msgpack.UnpackException, ValueError, TypeError, OverflowError) as exc:
+        # ValueError covers ExtraData, FormatError, StackError, UnicodeDecodeError, caps,
+        # truncation and non-str keys; TypeError/OverflowError are listed defensively.
+        raise _decoder_failure(exc, limits) from None
+    if not isinstance(obj, dict):
+        raise ValidationError(INVALID, MSG_NOT_A_MAP.format(got=describe(obj)))
+    return obj
+
+
+def _to_builtin(obj: Any) -> Any:
+    """msgpack `default` hook: numpy scalars become Python numbers; anything else is a bug."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, int):
+        raise OverflowError(f"int {obj} is outside msgpack's range -2**63..2**64-1")
+    raise TypeError(f"cannot encode {type(obj).__name__} as msgpack; convert it to "
+                    "int/float/str/bytes/list/dict first")
+
+
+def _pack(obj: dict) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True, default=_to_builtin)
+
+
+def encode_request(request: dict) -> bytes:
+    """Encode a ranking request dict (producers, tests). It is not validated here."""
+    return _pack(request)
+
+
+def encode_result(result: dict) -> bytes:
+    """Encode a ranking-result.v1 dict (numpy scalars allowed; arrays are not)."""
+    if result.get("schema") != RESULT_SCHEMA:
+        raise ValueError(f"a result must carry schema={RESULT_SCHEMA!r}, "
+                         f"got {result.get('schema')!r}")
+    return _pack(result)
+
+
+def build_dead_letter(original: bytes | None, *, topic: str, partition: int, offset: int,
+                      code: str, message: str, field: str | None = None,
+                      request_id: str | None = None, time_ms: int | None = None) -> dict:
+    """The dead-letter.v1 dict. A null record value is kept as empty bytes."""
+    if code not in DEAD_LETTER_CODES:
+        raise ValueError(f"dead-letter code must be one of {DEAD_LETTER_CODES}, got {code!r}")
+    if len(message) > DEAD_LETTER_MESSAGE_CHARS:
+        message = message[:DEAD_LETTER_MESSAGE_CHARS] + "..."
+    return {
+        "schema": DEAD_LETTER_SCHEMA,
+        "original": bytes(original) if original is not None else b"",
+        "source": {"topic": topic, "partition": int(partition), "offset": int(offset)},
+        "error": {"code": code, "message": message, "field": field},
+        "request_id": request_id,
+        "time_ms": int(time.time() * 1000) if time_ms is None else int(time_ms),
+    }
+
+
+def encode_dead_letter(original: bytes | None, *, topic: str, partition: int, offset: int,
+                       code: str, message: str, field: str | None = None,
+                       request_id: str | None = None, time_ms: int | None = None) -> bytes:
+    """Encode a dead-letter.v1 message; `original` travels as a msgpack bin, untouched."""
+    return _pack(build_dead_letter(original, topic=topic, partition=partition, offset=offset,
+                                   code=code, message=message, field=field,
+                                   request_id=request_id, time_ms=time_ms))
+
+
+def dead_letter_from_error(error: WorkerError, original: bytes | None, *, topic: str,
+                           partition: int, offset: int, request_id: str | None = None,
+                           time_ms: int | None = None) -> bytes:
+    """Encode the dead letter for a WorkerError that has a dead-letter code."""
+    if error.code is None:
+        raise ValueError(f"{type(error).__name__} has no dead-letter code; "
+                         "its policy is not to dead-letter")
+    return encode_dead_letter(
+        original, topic=topic, partition=partition, offset=offset, code=error.code,
+        message=str(error), field=getattr(error, "field", None),
+        request_id=request_id if request_id is not None else getattr(error, "request_id", None),
+        time_ms=time_ms)
+
+
+def decode_message(data: bytes, max_bytes: int = MESSAGE_DECODE_MAX_BYTES) -> dict:
+    """Decode a result or dead letter (viewers, tests). Raises ValidationError like requests."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+        raise ValidationError(NOT_MSGPACK, MSG_NOT_MSGPACK.format(
+            reason="expected non-empty bytes"))
+    if len(data) > max_bytes:
+        raise ValidationError(TOO_LARGE, f"the message is {len(data)} bytes, over the "
+                              f"{max_bytes}-byte cap of decode_message; raise max_bytes")
+    try:
+        # unpackb bounds every length by len(data) when no explicit cap is given.
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0,
+                             ext_hook=_reject_ext)
+    except (msgpack.UnpackException, ValueError, TypeError, OverflowError) as exc:
+        raise ValidationError(NOT_MSGPACK, MSG_NOT_MSGPACK.format(
+            reason=str(exc) or type(exc).__name__)) from None
+    if not isinstance(obj, dict):
+        raise ValidationError(INVALID, MSG_NOT_A_MAP.format(got=describe(obj)))
+    return obj
+
+
+def user_key(user_id: int) -> bytes:
+    """The Kafka message key of a request and its result: the user id, 8 bytes big-endian."""
+    if type(user_id) is not int and not isinstance(user_id, np.integer):
+        raise TypeError(f"user_id must be an int, got {type(user_id).__name__}")
+    user_id = int(user_id)
+    if not 1 <= user_id <= U64_MAX:
+        raise ValueError(f"user_id must be in 1..2**64-1, got {user_id}")
+    return user_id.to_bytes(8, "big")
+
+
+def user_id_from_key(key: bytes) -> int:
+    """Inverse of `user_key`."""
+    if len(key) != 8:
+        raise ValueError(f"a user key is 8 bytes, got {len(key)}")
+    return int.from_bytes(key, "big")

@@ -1,0 +1,181 @@
+"""The worker's exception tree. Each class carries the policy the agent applies to it.
+
+    WorkerError                 root; never raised itself
+    ├── ValidationError         the input is bad: dead-letter it, never retry
+    ├── ExpiredError            the deadline or max age passed: dead-letter, never retry
+    ├── ModelError              ranking raised for it: isolate the culprit, dead-letter it
+    └── TransientBrokerError    the broker hiccupped: retry with back-off
+
+The agent branches on `policy` (or `retriable`), never on message text. Message templates that
+several call sites share live here, so the wording of a rule is defined once.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+
+class Policy(enum.Enum):
+    DEAD_LETTER = "dead_letter"  # Publish to the dead-letter topic, commit, move on.
+    ISOLATE = "isolate"  # Split the batch, rank the rest, dead-letter only the culprit.
+    RETRY = "retry"  # Transient: back off and try the same operation again.
+
+
+# Every code a dead letter's `error.code` may carry (schemas/dead-letter.v1.json enumerates them).
+NOT_MSGPACK = "not_msgpack"
+TOO_LARGE = "too_large"
+INVALID = "invalid"
+EXPIRED = "expired"
+MODEL_ERROR = "model_error"
+DEAD_LETTER_CODES: tuple[str, ...] = (NOT_MSGPACK, TOO_LARGE, INVALID, EXPIRED, MODEL_ERROR)
+VALIDATION_CODES: frozenset[str] = frozenset({NOT_MSGPACK, TOO_LARGE, INVALID})
+
+# Where producers learn the contract; appended to messages that need a pointer, not repeated.
+SEE_CONTRACT = "see schemas/README.md"
+
+# Shared message templates (fact, value, fix). Fields: see each `.format` call site.
+MSG_NOT_MSGPACK = (
+    "the message is not a valid msgpack document ({reason}); send exactly one msgpack map, "
+    "strings as str and bytes as bin (use_bin_type=True), " + SEE_CONTRACT
+)
+MSG_TOO_MANY_BYTES = (
+    "the message is {size} bytes, over the {cap}-byte cap; send at most {max_history} history "
+    "items and {max_candidates} candidates (only the most recent {keep} history items are used)"
+)
+MSG_DECODER_CAP = (
+    "the message is over a decoder cap ({reason}); lists hold at most {max_array} items, maps "
+    "at most {max_map} keys, strings and binaries at most {max_str} bytes, and nesting at most "
+    "msgpack's parser depth"
+)
+MSG_DUPLICATE_KEY = (
+    "a map in the message has the key {key} more than once, so its value is ambiguous; "
+    "send each key once"
+)
+MSG_NOT_A_MAP = "the message must be a msgpack map (an object); got {got}; " + SEE_CONTRACT
+MSG_MISSING = "{field} is required but missing; add it ({expected}), " + SEE_CONTRACT
+MSG_UNKNOWN_KEY = (
+    "{field} is not a field of {where}{hint}; remove it or fix its spelling "
+    "(allowed: {allowed})"
+)
+MSG_WRONG_TYPE = "{field} must be {expected}; got {got}"
+MSG_FLOAT_FOR_INT = (
+    "{field} must be {expected}; got the float {got}: floats (including NaN and infinity) are "
+    "never accepted where an integer is expected, not even 3.0; encode it as a msgpack integer"
+)
+MSG_INT_RANGE = "{field} must be {expected}; got {got}; {fix}"
+MSG_BAD_SCHEMA = (
+    "{field} must be the exact string {expected!r}; got {got}; this worker reads only that "
+    "version, so send it or route the message to a worker that reads yours"
+)
+MSG_BAD_LENGTH = "{field} must have {expected}; got {got}; {fix}"
+MSG_UNKNOWN_ACTION = (
+    "{field} is not a known action name; got {got}{hint}; use one of: {allowed}"
+)
+MSG_DUPLICATE_ACTION = (
+    "{field} repeats the action {got} (already at {first}); list each action at most once"
+)
+MSG_DUPLICATE_CANDIDATE = (
+    "{field} repeats the post id {got} (already at {first}); candidate post ids must be "
+    "distinct: drop the duplicate"
+)
+
+
+class WorkerError(Exception):
+    """Root of every error the worker raises on purpose. Subclasses set `policy`."""
+
+    policy: ClassVar[Policy]
+    code: str | None = None  # The dead-letter code, for errors that end in a dead letter.
+
+    @property
+    def retriable(self) -> bool:
+        return self.policy is Policy.RETRY
+
+
+class ValidationError(WorkerError):
+    """The input message is bad. Dead-letter it; retrying cannot help.
+
+    Attributes:
+      code: "not_msgpack" (not decodable), "too_large" (over a byte/length cap before or while
+        decoding) or "invalid" (decoded, but breaks a schema or field rule).
+      field: path of the offending field, e.g. "candidates[3].post_id"; None for the whole message.
+      message: the fact, the offending value and the fix (also `str(error)`).
+      request_id: the request id when it could be read from the message, else None.
+    """
+
+    policy = Policy.DEAD_LETTER
+
+    def __init__(self, code: str, message: str, field: str | None = None,
+                 request_id: str | None = None) -> None:
+        if code not in VALIDATION_CODES:
+            raise ValueError(f"ValidationError code must be one of {sorted(VALIDATION_CODES)}, "
+                             f"got {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.request_id = request_id
+
+    def __repr__(self) -> str:
+        return f"ValidationError(code={self.code!r}, field={self.field!r}, {self.message!r})"
+
+
+class ExpiredError(WorkerError):
+    """The request's deadline (or the worker's max age) passed before it could be answered."""
+
+    policy = Policy.DEAD_LETTER
+    code = EXPIRED
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+        self.field = None
+
+
+class ModelError(WorkerError):
+    """Assembling or ranking this request raised. Split the batch and dead-letter the culprit."""
+
+    policy = Policy.ISOLATE
+    code = MODEL_ERROR
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+        self.field = None
+
+
+class TransientBrokerError(WorkerError):
+    """The broker is unreachable or refused a request for a reason that may pass. Retry."""
+
+    policy = Policy.RETRY
+
+
+_SHOW_CHARS = 60  # Offending values are quoted up to this length, so messages stay small.
+
+
+def describe(value: object) -> str:
+    """A short, safe description of an input value for an error message.
+
+    Containers are described by size only: quoting a 1 MiB list back into a dead letter would
+    repeat the problem in the error topic.
+    """
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()} (booleans are not integers)"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        text = value if len(value) <= _SHOW_CHARS else value[:_SHOW_CHARS] + "..."
+        return f"the string {text!r}"
+    if isinstance(value, (bytes, bytearray)):
+        return f"a binary of {len(value)} bytes"
+    if isinstance(value, dict):
+        return f"a map of {len(value)} keys"
+    if isinstance(value, (list, tuple)):
+        return f"an array of {len(value)} items"
+    return f"a value of type {type(value).__name__}"

@@ -1,0 +1,206 @@
+"""Records in, encoded results and dead letters out: the worker's CPU work, without Kafka.
+
+wire bytes -> validated request -> padded batch -> jitted model -> rankings -> result bytes.
+Blocking and thread-safe for one caller at a time: the agent runs `process` in an executor
+thread so the event loop keeps heart-beating. Replay and benchmarks call it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import NamedTuple, Sequence
+
+from phoenix.actions import ACTION_NAMES
+from phoenix.runner import RankingRunner
+from worker import codec
+from worker.assembly import Assembler, Buckets, Ranking
+from worker.errors import ExpiredError, ModelError, ValidationError, WorkerError
+from worker.request import RankingRequest
+from worker.validation import ValidationLimits, parse_request
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputRecord:
+    """One consumed Kafka record (or a replayed one)."""
+
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None  # the record's timestamp (producer or broker clock)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What to publish for one input record: a result or a dead letter, already encoded."""
+
+    record: InputRecord
+    key: bytes | None
+    value: bytes
+    request_id: str | None
+    dead_letter_code: str | None = None  # None for a result
+
+    @property
+    def is_result(self) -> bool:
+        return self.dead_letter_code is None
+
+
+class StageTimes(NamedTuple):
+    """Where a batch's time went, in milliseconds (for metrics and profiling)."""
+
+    decode_ms: float  # msgpack decode + validation
+    assemble_ms: float  # hashing and padding
+    model_ms: float  # jitted calls, including host<->device copies
+    encode_ms: float  # result dicts + msgpack
+
+
+class ProcessedBatch(NamedTuple):
+    outcomes: list[Outcome]  # one per input record, in input order
+    times: StageTimes
+    model_rows: int  # real rows ranked (requests with > C candidates take several)
+
+
+def _now_ms() -> float:
+    return time.time() * 1000.0
+
+
+class RankingPipeline:
+    """Decode, validate, expire, assemble, rank (isolating poison requests), encode."""
+
+    def __init__(self, runner: RankingRunner, assembler: Assembler, limits: ValidationLimits,
+                 worker_id: str, max_age_ms: int | None = None):
+        self.runner = runner
+        self.assembler = assembler
+        self.limits = limits
+        self.worker_id = worker_id
+        self.max_age_ms = max_age_ms
+        self._diversity = runner.scoring.diversity_params()
+        self._assemble_ms = 0.0
+
+    @classmethod
+    def create(cls, runner: RankingRunner, buckets: Buckets, worker_id: str,
+               max_age_ms: int | None = None, **limit_overrides: int) -> "RankingPipeline":
+        limits = ValidationLimits.from_config(runner.config, **limit_overrides)
+        return cls(runner, Assembler(runner.config, buckets), limits, worker_id, max_age_ms)
+
+    def warmup(self) -> None:
+        """Compile every bucket shape before the worker takes traffic."""
+        self.runner.warmup(self.assembler.buckets.shapes())
+
+    @property
+    def compile_count(self) -> int:
+        return self.runner.compile_count
+
+    # -- the stages ------------------------------------------------------------------------
+
+    def _dead_letter(self, record: InputRecord, error: WorkerError,
+                     request_id: str | None = None) -> Outcome:
+        request_id = request_id or getattr(error, "request_id", None)
+        value = codec.dead_letter_from_error(
+            error, record.value, topic=record.topic, partition=record.partition,
+            offset=record.offset, request_id=request_id)
+        return Outcome(record, record.key, value, request_id, error.code)
+
+    def _decode(self, record: InputRecord, now_ms: float) -> RankingRequest | Outcome:
+        try:
+            request = parse_request(record.value if record.value is not None else b"",
+                                    self.limits)
+        except ValidationError as error:
+            return self._dead_letter(record, error)
+        expired = self._expiry(request, record, now_ms)
+        return self._dead_letter(record, expired) if expired else request
+
+    def _expiry(self, request: RankingRequest, record: InputRecord,
+                now_ms: float) -> ExpiredError | None:
+        if request.deadline_ms is not None and now_ms > request.deadline_ms:
+            return ExpiredError(
+                f"deadline_ms {request.deadline_ms} passed {now_ms - request.deadline_ms:.0f} "
+                "ms before the batch formed; send a later deadline or scale the worker out",
+                request.request_id)
+        sent = request.timestamp_ms or record.timestamp_ms
+        if self.max_age_ms is not None and sent and now_ms - sent > self.max_age_ms:
+            return ExpiredError(
+                f"request is {now_ms - sent:.0f} ms old, over the worker's max age of "
+                f"{self.max_age_ms} ms; it was dropped unranked", request.request_id)
+        return None
+
+    def _rank(self, requests: list[RankingRequest]) -> list[Ranking]:
+        start = _now_ms()
+        assembly = self.assembler.assemble(requests)
+        self._assemble_ms += _now_ms() - start
+        outputs = [self.runner.rank(call.batch) for call in assembly.calls]
+        return self.assembler.rankings(requests, assembly, outputs, self._diversity)
+
+    def _rank_isolating(self, requests: list[RankingRequest]
+                        ) -> list[Ranking | ModelError]:
+        """Ranks; if the batch raises, halves it until the culprit stands alone."""
+        try:
+            return self._rank(requests)
+        # Any failure inside numpy/JAX code is a model error for these requests; this is the
+        # isolation boundary, so it must not let one bad request take the batch down.
+        except Exception as exc:  # noqa: BLE001 (CancelledError is not an Exception)
+            if len(requests) == 1:
+                log.warning("request %s makes ranking fail: %r", requests[0].request_id, exc)
+                return [ModelError(f"ranking this request raised {type(exc).__name__}: {exc}",
+                                   requests[0].request_id)]
+            half = len(requests) // 2
+            return self._rank_isolating(requests[:half]) + self._rank_isolating(requests[half:])
+
+    def _result(self, ranking: Ranking, record: InputRecord, queue_wait_ms: float,
+                model_ms: float) -> Outcome:
+        request = ranking.request
+        order = ranking.order[: request.top_k] if request.top_k else ranking.order
+        probabilities = ranking.probabilities[order].tolist()  # [k, A]
+        ranked = [
+            {"post_id": post, "author_id": author, "score": score,
+             "probabilities": dict(zip(ACTION_NAMES, probs))}
+            for post, author, score, probs in zip(
+                request.candidate_post_ids[order].tolist(),
+                request.candidate_author_ids[order].tolist(),
+                ranking.scores[order].tolist(), probabilities)
+        ]
+        result = {
+            "schema": codec.RESULT_SCHEMA, "request_id": request.request_id,
+            "user_id": request.user_id, "model_version": self.runner.model_version,
+            "worker_id": self.worker_id, "ranked": ranked,
+            "timings": {"queue_wait_ms": round(queue_wait_ms, 3), "model_ms": round(model_ms, 3)},
+            "request_timestamp_ms": request.timestamp_ms,
+            "produced_at_ms": int(_now_ms()),
+        }
+        return Outcome(record, codec.user_key(request.user_id), codec.encode_result(result),
+                       request.request_id)
+
+    # -- the whole batch -------------------------------------------------------------------
+
+    def process(self, records: Sequence[InputRecord]) -> ProcessedBatch:
+        """One outcome per record, in input order. Raises nothing for bad input."""
+        start = _now_ms()
+        decoded = [self._decode(record, start) for record in records]
+        valid = [i for i, item in enumerate(decoded) if isinstance(item, RankingRequest)]
+        after_decode = _now_ms()
+
+        requests = [decoded[i] for i in valid]
+        self._assemble_ms = 0.0  # _rank adds to it (one caller at a time)
+        ranked = self._rank_isolating(requests) if requests else []
+        after_model = _now_ms()
+        model_ms = after_model - after_decode - self._assemble_ms
+
+        outcomes: list[Outcome | None] = [
+            item if isinstance(item, Outcome) else None for item in decoded]
+        for i, item in zip(valid, ranked):
+            record = records[i]
+            if isinstance(item, ModelError):
+                outcomes[i] = self._dead_letter(record, item)
+                continue
+            sent = item.request.timestamp_ms or record.timestamp_ms or start
+            outcomes[i] = self._result(item, record, max(0.0, start - sent), model_ms)
+        end = _now_ms()
+        rows = sum(-(-r.num_candidates // self.runner.config.candidate_seq_len)
+                   for r in requests)
+        times = StageTimes(after_decode - start, self._assemble_ms, model_ms, end - after_model)
+        return ProcessedBatch(outcomes, times, rows)

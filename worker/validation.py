@@ -1,0 +1,394 @@
+"""Validate a decoded ranking-request.v1 map and turn it into a `RankingRequest` of numpy arrays.
+
+Letters: n history items on the wire, s = min(n, history_keep) kept, c candidates, A actions.
+
+Each list is checked twice over only when it is bad: a fast path tests the whole column at once
+(C-level `set(map(type, ...))`, `min`/`max`, set sizes for repeats); only when it fails does a
+slow path walk the items in order to name the first offending field. Both apply the same rules,
+which are written out in schemas/README.md and schemas/ranking-request.v1.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from phoenix.actions import ACTION_INDEX, ACTION_NAMES, NUM_ACTIONS
+from phoenix.config import RankerConfig
+from worker import codec
+from worker.codec import REQUEST_SCHEMA, U64_MAX
+from worker.errors import (
+    INVALID,
+    MSG_BAD_LENGTH,
+    MSG_BAD_SCHEMA,
+    MSG_DUPLICATE_ACTION,
+    MSG_DUPLICATE_CANDIDATE,
+    MSG_FLOAT_FOR_INT,
+    MSG_INT_RANGE,
+    MSG_MISSING,
+    MSG_NOT_A_MAP,
+    MSG_UNKNOWN_ACTION,
+    MSG_UNKNOWN_KEY,
+    MSG_WRONG_TYPE,
+    ValidationError,
+    describe,
+)
+from worker.request import RankingRequest
+
+TOP_K_MAX = 2**31 - 1  # top_k above the candidate count means "all"; int32 keeps it portable.
+EPOCH_MS_MAX = 2**63 - 1  # timestamp_ms / deadline_ms: non-negative signed 64-bit.
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationLimits:
+    max_message_bytes: int = 1 << 20  # Byte cap checked before decoding (1 MiB).
+    max_history: int = 512  # Most history items accepted on the wire.
+    history_keep: int = 32  # S: longer histories keep only their most recent S items.
+    max_candidates: int = 1024  # Most candidates accepted (scored in chunks of C by assembly).
+    num_surfaces: int = 16  # V: product surfaces are ints in [0, V).
+    max_request_id_len: int = 128  # request_id length in characters (code points).
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"ValidationLimits.{field.name} must be a positive int, "
+                                 f"got {value!r}")
+
+    @classmethod
+    def from_config(cls, config: RankerConfig, **overrides: int) -> "ValidationLimits":
+        """Limits whose history length and surface vocabulary match the model's."""
+        values = dict(history_keep=config.history_seq_len,
+                      num_surfaces=config.product_surface_vocab_size)
+        values.update(overrides)
+        return cls(**values)
+
+
+DEFAULT_LIMITS = ValidationLimits()
+
+_TOP_REQUIRED = ("schema", "request_id", "user_id", "history", "candidates")
+_TOP_OPTIONAL = ("top_k", "timestamp_ms", "deadline_ms")
+_TOP_ALLOWED = frozenset(_TOP_REQUIRED + _TOP_OPTIONAL)
+_TOP_REQUIRED_SET = frozenset(_TOP_REQUIRED)
+_HISTORY_KEYS = ("post_id", "author_id", "actions", "surface")
+_CANDIDATE_KEYS = ("post_id", "author_id", "surface")
+_ACTION_SET = frozenset(ACTION_NAMES)
+
+_ID_EXPECTED = "an unsigned 64-bit integer in 1..18446744073709551615"
+_ID_FIX = "0 is reserved for padding and ids are unsigned 64-bit; send the real id"
+_EXPECTED_FOR_KEY = {  # Shown when a key is missing.
+    "schema": f"the string {REQUEST_SCHEMA!r}",
+    "request_id": "a non-empty string",
+    "user_id": _ID_EXPECTED,
+    "history": "an array of engagement maps, possibly empty, most recent last",
+    "candidates": "a non-empty array of candidate maps",
+    "post_id": _ID_EXPECTED,
+    "author_id": _ID_EXPECTED,
+    "actions": "an array of action names, possibly empty",
+    "surface": "an integer product surface",
+}
+
+
+# ---------------------------------------------------------------- error builders (slow path)
+
+def _join(prefix: str, key: object) -> str:
+    name = key if isinstance(key, str) else repr(key)
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _unknown_key(key: object, prefix: str, allowed: Sequence[str], where: str) -> ValidationError:
+    hint = ""
+    if isinstance(key, bytes) and key.decode("utf-8", "replace") in allowed:
+        hint = " (keys must be msgpack str, not bin: encode with use_bin_type=True)"
+    elif isinstance(key, str):
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValidationError(INVALID, MSG_UNKNOWN_KEY.format(
+        field=_join(prefix, key), where=where, hint=hint, allowed=", ".join(allowed)),
+        field=_join(prefix, key))
+
+
+def _check_keys(obj: dict, prefix: str, required: Sequence[str], optional: Sequence[str],
+                where: str) -> None:
+    allowed = tuple(required) + tuple(optional)
+    for key in obj:
+        if key not in allowed:
+            raise _unknown_key(key, prefix, allowed, where)
+    for key in required:
+        if key not in obj:
+            field = _join(prefix, key)
+            raise ValidationError(INVALID, MSG_MISSING.format(
+                field=field, expected=_EXPECTED_FOR_KEY[key]), field=field)
+
+
+def _int_error(value: object, field: str, expected: str, fix: str) -> ValidationError:
+    if isinstance(value, float):
+        message = MSG_FLOAT_FOR_INT.format(field=field, expected=expected, got=describe(value))
+    elif type(value) is not int:
+        message = MSG_WRONG_TYPE.format(field=field, expected=expected, got=describe(value))
+    else:
+        message = MSG_INT_RANGE.format(field=field, expected=expected, got=value, fix=fix)
+    return ValidationError(INVALID, message, field=field)
+
+
+def _int(value: object, field: str, lo: int, hi: int, expected: str, fix: str) -> int:
+    if type(value) is int and lo <= value <= hi:  # `type is`: a bool is not an int here.
+        return value
+    raise _int_error(value, field, expected, fix)
+
+
+def _u64(value: object, field: str) -> int:
+    return _int(value, field, 1, U64_MAX, _ID_EXPECTED, _ID_FIX)
+
+
+def _surface(value: object, field: str, limits: ValidationLimits) -> int:
+    v = limits.num_surfaces
+    return _int(value, field, 0, v - 1, f"an integer product surface in 0..{v - 1}",
+                f"map it into the model's vocabulary of {v} surfaces")
+
+
+def _map(value: object, field: str, what: str) -> dict:
+    if type(value) is dict:  # Exact types, as on the fast path (msgpack makes no subclasses).
+        return value
+    raise ValidationError(INVALID, MSG_WRONG_TYPE.format(
+        field=field, expected=f"a map ({what})", got=describe(value)), field=field)
+
+
+def _list(value: object, field: str, lo: int, hi: int, what: str, fix: str) -> list:
+    if type(value) is not list:
+        raise ValidationError(INVALID, MSG_WRONG_TYPE.format(
+            field=field, expected=f"an array of {what}", got=describe(value)), field=field)
+    if not lo <= len(value) <= hi:
+        raise ValidationError(INVALID, MSG_BAD_LENGTH.format(
+            field=field, expected=f"{lo}..{hi} items", got=f"{len(value)} items", fix=fix),
+            field=field)
+    return value
+
+
+def _action_error_in(actions: object, field: str) -> ValidationError | None:
+    """The first problem in one history item's action list, or None."""
+    if type(actions) is not list:
+        return ValidationError(INVALID, MSG_WRONG_TYPE.format(
+            field=field, expected="an array of action names", got=describe(actions)),
+            field=field)
+    first_at: dict[str, int] = {}
+    for j, name in enumerate(actions):
+        path = f"{field}[{j}]"
+        if type(name) is not str:
+            return ValidationError(INVALID, MSG_WRONG_TYPE.format(
+                field=path, expected="an action name (a string)", got=describe(name)),
+                field=path)
+        if name not in _ACTION_SET:
+            close = difflib.get_close_matches(name, ACTION_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return ValidationError(INVALID, MSG_UNKNOWN_ACTION.format(
+                field=path, got=describe(name), hint=hint, allowed=", ".join(ACTION_NAMES)),
+                field=path)
+        if name in first_at:
+            return ValidationError(INVALID, MSG_DUPLICATE_ACTION.format(
+                field=path, got=repr(name), first=f"{field}[{first_at[name]}]"), field=path)
+        first_at[name] = j
+    return None
+
+
+def _raise_first_item_error(items: list, name: str, keys: Sequence[str],
+                            limits: ValidationLimits) -> None:
+    """Slow path: walk `items` in order and raise the first rule they break."""
+    where = "a history item" if name == "history" else "a candidate"
+    for i, item in enumerate(items):
+        prefix = f"{name}[{i}]"
+        _check_keys(_map(item, prefix, where), prefix, keys, (), where)
+        _u64(item["post_id"], f"{prefix}.post_id")
+        _u64(item["author_id"], f"{prefix}.author_id")
+        if "actions" in keys:
+            error = _action_error_in(item["actions"], f"{prefix}.actions")
+            if error is not None:
+                raise error
+        _surface(item["surface"], f"{prefix}.surface", limits)
+
+
+def _paths_disagree(name: str) -> ValidationError:
+    # Unreachable unless the two paths drift apart (the fuzz tests look for it). Dead-lettering
+    # keeps the message for inspection and the worker running; the text says it is our bug.
+    return ValidationError(INVALID, f"{name} failed the fast check but passed the item-by-item "
+                           "check: a worker bug, not necessarily bad input; please report it "
+                           "with this dead letter", field=name)
+
+
+# ------------------------------------------------------------------------- fast column checks
+
+def _all_ints_in(values: list, lo: int, hi: int) -> bool:
+    """True iff every value is an int (not bool, not float) in [lo, hi]. C-level loops only."""
+    if not values:
+        return True
+    return set(map(type, values)) == {int} and min(values) >= lo and max(values) <= hi
+
+
+def _columns(items: list, keys: Sequence[str]) -> list[list] | None:
+    """One list per key if every item is a dict with exactly `keys`, else None."""
+    if items and set(map(type, items)) != {dict}:
+        return None
+    if sum(map(len, items)) != len(keys) * len(items):  # With all keys present: no extras.
+        return None
+    try:
+        return [[item[key] for item in items] for key in keys]
+    except KeyError:
+        return None
+
+
+def _actions_multi_hot(action_lists: list, start: int) -> np.ndarray | None:
+    """[n - start, A] float32 multi-hot of the items from `start` on, or None if any list breaks
+    a rule (not a list, not str, unknown name, repeated name) anywhere in `action_lists`."""
+    n = len(action_lists)
+    if n and set(map(type, action_lists)) != {list}:
+        return None
+    flat = list(itertools.chain.from_iterable(action_lists))
+    if flat and (set(map(type, flat)) != {str} or not _ACTION_SET.issuperset(flat)):
+        return None
+    # Some item names an action twice iff its set is shorter than its list. (For lists this
+    # short, sets beat np.unique's fixed overhead several times over.)
+    if sum(map(len, map(frozenset, action_lists))) != len(flat):
+        return None
+    index = np.fromiter(map(ACTION_INDEX.__getitem__, flat), dtype=np.int64, count=len(flat))
+    lengths = np.fromiter(map(len, action_lists), dtype=np.int64, count=n)
+    rows = np.repeat(np.arange(n, dtype=np.int64), lengths)  # [sum lengths] item of each name
+    multi_hot = np.zeros((n - start, NUM_ACTIONS), dtype=np.float32)  # [s, A]
+    kept = rows >= start
+    multi_hot[rows[kept] - start, index[kept]] = 1.0
+    return multi_hot
+
+
+# --------------------------------------------------------------------------------- the fields
+
+def _history(value: object, limits: ValidationLimits
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    cap = limits.max_history
+    items = _list(value, "history", 0, cap, "engagement maps",
+                  f"send only the most recent {cap} items (the model uses the last "
+                  f"{limits.history_keep})")
+    n = len(items)
+    start = max(0, n - limits.history_keep)  # Most recent last: keep the tail.
+    columns = _columns(items, _HISTORY_KEYS)
+    multi_hot = None
+    if columns is not None:
+        post_ids, author_ids, action_lists, surfaces = columns
+        if (_all_ints_in(post_ids, 1, U64_MAX) and _all_ints_in(author_ids, 1, U64_MAX)
+                and _all_ints_in(surfaces, 0, limits.num_surfaces - 1)):
+            multi_hot = _actions_multi_hot(action_lists, start)
+    if multi_hot is None:
+        _raise_first_item_error(items, "history", _HISTORY_KEYS, limits)
+        raise _paths_disagree("history")
+    return (np.array(post_ids[start:], dtype=np.uint64),  # [s]
+            np.array(author_ids[start:], dtype=np.uint64),  # [s]
+            multi_hot,  # [s, A]
+            np.array(surfaces[start:], dtype=np.int32))  # [s]
+
+
+def _candidates(value: object, limits: ValidationLimits
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    cap = limits.max_candidates
+    items = _list(value, "candidates", 1, cap, "candidate maps",
+                  f"send at least one and at most {cap} candidates (split larger sets "
+                  "into several requests)")
+    columns = _columns(items, _CANDIDATE_KEYS)
+    if columns is None or not (
+            _all_ints_in(columns[0], 1, U64_MAX) and _all_ints_in(columns[1], 1, U64_MAX)
+            and _all_ints_in(columns[2], 0, limits.num_surfaces - 1)):
+        _raise_first_item_error(items, "candidates", _CANDIDATE_KEYS, limits)
+        raise _paths_disagree("candidates")
+    post_ids = np.array(columns[0], dtype=np.uint64)  # [c]
+    if len(set(columns[0])) != len(items):  # A C-level set beats np.unique at these sizes.
+        _, first = np.unique(post_ids, return_index=True)
+        repeat = np.ones(post_ids.size, dtype=bool)
+        repeat[first] = False
+        j = int(np.flatnonzero(repeat)[0])  # The earliest item that repeats an earlier id.
+        i = int(np.flatnonzero(post_ids[:j] == post_ids[j])[0])
+        field = f"candidates[{j}].post_id"
+        raise ValidationError(INVALID, MSG_DUPLICATE_CANDIDATE.format(
+            field=field, got=int(post_ids[j]), first=f"candidates[{i}]"), field=field)
+    return (post_ids,
+            np.array(columns[1], dtype=np.uint64),  # [c]
+            np.array(columns[2], dtype=np.int32))  # [c]
+
+
+def _request_id(value: object, limits: ValidationLimits) -> str:
+    cap = limits.max_request_id_len
+    if not isinstance(value, str):
+        raise ValidationError(INVALID, MSG_WRONG_TYPE.format(
+            field="request_id", expected=f"a string of 1..{cap} characters",
+            got=describe(value)), field="request_id")
+    if not 1 <= len(value) <= cap:
+        raise ValidationError(INVALID, MSG_BAD_LENGTH.format(
+            field="request_id", expected=f"1..{cap} characters", got=f"{len(value)}",
+            fix="send a short unique id such as a UUID"), field="request_id")
+    return value
+
+
+def _optional_int(obj: dict, key: str, lo: int, hi: int, expected: str, fix: str) -> int | None:
+    value = obj.get(key)
+    return None if value is None else _int(value, key, lo, hi, expected, fix)
+
+
+def _readable_request_id(obj: dict, limits: ValidationLimits) -> str | None:
+    value = obj.get("request_id")
+    if isinstance(value, str) and 1 <= len(value) <= limits.max_request_id_len:
+        return value
+    return None
+
+
+# ----------------------------------------------------------------------------- public entry
+
+def validate_request(obj: object, limits: ValidationLimits = DEFAULT_LIMITS) -> RankingRequest:
+    """Check a decoded request against ranking-request.v1 and build its arrays.
+
+    Raises ValidationError(code="invalid", field=<path>) on the first broken rule; its
+    `request_id` is set whenever the message carried a readable one.
+    """
+    if not isinstance(obj, dict):
+        raise ValidationError(INVALID, MSG_NOT_A_MAP.format(got=describe(obj)))
+    request_id = _readable_request_id(obj, limits)
+    try:
+        return _validate(obj, limits)
+    except ValidationError as error:
+        if error.request_id is None:
+            error.request_id = request_id
+        raise
+
+
+def _validate(obj: dict, limits: ValidationLimits) -> RankingRequest:
+    # A foreign schema id explains every other difference, so it is reported first.
+    schema = obj.get("schema", REQUEST_SCHEMA)
+    if not (type(schema) is str and schema == REQUEST_SCHEMA):
+        raise ValidationError(INVALID, MSG_BAD_SCHEMA.format(
+            field="schema", expected=REQUEST_SCHEMA, got=describe(schema)),
+            field="schema")
+    keys = obj.keys()
+    if not (keys <= _TOP_ALLOWED and keys >= _TOP_REQUIRED_SET):
+        _check_keys(obj, "", _TOP_REQUIRED, _TOP_OPTIONAL, "a ranking request")
+    request_id = _request_id(obj["request_id"], limits)
+    user_id = _u64(obj["user_id"], "user_id")
+    h_posts, h_authors, h_actions, h_surfaces = _history(obj["history"], limits)
+    c_posts, c_authors, c_surfaces = _candidates(obj["candidates"], limits)
+    top_k = _optional_int(obj, "top_k", 1, TOP_K_MAX, f"an integer in 1..{TOP_K_MAX}",
+                          "send how many of the best candidates to return, or omit it for all")
+    epoch = f"an integer epoch time in milliseconds, 0..{EPOCH_MS_MAX}"
+    timestamp_ms = _optional_int(obj, "timestamp_ms", 0, EPOCH_MS_MAX, epoch,
+                                 "send the producer's clock in epoch milliseconds, or omit it")
+    deadline_ms = _optional_int(obj, "deadline_ms", 0, EPOCH_MS_MAX, epoch,
+                                "send an absolute epoch-milliseconds deadline, or omit it")
+    return RankingRequest(
+        request_id=request_id, user_id=user_id,
+        history_post_ids=h_posts, history_author_ids=h_authors,
+        history_actions=h_actions, history_surfaces=h_surfaces,
+        candidate_post_ids=c_posts, candidate_author_ids=c_authors,
+        candidate_surfaces=c_surfaces,
+        top_k=top_k, timestamp_ms=timestamp_ms, deadline_ms=deadline_ms)
+
+
+def parse_request(data: bytes, limits: ValidationLimits = DEFAULT_LIMITS) -> RankingRequest:
+    """Decode and validate one request message. Raises only ValidationError."""
+    return validate_request(codec.decode_request_bytes(data, limits), limits)
