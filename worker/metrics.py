@@ -1,0 +1,85 @@
+"""Prometheus metrics and the readiness check, served on one HTTP port.
+
+`GET /metrics` is the standard exposition (prometheus_client); `GET /ready` answers 200 once
+the model is compiled and partitions are assigned, 503 with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import ThreadingWSGIServer
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class WorkerMetrics:
+    """Every metric the worker exports, in its own registry (tests may build several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ranker_requests", "Records consumed from the request topic",
+                                registry=r)
+        self.results = Counter("ranker_results", "Ranked results published", registry=r)
+        self.dead_letters = Counter("ranker_dead_letters", "Dead letters published, by code",
+                                    ["code"], registry=r)
+        self.batch_size = Histogram("ranker_batch_size", "Records per ranked batch",
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.queue_wait = Histogram("ranker_queue_wait_seconds",
+                                    "Request timestamp to batch start", buckets=_LATENCY_BUCKETS,
+                                    registry=r)
+        self.model_time = Histogram("ranker_model_seconds", "Jitted model time per batch",
+                                    buckets=_LATENCY_BUCKETS, registry=r)
+        self.stage_time = Histogram("ranker_stage_seconds", "Time per batch in each stage",
+                                    ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.compilations = Gauge("ranker_compilations", "JAX compilations so far", registry=r)
+        self.in_flight = Gauge("ranker_in_flight_requests",
+                               "Records consumed but not yet answered", registry=r)
+        self.consumer_lag = Gauge("ranker_consumer_lag", "Consumer lag per partition "
+                                  "(where the broker reports end offsets)", ["partition"],
+                                  registry=r)
+        self.ready = Gauge("ranker_ready", "1 when compiled and assigned", registry=r)
+        self.breaker_open = Gauge("ranker_breaker_open",
+                                  "1 while the dead-letter circuit breaker has stopped "
+                                  "consumption", registry=r)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
+        pass  # scrapes every few seconds would flood the worker's log
+
+
+class HealthServer:
+    """Serves /metrics and /ready from a daemon thread."""
+
+    def __init__(self, metrics: WorkerMetrics, readiness: Callable[[], tuple[bool, str]],
+                 port: int, host: str = "0.0.0.0"):
+        self._metrics_app = prometheus_client.make_wsgi_app(metrics.registry)
+        self._readiness = readiness
+        self._server = make_server(host, port, self._app, ThreadingWSGIServer,
+                                   handler_class=_QuietHandler)
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="health-server", daemon=True)
+
+    def _app(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/ready":
+            ok, reason = self._readiness()
+            status = "200 OK" if ok else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [(reason + "\n").encode()]
+        return self._metrics_app(environ, start_response)
+
+    def start(self) -> "HealthServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
