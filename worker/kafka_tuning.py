@@ -1,0 +1,155 @@
+"""Consumer tuning that reaches the aiokafka consumer Faust creates (Faust 0.15.3 only).
+
+Why: Faust 0.15.3's aiokafka driver builds its worker consumer with a hard-coded
+`fetch_max_wait_ms=1500` (`AIOKafkaConsumerThread._create_worker_consumer`). The embedded tansu
+broker answers a fetch long-poll by re-checking after half the remaining wait instead of waking
+when data arrives, so that constant makes one Faust hop cost ~400 ms p50 there; at 10 ms it is
+~8 ms. Real Kafka wakes on data, where a small wait only costs a few more idle fetches.
+
+How: `TunedApp` is a `faust.App` whose consumer transport is `TunedTransport`, whose consumer
+thread lets Faust build the consumer exactly as it always does and then replaces the fetch wait
+before the consumer starts (aiokafka builds its fetcher from it in `start()`). Nothing else of
+Faust's consumer configuration is copied or changed. Both library versions are pinned here and
+in pyproject.toml; `tests/test_kafka_tuning.py` fails if the internals this relies on move.
+
+    app = TunedApp("ranking-worker", broker="kafka://127.0.0.1:9092",
+                   consumer_tuning=ConsumerTuning(fetch_max_wait_ms=10), ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import aiokafka
+import faust
+from faust.transport import by_url as transport_by_url
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TransportT
+
+SUPPORTED_FAUST_VERSION = "0.15.3"
+SUPPORTED_AIOKAFKA_VERSION = "0.14.0"
+# The value Faust 0.15.3 hard-codes; the pin test checks it is still there (if Faust starts
+# honouring a setting, this module should go).
+FAUST_HARDCODED_FETCH_MAX_WAIT_MS = 1500
+# aiokafka.AIOKafkaConsumer keeps the constructor argument here until start() builds the Fetcher.
+_AIOKAFKA_FETCH_WAIT_ATTR = "_fetch_max_wait_ms"
+
+_UPGRADE_HINT = (
+    "worker/kafka_tuning.py overrides Faust's aiokafka consumer creation and is written for "
+    f"faust-streaming=={SUPPORTED_FAUST_VERSION} with aiokafka=={SUPPORTED_AIOKAFKA_VERSION}; "
+    "install the pinned versions (`make venv`), or re-check the override against the new "
+    "version's faust/transport/drivers/aiokafka.py and update the pins and "
+    "tests/test_kafka_tuning.py together."
+)
+
+
+class KafkaTuningError(RuntimeError):
+    """The consumer tuning cannot be applied (library versions, broker scheme or values)."""
+
+
+def check_versions() -> None:
+    """Raise `KafkaTuningError` unless the pinned Faust and aiokafka versions are installed."""
+    found = {"faust-streaming": faust.__version__, "aiokafka": aiokafka.__version__}
+    wanted = {"faust-streaming": SUPPORTED_FAUST_VERSION, "aiokafka": SUPPORTED_AIOKAFKA_VERSION}
+    wrong = [f"{n} {found[n]} (need {wanted[n]})" for n in found if found[n] != wanted[n]]
+    if wrong:
+        raise KafkaTuningError(f"Unsupported library version: {', '.join(wrong)}. {_UPGRADE_HINT}")
+
+
+check_versions()  # at import: fail before any app exists, not at the first fetch
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsumerTuning:
+    # Longest time (ms) a fetch waits at the broker for data before returning empty. Bounds the
+    # idle-to-first-record latency on tansu; Faust 0.15.3 alone would use 1500.
+    fetch_max_wait_ms: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fetch_max_wait_ms, bool) or not isinstance(self.fetch_max_wait_ms, int):
+            raise KafkaTuningError(
+                f"fetch_max_wait_ms must be an int number of milliseconds, got "
+                f"{self.fetch_max_wait_ms!r}; pass e.g. 10."
+            )
+        if not 1 <= self.fetch_max_wait_ms <= 60_000:
+            raise KafkaTuningError(
+                f"fetch_max_wait_ms={self.fetch_max_wait_ms} is outside 1..60000 ms; 0 would "
+                "busy-poll the broker. Use 10-50 ms on tansu, up to 500 ms on real Kafka."
+            )
+
+
+def apply_tuning(consumer: aiokafka.AIOKafkaConsumer, tuning: ConsumerTuning) -> None:
+    """Set the tuned values on a consumer that has not been started yet."""
+    if getattr(consumer, "_fetcher", None) is not None:
+        raise KafkaTuningError(
+            "The aiokafka consumer has already started, so its fetch wait is fixed; apply the "
+            "tuning between construction and start()."
+        )
+    if not hasattr(consumer, _AIOKAFKA_FETCH_WAIT_ATTR):
+        raise KafkaTuningError(
+            f"aiokafka.AIOKafkaConsumer has no {_AIOKAFKA_FETCH_WAIT_ATTR!r} attribute any more. "
+            + _UPGRADE_HINT
+        )
+    setattr(consumer, _AIOKAFKA_FETCH_WAIT_ATTR, tuning.fetch_max_wait_ms)
+
+
+class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, building its aiokafka consumer with our `ConsumerTuning`."""
+
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        apply_tuning(consumer, _tuning_of(transport))
+        return consumer
+
+
+class TunedConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer with the tuned thread."""
+
+    def _new_consumer_thread(self) -> TunedConsumerThread:
+        return TunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class TunedTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport carrying a `ConsumerTuning` for its consumer."""
+
+    Consumer = TunedConsumer
+
+    def __init__(self, *args: Any, consumer_tuning: ConsumerTuning, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.consumer_tuning = consumer_tuning
+
+
+def _tuning_of(transport: Any) -> ConsumerTuning:
+    if not isinstance(transport, TunedTransport):
+        raise KafkaTuningError(
+            f"TunedConsumerThread needs a TunedTransport, got {type(transport).__name__}; "
+            "create the app with worker.kafka_tuning.TunedApp."
+        )
+    return transport.consumer_tuning
+
+
+class TunedApp(faust.App):
+    """A `faust.App` whose Kafka consumer uses `consumer_tuning`; otherwise plain Faust.
+
+    The broker URL keeps Faust's own schemes (`kafka://`, `aiokafka://`); other transports
+    (e.g. `confluent://`) are refused because the tuning would silently not apply.
+    """
+
+    def __init__(
+        self, id: str, *, consumer_tuning: ConsumerTuning | None = None, **options: Any
+    ) -> None:
+        check_versions()  # again here: an import-time check can be bypassed by reloads/patching
+        self.consumer_tuning = consumer_tuning if consumer_tuning is not None else ConsumerTuning()
+        super().__init__(id, **options)
+
+    def _new_transport(self) -> TransportT:
+        # Faust's own hook for the consumer transport (App.transport calls it once, lazily).
+        urls = self.conf.broker_consumer
+        driver = transport_by_url(urls[0])
+        if not (isinstance(driver, type) and issubclass(driver, faust_aiokafka.Transport)):
+            raise KafkaTuningError(
+                f"Broker URL {str(urls[0])!r} selects transport {driver!r}, which is not Faust's "
+                "aiokafka driver, so the consumer tuning cannot apply; use kafka://host:port."
+            )
+        return TunedTransport(urls, self, consumer_tuning=self.consumer_tuning)
