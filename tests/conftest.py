@@ -54,7 +54,8 @@ async def produce_async(
     partition: int | None = None,
 ) -> list[tuple[int, int]]:
     """Send each message and wait for the broker's ack; returns `(partition, offset)` each."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0,
+                                max_request_size=8 << 20)  # room for over-cap test messages
     await producer.start()
     try:
         futures = []
@@ -245,3 +246,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "kafka_broker" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture
+def worker_factory(kafka: Kafka):
+    """Builds `WorkerProcess`es on the session broker; every one is killed at teardown."""
+    from tests.worker_harness import WorkerProcess
+
+    made: list[WorkerProcess] = []
+
+    def make(topics, **kwargs) -> WorkerProcess:
+        worker = WorkerProcess(kafka.bootstrap, topics, **kwargs)
+        made.append(worker)
+        return worker
+
+    yield make
+    for worker in made:
+        worker.close()

@@ -63,6 +63,7 @@ class ProcessedBatch(NamedTuple):
     outcomes: list[Outcome]  # one per input record, in input order
     times: StageTimes
     model_rows: int  # real rows ranked (requests with > C candidates take several)
+    started_ms: float  # epoch ms when the batch formed (end of its queue wait)
 
 
 def _now_ms() -> float:
@@ -203,4 +204,4 @@ class RankingPipeline:
         rows = sum(-(-r.num_candidates // self.runner.config.candidate_seq_len)
                    for r in requests)
         times = StageTimes(after_decode - start, self._assemble_ms, model_ms, end - after_model)
-        return ProcessedBatch(outcomes, times, rows)
+        return ProcessedBatch(outcomes, times, rows, start)

@@ -44,19 +44,24 @@ from tqdm import tqdm
 
 from phoenix.checkpoint import CheckpointError
 from phoenix.config import ConfigError
-from phoenix.runner import RankingRunner
 from worker import codec
-from worker.assembly import Buckets
 from worker.errors import WorkerError
 from worker.pipeline import InputRecord, Outcome, RankingPipeline
 from worker.recordfile import Record, RecordFileError, RecordReader, RecordWriter
+from worker.kafka_clients import client_kwargs
+from worker.serving import build_pipeline as _build_pipeline
 from worker.settings import Settings, SettingsError
 
 T = TypeVar("T")
 
 PROG = "python -m worker.replay"
 REPLAY_WORKER_ID = "replay"
-RANDOM_CHECKPOINT = "random"  # Settings.checkpoint value meaning "a fresh seed-0 model"
+
+
+def build_pipeline(settings: Settings, checkpoint: str | None = None,
+                   worker_id: str = REPLAY_WORKER_ID) -> RankingPipeline:
+    """The worker's own pipeline, without max age: a recording is old by nature."""
+    return _build_pipeline(settings, checkpoint, worker_id, apply_max_age=False)
 DEFAULT_K = 5
 DEFAULT_TOP_CHANGES = 10
 DEFAULT_IDLE_TIMEOUT_S = 5.0
@@ -370,30 +375,6 @@ class Pace:
 # =============================================================================================
 
 
-def load_runner(checkpoint: str) -> RankingRunner:
-    """The model of a checkpoint path; `random` is a fresh seed-0 model (demo without training)."""
-    if checkpoint == RANDOM_CHECKPOINT:
-        return RankingRunner.create(seed=0)
-    return RankingRunner.from_checkpoint(checkpoint)
-
-
-def buckets_for(settings: Settings, runner: RankingRunner) -> Buckets:
-    return Buckets(batch_sizes=settings.batch_buckets,
-                   candidate_counts=settings.candidate_buckets
-                   or (runner.config.candidate_seq_len,))
-
-
-def build_pipeline(settings: Settings, checkpoint: str | None = None,
-                   worker_id: str = REPLAY_WORKER_ID) -> RankingPipeline:
-    """The worker's pipeline for `checkpoint` (default: the settings' one), with the worker's
-    buckets and input caps, without max age (see the module docstring)."""
-    runner = load_runner(checkpoint or settings.checkpoint)
-    return RankingPipeline.create(
-        runner, buckets_for(settings, runner), worker_id, max_age_ms=None,
-        max_message_bytes=settings.max_message_bytes, max_history=settings.max_history,
-        max_candidates=settings.max_candidates)
-
-
 # =============================================================================================
 # File runs (offline, compare): stream the file, rank, write/print. No Kafka.
 # =============================================================================================
@@ -462,23 +443,6 @@ def run_compare(path: str, pipeline_a: RankingPipeline, pipeline_b: RankingPipel
 # =============================================================================================
 # Kafka I/O (record, publish): aiokafka clients, always closed in async with / finally.
 # =============================================================================================
-
-
-def client_kwargs(settings: Settings, bootstrap: str | None = None) -> dict[str, Any]:
-    """aiokafka connection arguments (bootstrap, security) from the worker's settings."""
-    kwargs: dict[str, Any] = {"bootstrap_servers": bootstrap or settings.bootstrap_servers,
-                              "security_protocol": settings.security_protocol}
-    if settings.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        kwargs["ssl_context"] = create_ssl_context(
-            cafile=settings.ssl_cafile or None, certfile=settings.ssl_certfile or None,
-            keyfile=settings.ssl_keyfile or None)
-    if settings.security_protocol.startswith("SASL"):
-        kwargs.update(sasl_mechanism=settings.sasl_mechanism,
-                      sasl_plain_username=settings.sasl_username,
-                      sasl_plain_password=settings.sasl_password)
-    return kwargs
 
 
 async def topic_partitions(topic: str, connection: Mapping[str, Any]) -> list[int]:

@@ -59,9 +59,11 @@ async def ensure_topics(
     *,
     replication_factor: int = 1,
     timeout_s: float = 10.0,
+    strict: bool = True,
     **admin_options: Any,
 ) -> dict[str, int]:
-    """Create each topic with its partition count; a topic that exists must already match.
+    """Create each topic with its partition count; with `strict`, a topic that exists must
+    already match (otherwise its existing count is accepted and returned).
 
     `admin_options` go to `aiokafka.admin.AIOKafkaAdminClient` (TLS/SASL settings). Returns
     name -> partitions. Raises `TopicError` when the broker refuses a topic, or when one exists
@@ -95,13 +97,13 @@ async def ensure_topics(
     finally:
         await admin.close()
     for spec in specs:
-        if actual.get(spec.name) != spec.partitions:
+        if actual.get(spec.name) != spec.partitions and (strict or spec.name not in actual):
             raise TopicError(
                 f"Topic {spec.name!r} has {actual.get(spec.name)} partitions, not the "
                 f"{spec.partitions} asked for; it existed already (auto-created on first use?). "
                 "Create topics before any client uses them, or delete it or use another name."
             )
-    return {spec.name: spec.partitions for spec in specs}
+    return {spec.name: actual[spec.name] for spec in specs}
 
 
 async def partition_counts(

@@ -1,0 +1,101 @@
+"""The worker end to end on a real (embedded) broker: the product's main path."""
+
+import time
+
+import numpy as np
+import pytest
+
+from phoenix.actions import ACTION_NAMES
+from phoenix.runner import RankingRunner
+from tests.worker_harness import DEMO_CHECKPOINT, WorkerTopics
+from worker import codec
+from worker.assembly import Assembler, Buckets
+from worker.producer import BAD_EVENT_KINDS, generate_events
+from worker.validation import ValidationLimits, parse_request
+
+
+def send_events(kafka, topic, events):
+    now = int(time.time() * 1000)
+    values = [e.encode(now) for e in events]
+    kafka.produce(topic, [(e.key, v) for e, v in zip(events, values)])
+    return values
+
+
+def test_n_requests_in_n_results_out_matching_the_runner(kafka, worker_factory):
+    topics = WorkerTopics.create(kafka, partitions=2)
+    worker = worker_factory(topics, partitions=2).start()
+    ready_s = worker.wait_ready()
+    events = list(generate_events(seed=21, count=40))
+    values = send_events(kafka, topics.requests, events)
+    results = [codec.decode_message(r.value) for r in kafka.consume(topics.results, 40,
+                                                                     timeout_s=30)]
+    first_result_s = time.monotonic() - worker.started_at
+    print(f"worker start -> ready {ready_s:.1f} s; start -> all 40 results {first_result_s:.1f} s")
+    assert sorted(r["request_id"] for r in results) == sorted(e.request_id for e in events)
+
+    runner = RankingRunner.from_checkpoint(DEMO_CHECKPOINT)
+    limits = ValidationLimits.from_config(runner.config)
+    assembler = Assembler(runner.config, Buckets(batch_sizes=(1,)))
+    by_id = {r["request_id"]: r for r in results}
+    for value in values:
+        request = parse_request(value, limits)
+        assembly = assembler.assemble([request])
+        ranking, = assembler.rankings([request], assembly,
+                                      [runner.rank(c.batch) for c in assembly.calls],
+                                      runner.scoring.diversity_params())
+        result = by_id[request.request_id]
+        assert [c["post_id"] for c in result["ranked"]] == \
+            request.candidate_post_ids[ranking.order].tolist()
+        got = np.array([[c["probabilities"][a] for a in ACTION_NAMES] for c in result["ranked"]])
+        np.testing.assert_allclose(got, ranking.probabilities[ranking.order], atol=1e-5)
+        assert result["model_version"] == runner.model_version
+    assert worker.metric("ranker_compilations") == 3  # only the warm-up shapes
+    assert kafka.read_all(topics.dead_letters, settle_s=0.5) == []
+
+
+def test_malformed_messages_are_dead_lettered_and_valid_ones_answered(kafka, worker_factory):
+    topics = WorkerTopics.create(kafka)
+    worker = worker_factory(topics).start()
+    worker.wait_ready()
+    events = list(generate_events(seed=4, count=3 * len(BAD_EVENT_KINDS), bad_fraction=0.5))
+    bad = [e for e in events if e.expected_code]
+    good = [e for e in events if not e.expected_code]
+    send_events(kafka, topics.requests, events)
+    letters = [codec.decode_message(r.value)
+               for r in kafka.consume(topics.dead_letters, len(bad), timeout_s=30)]
+    results = kafka.consume(topics.results, len(good), timeout_s=30)
+    assert len(results) == len(good)
+    assert {e.kind for e in bad} == set(BAD_EVENT_KINDS)
+    by_offset = {letter["source"]["offset"]: letter for letter in letters}
+    offsets = {e.request_id: i for i, e in enumerate(events)}  # one partition: offset = index
+    for event in bad:
+        letter = by_offset[offsets[event.request_id]]
+        assert letter["error"]["code"] == event.expected_code, event.kind
+        assert letter["source"]["topic"] == topics.requests
+    assert worker.proc.poll() is None  # it never stopped
+
+
+def test_sigterm_mid_stream_loses_nothing(kafka, worker_factory):
+    topics = WorkerTopics.create(kafka, partitions=2)
+    group = "sigterm-group"
+    first = worker_factory(topics, group_id=group, partitions=2).start()
+    first.wait_ready()
+    events = list(generate_events(seed=9, count=1500))
+    send_events(kafka, topics.requests, events)
+    time.sleep(0.3)  # part of the stream is being ranked now
+    first.terminate()
+    assert first.wait(timeout_s=60) == 0, first.log()
+    second = worker_factory(topics, group_id=group, partitions=2).start()
+    second.wait_ready()
+    results = kafka.read_all(topics.results, settle_s=3.0, timeout_s=90)
+    ids = [codec.decode_message(r.value)["request_id"] for r in results]
+    assert set(ids) == {e.request_id for e in events}  # no loss; duplicates allowed
+    print(f"{len(ids)} results for {len(events)} requests ({len(ids) - len(set(ids))} duplicates)")
+
+
+def test_exactly_once_fails_fast_with_a_clear_message(kafka, worker_factory):
+    topics = WorkerTopics.create(kafka)
+    worker = worker_factory(topics, extra_args=("--processing-guarantee", "exactly_once")).start()
+    assert worker.wait(timeout_s=60) != 0
+    assert "refused a transactional producer" in worker.log()
+    assert "at_least_once" in worker.log()

@@ -1,0 +1,140 @@
+"""The ranking worker: `python -m worker.app [--flags]` (settings: worker/settings.py).
+
+Start-up order matters: compile every bucket shape, make sure the topics exist (waiting for
+the broker with back-off), and only then join the consumer group, so no request waits for a
+compile and no long first compile triggers a rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import faust
+
+from worker.agent import BatchHandler, WorkerState
+from worker.breaker import BreakerConfig, DeadLetterBreaker
+from worker.kafka_clients import (check_transactions_supported, ensure_topics_with_retry,
+                                  faust_credentials)
+from worker.kafka_tuning import ConsumerTuning, TunedApp
+from worker.metrics import HealthServer, WorkerMetrics
+from worker.pipeline import RankingPipeline
+from worker.serving import build_pipeline, configure_jax
+from worker.settings import Settings
+
+log = logging.getLogger("worker")
+
+_DEAD_LETTER_HEADROOM = 64 * 1024  # a dead letter embeds the original request, plus a reason
+
+
+def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState,
+               metrics: WorkerMetrics) -> faust.App:
+    app = TunedApp(
+        settings.group_id,
+        consumer_tuning=ConsumerTuning(fetch_max_wait_ms=settings.fetch_max_wait_ms),
+        broker=settings.faust_broker,
+        broker_credentials=faust_credentials(settings),
+        env={},  # Faust would let BROKER_URL & co. from the environment override our settings
+        datadir=".cache/faust-{conf.id}",
+        web_enabled=False,
+        topic_disable_leader=True,
+        topic_partitions=settings.partitions,
+        table_standby_replicas=0,  # no tables: keeps the plain round-robin assignor
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_max_poll_interval=settings.max_poll_interval_s,
+        broker_commit_interval=0.5,  # bounds re-deliveries after a crash
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_request_timeout=30.0,  # a send during an outage fails and is retried by us
+        producer_max_request_size=settings.max_message_bytes + _DEAD_LETTER_HEADROOM,
+        processing_guarantee=settings.processing_guarantee,
+    )
+    requests = app.topic(settings.requests_topic, key_serializer="raw", value_serializer="raw")
+    results = app.topic(settings.results_topic, key_serializer="raw", value_serializer="raw")
+    dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw",
+                             value_serializer="raw")
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
+    handler = BatchHandler(pipeline, results, dead_letters, metrics, state, executor)
+    max_wait_s = settings.max_batch_wait_ms / 1000
+
+    @app.agent(requests, concurrency=1)
+    async def rank(stream):
+        # noack_take: Faust must not ack (and so commit) before the results are acked.
+        async for events in stream.noack_take(settings.max_batch_size, within=max_wait_s):
+            await handler.handle(stream, events)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app, revoked, **kwargs):
+        state.assigned = False
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app, assigned, **kwargs):
+        state.assigned = True
+        metrics.ready.set(1 if state.readiness()[0] else 0)
+        log.info("assigned partitions: %s", sorted(f"{tp.topic}[{tp.partition}]"
+                                                   for tp in assigned))
+
+    @app.timer(5.0)
+    async def report_lag():
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            last = state.last_offsets.get((tp.topic, tp.partition))
+            if highwater is not None and last is not None:
+                metrics.consumer_lag.labels(str(tp.partition)).set(max(0, highwater - last - 1))
+        metrics.ready.set(1 if state.readiness()[0] else 0)
+
+    return app
+
+
+def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    loop.run_until_complete(ensure_topics_with_retry(settings))
+    if settings.processing_guarantee == "exactly_once":
+        loop.run_until_complete(check_transactions_supported(settings))
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
+    settings = Settings.load(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("settings:\n%s", settings.describe())
+    backend = configure_jax(settings)
+
+    metrics = WorkerMetrics()
+    state = WorkerState(breaker=DeadLetterBreaker(BreakerConfig(
+        window=settings.breaker_window, threshold=settings.breaker_threshold,
+        cooldown_s=settings.breaker_cooldown_s)))
+    health = None
+    if settings.metrics_port:
+        health = HealthServer(metrics, state.readiness, settings.metrics_port).start()
+        log.info("metrics and readiness on :%d (/metrics, /ready)", health.port)
+
+    pipeline = build_pipeline(settings)
+    pipeline.warmup()
+    state.compiled = True
+    metrics.compilations.set(pipeline.compile_count)
+    log.info("model %s on %s: %d shapes compiled, %.1f s after start",
+             pipeline.runner.model_version, backend, pipeline.compile_count,
+             time.monotonic() - started)
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    _prepare_broker(settings, loop)
+    app = create_app(settings, pipeline, state, metrics)
+    worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False,
+                          quiet=True, loop=loop)
+    try:
+        worker.execute_from_commandline()  # handles SIGTERM/SIGINT: drain, commit, exit
+    finally:
+        if health is not None:
+            health.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The model side of the worker, built from settings: JAX setup, runner, pipeline.
+
+Shared by the live worker and the replay tool, so both rank with the same code and knobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+from phoenix.runner import RankingRunner
+from worker.assembly import Buckets
+from worker.pipeline import RankingPipeline
+from worker.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+RANDOM_CHECKPOINT = "random"  # the `checkpoint` value that asks for a fresh seed-0 model
+
+
+def configure_jax(settings: Settings) -> str:
+    """Pins the device and turns on the persistent compilation cache. Call before any JAX
+    computation. Returns the backend in use."""
+    if settings.device == "cpu":
+        jax.config.update("jax_platforms", "cpu")
+    if settings.jax_cache_dir:
+        os.makedirs(settings.jax_cache_dir, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(settings.jax_cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    backend = jax.default_backend()
+    if settings.device == "gpu" and backend != "gpu":
+        raise SettingsError(
+            f"device=gpu but JAX found only {backend!r} devices ({jax.devices()}); install the "
+            "CUDA build of jaxlib (see README, GPU) or set RANKER_DEVICE=auto")
+    return backend
+
+
+def load_runner(checkpoint: str) -> RankingRunner:
+    """The model of a checkpoint path; `random` is a fresh seed-0 model (no training)."""
+    if checkpoint == RANDOM_CHECKPOINT:
+        return RankingRunner.create(seed=0)
+    return RankingRunner.from_checkpoint(checkpoint)
+
+
+def buckets_for(settings: Settings, runner: RankingRunner) -> Buckets:
+    # A batch with more rows than the largest bucket is split into several model calls.
+    return Buckets(batch_sizes=settings.batch_buckets,
+                   candidate_counts=settings.candidate_buckets
+                   or (runner.config.candidate_seq_len,))
+
+
+def build_pipeline(settings: Settings, checkpoint: str | None = None,
+                   worker_id: str | None = None, apply_max_age: bool = True) -> RankingPipeline:
+    """The pipeline for `checkpoint` (default: the settings' one) with the worker's buckets
+    and input caps."""
+    runner = load_runner(checkpoint or settings.checkpoint)
+    return RankingPipeline.create(
+        runner, buckets_for(settings, runner), worker_id or settings.resolved_worker_id,
+        max_age_ms=(settings.max_age_ms or None) if apply_max_age else None,
+        max_message_bytes=settings.max_message_bytes, max_history=settings.max_history,
+        max_candidates=settings.max_candidates)
