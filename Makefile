@@ -40,3 +40,9 @@ train: venv
 
 eval: venv
 	$(PY) -m training.evaluate --checkpoint checkpoints/demo.npz --json bench/eval.json
+
+demo: venv
+	$(PY) -m worker.demo
+
+results: venv
+	$(PY) -m worker.results
