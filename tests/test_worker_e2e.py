@@ -99,3 +99,39 @@ def test_exactly_once_fails_fast_with_a_clear_message(kafka, worker_factory):
     assert worker.wait(timeout_s=60) != 0
     assert "refused a transactional producer" in worker.log()
     assert "at_least_once" in worker.log()
+
+
+def test_offline_replay_equals_the_live_worker(kafka, worker_factory, tmp_path):
+    """Same file + same checkpoint: the offline replay ranks exactly as the live worker."""
+    from worker import replay
+    from worker.producer import write_events_to_file
+    from worker.recordfile import read_records
+    from worker.settings import Settings
+
+    path = tmp_path / "requests.rec"
+    write_events_to_file(generate_events(seed=31, count=60, bad_fraction=0.1), path)
+    records = list(read_records(path))
+
+    settings = Settings.load([], environ={}, checkpoint=str(DEMO_CHECKPOINT))
+    offline = replay.rank_records(records, replay.build_pipeline(settings), batch_size=16)
+
+    topics = WorkerTopics.create(kafka)
+    worker = worker_factory(topics).start()
+    worker.wait_ready()
+    kafka.produce(topics.requests, [(r.key, r.value) for r in records])
+    expected_results = [o for o in offline if o.is_result]
+    online = {codec.decode_message(r.value)["request_id"]: codec.decode_message(r.value)
+              for r in kafka.consume(topics.results, len(expected_results), timeout_s=30)}
+    assert len(expected_results) < len(records)  # some were dead-lettered, offline and online
+    for outcome in expected_results:
+        mine, live = codec.decode_message(outcome.value), online[outcome.request_id]
+        assert [c["post_id"] for c in mine["ranked"]] == [c["post_id"] for c in live["ranked"]]
+        np.testing.assert_allclose(
+            [[c["probabilities"][a] for a in ACTION_NAMES] for c in mine["ranked"]],
+            [[c["probabilities"][a] for a in ACTION_NAMES] for c in live["ranked"]], atol=1e-5)
+        np.testing.assert_allclose([c["score"] for c in mine["ranked"]],
+                                   [c["score"] for c in live["ranked"]], atol=1e-5)
+    letters = kafka.consume(topics.dead_letters, len(records) - len(expected_results),
+                            timeout_s=30)
+    assert sorted(codec.decode_message(r.value)["error"]["code"] for r in letters) == \
+        sorted(o.dead_letter_code for o in offline if not o.is_result)

@@ -120,30 +120,28 @@ class ValidationError(WorkerError):
         return f"ValidationError(code={self.code!r}, field={self.field!r}, {self.message!r})"
 
 
-class ExpiredError(WorkerError):
+class RequestError(WorkerError):
+    """A valid request that could not be answered; carries its id for the dead letter."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+        self.field = None
+
+
+class ExpiredError(RequestError):
     """The request's deadline (or the worker's max age) passed before it could be answered."""
 
     policy = Policy.DEAD_LETTER
     code = EXPIRED
 
-    def __init__(self, message: str, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.request_id = request_id
-        self.field = None
 
-
-class ModelError(WorkerError):
+class ModelError(RequestError):
     """Assembling or ranking this request raised. Split the batch and dead-letter the culprit."""
 
     policy = Policy.ISOLATE
     code = MODEL_ERROR
-
-    def __init__(self, message: str, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.request_id = request_id
-        self.field = None
 
 
 class TransientBrokerError(WorkerError):
