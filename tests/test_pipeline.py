@@ -130,3 +130,17 @@ def test_tiny_config_pipeline_smoke():
     batch = pipeline.process(records_for(events))
     assert all(o.is_result for o in batch.outcomes)
     assert batch.model_rows == 4  # 8 candidates per request, C = 4: two rows each
+
+
+def test_unexpected_error_dead_letters_the_batch_instead_of_raising(runner, monkeypatch):
+    pipeline = RankingPipeline.create(runner, BUCKETS, "w")
+    events = list(generate_events(seed=12, count=3))
+
+    def broken(*args, **kwargs):
+        raise KeyError("bug in encoding")
+
+    monkeypatch.setattr(pipeline, "_result", broken)
+    outcomes = pipeline.process(records_for(events)).outcomes
+    assert [o.dead_letter_code for o in outcomes] == ["model_error"] * 3
+    message = codec.decode_message(outcomes[0].value)["error"]["message"]
+    assert "KeyError" in message and "bug in encoding" in message

@@ -179,7 +179,20 @@ class RankingPipeline:
     # -- the whole batch -------------------------------------------------------------------
 
     def process(self, records: Sequence[InputRecord]) -> ProcessedBatch:
-        """One outcome per record, in input order. Raises nothing for bad input."""
+        """One outcome per record, in input order. Never raises: an unexpected error outside
+        ranking (a bug, not bad input) dead-letters the whole batch with its message, so the
+        agent never dies and no record is dropped."""
+        try:
+            return self._process(records)
+        # The last line of defence of the agent: whatever went wrong, answer every record.
+        except Exception as exc:  # noqa: BLE001 (CancelledError is not an Exception)
+            log.exception("processing a batch of %d records failed", len(records))
+            outcomes = [self._dead_letter(record, ModelError(
+                f"the worker failed on this record's batch: {type(exc).__name__}: {exc}"))
+                for record in records]
+            return ProcessedBatch(outcomes, StageTimes(0.0, 0.0, 0.0, 0.0), 0, _now_ms())
+
+    def _process(self, records: Sequence[InputRecord]) -> ProcessedBatch:
         start = _now_ms()
         decoded = [self._decode(record, start) for record in records]
         valid = [i for i, item in enumerate(decoded) if isinstance(item, RankingRequest)]
