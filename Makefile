@@ -46,3 +46,6 @@ demo: venv
 
 results: venv
 	$(PY) -m worker.results
+
+soak: venv
+	$(PY) -m worker.soak --seconds 60

@@ -28,7 +28,7 @@ CONFIGS = {
 }
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, min_time: float) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int, min_time: float) -> float:
     """Median wall time of one call, over `repeats` timed rounds of at least `min_time`."""
     fn()  # warm: compile / fill caches
     samples = []
@@ -58,21 +58,27 @@ def filled_batch(config: RankerConfig, batch_size: int):
 
 def bench_config(name: str, config: RankerConfig, batch_sizes: list[int], eager: bool,
                  repeats: int, min_time: float) -> list[dict]:
+    """One row per batch size: jitted ms per call and requests/s (eager too at batch 1)."""
     runner = RankingRunner.create(config, seed=0)
     rows = []
     for batch_size in batch_sizes:
-        batch = filled_batch(config, batch_size)
-        jitted = _median_seconds(lambda: runner.rank(batch), repeats, min_time)
-        row = {"config": name, "batch": batch_size, "jit_ms": jitted * 1e3,
-               "jit_req_per_s": batch_size / jitted}
-        if eager and batch_size == 1:
-            slow = _median_seconds(lambda: runner.rank_eager(batch), max(3, repeats // 2),
-                                   min_time)
-            row.update(eager_ms=slow * 1e3, eager_req_per_s=batch_size / slow,
-                       jit_speedup=slow / jitted)
-        rows.append(row)
-        print(_format_row(row), flush=True)
+        row = bench_batch(runner, batch_size, eager and batch_size == 1, repeats, min_time)
+        rows.append({"config": name, **row})
+        print(_format_row(rows[-1]), flush=True)
     return rows
+
+
+def bench_batch(runner: RankingRunner, batch_size: int, eager: bool, repeats: int,
+                min_time: float) -> dict:
+    """Jitted `runner.rank` (host numpy in, host numpy out) on a full batch of `batch_size`."""
+    batch = filled_batch(runner.config, batch_size)
+    jitted = median_seconds(lambda: runner.rank(batch), repeats, min_time)
+    row = {"batch": batch_size, "jit_ms": jitted * 1e3, "jit_req_per_s": batch_size / jitted}
+    if eager:
+        slow = median_seconds(lambda: runner.rank_eager(batch), max(3, repeats // 2), min_time)
+        row.update(eager_ms=slow * 1e3, eager_req_per_s=batch_size / slow,
+                   jit_speedup=slow / jitted)
+    return row
 
 
 def _format_row(row: dict) -> str:

@@ -28,6 +28,7 @@ from worker.settings import Settings
 log = logging.getLogger("worker")
 
 _DEAD_LETTER_HEADROOM = 64 * 1024  # a dead letter embeds the original request, plus a reason
+_PRODUCER_BATCH_BYTES = 256 * 1024
 
 
 def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState,
@@ -51,6 +52,10 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         producer_acks=-1,
         producer_request_timeout=30.0,  # a send during an outage fails and is retried by us
         producer_max_request_size=settings.max_message_bytes + _DEAD_LETTER_HEADROOM,
+        # Per-partition batch: Faust's 16 KiB holds ~5 results, so publishing one ranked batch
+        # of 64 took several produce round trips; 256 KiB takes one (and stays far under the
+        # broker's 1 MiB record-batch limit).
+        producer_max_batch_size=_PRODUCER_BATCH_BYTES,
         processing_guarantee=settings.processing_guarantee,
     )
     requests = app.topic(settings.requests_topic, key_serializer="raw", value_serializer="raw")
@@ -58,14 +63,20 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
     dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw",
                              value_serializer="raw")
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
-    handler = BatchHandler(pipeline, results, dead_letters, metrics, state, executor)
+    decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder")
+    handler = BatchHandler(pipeline, results, dead_letters, metrics, state, executor,
+                           flow_active=app.flow_control.is_active, decode_executor=decoder)
     max_wait_s = settings.max_batch_wait_ms / 1000
 
     @app.agent(requests, concurrency=1)
     async def rank(stream):
         # noack_take: Faust must not ack (and so commit) before the results are acked.
-        async for events in stream.noack_take(settings.max_batch_size, within=max_wait_s):
-            await handler.handle(stream, events)
+        try:
+            async for events in stream.noack_take(settings.max_batch_size, within=max_wait_s):
+                await handler.handle(stream, events)  # returns while the batch is ranked
+            await handler.flush()
+        finally:
+            await handler.close()  # stopping: let the batches in flight finish
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs):
@@ -128,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings, pipeline, state, metrics)
     worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False,
                           quiet=True, loop=loop)
+    # At WARNING or above, Faust's terminal spinner sets the root logger to DEBUG, so every
+    # aiokafka/Faust debug() call builds a record (~2.6 per message). No spinner, no DEBUG.
+    worker.spinner = None
     try:
         worker.execute_from_commandline()  # handles SIGTERM/SIGINT: drain, commit, exit
     finally:

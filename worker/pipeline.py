@@ -1,8 +1,11 @@
 """Records in, encoded results and dead letters out: the worker's CPU work, without Kafka.
 
 wire bytes -> validated request -> padded batch -> jitted model -> rankings -> result bytes.
-Blocking and thread-safe for one caller at a time: the agent runs `process` in an executor
-thread so the event loop keeps heart-beating. Replay and benchmarks call it directly.
+Blocking; the agent runs it in executor threads so the event loop keeps heart-beating, and
+replay and benchmarks call it directly. Two stages: `decode` (msgpack, validation, expiry) is
+thread-safe and may run while another batch is in `process`, which is for one caller at a
+time; `process(records)` does both, `process(decode(records))` lets the agent decode batch
+k+1 on one thread while batch k is ranked on another.
 """
 
 from __future__ import annotations
@@ -64,6 +67,19 @@ class ProcessedBatch(NamedTuple):
     times: StageTimes
     model_rows: int  # real rows ranked (requests with > C candidates take several)
     started_ms: float  # epoch ms when the batch formed (end of its queue wait)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DecodedBatch:
+    """Records after `RankingPipeline.decode`: each a validated request or its dead letter."""
+
+    records: Sequence[InputRecord]
+    items: list[RankingRequest | Outcome]  # one per record, in input order
+    started_ms: float  # epoch ms when decoding began (the end of the batch's queue wait)
+    decode_ms: float
+
+    def __len__(self) -> int:
+        return len(self.records)
 
 
 def _now_ms() -> float:
@@ -178,34 +194,47 @@ class RankingPipeline:
 
     # -- the whole batch -------------------------------------------------------------------
 
-    def process(self, records: Sequence[InputRecord]) -> ProcessedBatch:
-        """One outcome per record, in input order. Never raises: an unexpected error outside
-        ranking (a bug, not bad input) dead-letters the whole batch with its message, so the
-        agent never dies and no record is dropped."""
+    def decode(self, records: Sequence[InputRecord]) -> DecodedBatch:
+        """Decodes, validates and expires each record. Thread-safe (reads nothing mutable),
+        so it may run while another batch is in `process`. Never raises."""
+        start = _now_ms()
         try:
-            return self._process(records)
+            items = [self._decode(record, start) for record in records]
+        except Exception as exc:  # noqa: BLE001 (the same last line of defence as `process`)
+            items = self._batch_failed(records, exc)
+        return DecodedBatch(records, items, start, _now_ms() - start)
+
+    def process(self, records: Sequence[InputRecord] | DecodedBatch) -> ProcessedBatch:
+        """One outcome per record, in input order; `records` may be already decoded. Never
+        raises: an unexpected error outside ranking (a bug, not bad input) dead-letters the
+        whole batch with its message, so the agent never dies and no record is dropped."""
+        decoded = records if isinstance(records, DecodedBatch) else self.decode(records)
+        try:
+            return self._process(decoded)
         # The last line of defence of the agent: whatever went wrong, answer every record.
         except Exception as exc:  # noqa: BLE001 (CancelledError is not an Exception)
-            log.exception("processing a batch of %d records failed", len(records))
-            outcomes = [self._dead_letter(record, ModelError(
-                f"the worker failed on this record's batch: {type(exc).__name__}: {exc}"))
-                for record in records]
-            return ProcessedBatch(outcomes, StageTimes(0.0, 0.0, 0.0, 0.0), 0, _now_ms())
+            return ProcessedBatch(self._batch_failed(decoded.records, exc),
+                                  StageTimes(0.0, 0.0, 0.0, 0.0), 0, decoded.started_ms)
 
-    def _process(self, records: Sequence[InputRecord]) -> ProcessedBatch:
-        start = _now_ms()
-        decoded = [self._decode(record, start) for record in records]
-        valid = [i for i, item in enumerate(decoded) if isinstance(item, RankingRequest)]
-        after_decode = _now_ms()
+    def _batch_failed(self, records: Sequence[InputRecord], exc: Exception) -> list[Outcome]:
+        log.exception("processing a batch of %d records failed", len(records))
+        return [self._dead_letter(record, ModelError(
+            f"the worker failed on this record's batch: {type(exc).__name__}: {exc}"))
+            for record in records]
 
-        requests = [decoded[i] for i in valid]
+    def _process(self, decoded: DecodedBatch) -> ProcessedBatch:
+        records, start = decoded.records, decoded.started_ms
+        valid = [i for i, item in enumerate(decoded.items) if isinstance(item, RankingRequest)]
+        ranking_start = _now_ms()  # later than start + decode_ms when decoded on another thread
+
+        requests = [decoded.items[i] for i in valid]
         self._assemble_ms = 0.0  # _rank adds to it (one caller at a time)
         ranked = self._rank_isolating(requests) if requests else []
         after_model = _now_ms()
-        model_ms = after_model - after_decode - self._assemble_ms
+        model_ms = after_model - ranking_start - self._assemble_ms
 
         outcomes: list[Outcome | None] = [
-            item if isinstance(item, Outcome) else None for item in decoded]
+            item if isinstance(item, Outcome) else None for item in decoded.items]
         for i, item in zip(valid, ranked):
             record = records[i]
             if isinstance(item, ModelError):
@@ -216,5 +245,5 @@ class RankingPipeline:
         end = _now_ms()
         rows = sum(-(-r.num_candidates // self.runner.config.candidate_seq_len)
                    for r in requests)
-        times = StageTimes(after_decode - start, self._assemble_ms, model_ms, end - after_model)
+        times = StageTimes(decoded.decode_ms, self._assemble_ms, model_ms, end - after_model)
         return ProcessedBatch(outcomes, times, rows, start)

@@ -1,0 +1,90 @@
+"""Test-only worker entry point: the real `worker.app.main`, with faults injected.
+
+    python -m tests.fault_entry [--fault-slow-ms N [--fault-slow-batches K]]
+                                [--fault-poison-user ID] <worker flags>
+
+--fault-slow-ms       each batch sleeps N ms in the executor thread before it is ranked (the
+                      first K batches with --fault-slow-batches K; 0 = every batch), as a slow
+                      model call or a stalled device would.
+--fault-poison-user   any model call whose batch holds a request of this user id raises
+                      `InjectedFault` (the pipeline must isolate it and dead-letter only it).
+
+Every injected fault logs a `fault:` line, so tests can check that it really fired. Never
+imported by the worker itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import logging
+import sys
+import time
+from typing import Sequence
+
+from worker import app
+from worker.pipeline import InputRecord, ProcessedBatch, RankingPipeline
+from worker.request import RankingRequest
+
+log = logging.getLogger("fault")
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the poisoned model call (the test looks for its message in the dead letter)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    slow_ms: int = 0  # sleep per batch before ranking
+    slow_batches: int = 0  # how many batches are slow (0 = all)
+    poison_user: int = 0  # user id that makes ranking raise (0 = none)
+
+
+def poison_message(user_id: int) -> str:
+    return f"injected fault: user {user_id} is poison"
+
+
+def install(faults: Faults) -> None:
+    """Monkeypatches `RankingPipeline` before the worker builds its pipeline."""
+    if faults.slow_ms > 0:
+        process = RankingPipeline.process
+        batches = itertools.count()
+
+        def slow_process(self: RankingPipeline,
+                         records: Sequence[InputRecord]) -> ProcessedBatch:
+            n = next(batches)
+            if faults.slow_batches == 0 or n < faults.slow_batches:
+                log.warning("fault: batch %d (%d records) sleeps %d ms", n, len(records),
+                            faults.slow_ms)
+                time.sleep(faults.slow_ms / 1000)
+            return process(self, records)
+
+        RankingPipeline.process = slow_process
+
+    if faults.poison_user:
+        rank = RankingPipeline._rank
+
+        def poisoned_rank(self: RankingPipeline, requests: list[RankingRequest]) -> list:
+            if any(r.user_id == faults.poison_user for r in requests):
+                log.warning("fault: model call of %d requests holds poison user %d",
+                            len(requests), faults.poison_user)
+                raise InjectedFault(poison_message(faults.poison_user))
+            return rank(self, requests)
+
+        RankingPipeline._rank = poisoned_rank
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--fault-slow-ms", type=int, default=0)
+    parser.add_argument("--fault-slow-batches", type=int, default=0)
+    parser.add_argument("--fault-poison-user", type=int, default=0)
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    install(Faults(slow_ms=args.fault_slow_ms, slow_batches=args.fault_slow_batches,
+                   poison_user=args.fault_poison_user))
+    return app.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""End-to-end benchmark: `python -m worker.bench` (or `make bench`). A benchmark, never a test.
+
+In one run, on this machine, with the embedded broker:
+  1. the model alone (jitted `RankingRunner.rank`), requests/s at batch 1 and at the worker's
+     max batch, demo config (S=32, C=8) and reference default (S=128, C=32); and assembly of
+     256 demo requests into tensors vs the jitted model time for the same requests;
+  2. the worker end to end (`python -m worker.app`, demo checkpoint) through Kafka: the mock
+     producer offers load as fast as possible, at half the measured max and at a light
+     20 req/s; results/s, latency from the producer's timestamp to the result's arrival at a
+     consumer (p50/p90/p99/max), batch sizes, compilations (must stay flat after ready);
+  3. a naive baseline: one aiokafka loop, one request at a time, the model applied eagerly;
+  4. where the time goes: the batch path split into stages, in process and in the worker;
+then checks the targets (issue 6) and writes `bench/results.json` and `bench/results.md`.
+Ratios are meaningful within one run; absolute figures depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from phoenix.bench import CONFIGS, bench_batch, bench_config, environment
+from phoenix.config import RankerConfig
+from phoenix.runner import RankingRunner
+from worker.bench_load import BenchWorker, ResultCollector, run_naive, run_phase
+from worker.bench_profile import assembly_ratio, demo_records, profile_batch_path
+from worker.bench_stats import Target, markdown_table, shares
+from worker.broker import EmbeddedBroker
+from worker.producer import generate_events
+from worker.serving import build_pipeline, configure_jax
+from worker.settings import Settings
+
+PACKAGES = ("jax", "jaxlib", "dm-haiku", "numpy", "faust-streaming", "aiokafka", "msgpack")
+# The worker's stages (ranker_stage_seconds labels) and the thread each runs on.
+WORKER_STAGES = (("decode", "decoder"), ("assemble", "ranker"), ("model", "ranker"),
+                 ("encode", "ranker"), ("publish", "event loop"))
+RANKER_STAGES = ("assemble", "model", "encode")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    checkpoint: str = "checkpoints/demo.npz"
+    warmup_requests: int = 1000  # sent first, not counted: connections, caches, Faust buffers
+    max_requests: int = 8000  # the "as fast as possible" phase
+    half_seconds: float = 8.0  # duration of the half-max phase
+    light_rate: float = 20.0  # requests/s of the light-load phase
+    light_seconds: float = 12.0
+    naive_requests: int = 200
+    assembly_requests: int = 256
+    model_repeats: int = 5
+    model_min_time_s: float = 0.2
+
+
+def _environment() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {**environment(), "python": platform.python_version(), "machine": platform.machine(),
+            "versions": versions, "load_average_at_start": os.getloadavg()}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run_model_alone(settings: Settings, cfg: BenchConfig) -> list[dict]:
+    rows = []
+    for name, config in CONFIGS.items():
+        rows += bench_config(name, config, [1, settings.max_batch_size], eager=False,
+                             repeats=cfg.model_repeats, min_time=cfg.model_min_time_s)
+    return rows
+
+
+def model_probe(settings: Settings, cfg: BenchConfig) -> Callable[[], float]:
+    """Model-alone requests/s at the worker's max batch, cheap enough to take right before
+    and after the max phase: on a shared machine the load drifts within a minute, and the
+    throughput ratio should compare like with like."""
+    runner = RankingRunner.create(RankerConfig(), seed=0)
+
+    def probe() -> float:
+        return bench_batch(runner, settings.max_batch_size, False, 3,
+                           cfg.model_min_time_s)["jit_req_per_s"]
+    return probe
+
+
+async def run_kafka(settings: Settings, cfg: BenchConfig,
+                    probe: Callable[[], float]) -> dict:
+    """The worker phases, then the naive baseline (after the worker stopped: no contention)."""
+    partitions = settings.partitions
+    with EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap_servers
+        run_id = uuid.uuid4().hex[:8]
+        names = {kind: f"bench-{kind}-{run_id}" for kind in
+                 ("requests", "results", "dead-letters", "naive-requests", "naive-results",
+                  "naive-dead-letters")}
+        await broker.create_topics_async({name: partitions for name in names.values()})
+        worker = await asyncio.to_thread(
+            BenchWorker(bootstrap, names["requests"], names["results"], names["dead-letters"],
+                        cfg.checkpoint, partitions).start)
+        print(f"worker ready after {worker.ready_after_s:.1f} s", flush=True)
+        phases = []
+        try:
+            at_ready = worker.snapshot()
+            async with ResultCollector(bootstrap, names["results"]) as collector:
+                async def phase(name, seed, count, rate):
+                    events = list(generate_events(seed, count))
+                    result = await run_phase(name, events, rate, bootstrap, names["requests"],
+                                             collector, worker, broker.pid)
+                    print(_phase_line(result), flush=True)
+                    return result
+
+                await phase("warm-up", 100, cfg.warmup_requests, 0.0)
+                model_before = await asyncio.to_thread(probe)
+                top = await phase("max", 101, cfg.max_requests, 0.0)
+                model_after = await asyncio.to_thread(probe)
+                print(f"model alone at B={settings.max_batch_size} around the max phase: "
+                      f"{model_before:.0f} then {model_after:.0f} req/s", flush=True)
+                half_rate = round(top["results_req_per_s"] / 2)
+                phases = [top,
+                          await phase("half max", 102, int(half_rate * cfg.half_seconds),
+                                      half_rate),
+                          await phase("light", 103, int(cfg.light_rate * cfg.light_seconds),
+                                      cfg.light_rate)]
+                duplicates = collector.duplicates
+            at_end = worker.snapshot()
+        finally:
+            worker.close()
+        naive = await run_naive(bootstrap, list(generate_events(104, cfg.naive_requests)),
+                                names["naive-requests"], names["naive-results"],
+                                names["naive-dead-letters"], cfg.checkpoint)
+        print(f"naive baseline: {naive['req_per_s']:.1f} req/s over {naive['requests']} requests",
+              flush=True)
+    return {"worker_ready_s": worker.ready_after_s, "partitions": partitions,
+            "compilations_at_ready": at_ready.compilations,
+            "compilations_at_end": at_end.compilations, "duplicate_results": duplicates,
+            "model_alone_around_max_req_per_s": [model_before, model_after],
+            "phases": phases, "naive": naive}
+
+
+def _phase_line(p: dict) -> str:
+    lat = p["latency_ms"]
+    return (f"{p['phase']:<9} {p['requests']:>6} req  sent {p['sent_req_per_s']:7.0f}/s  "
+            f"results {p['results_req_per_s']:7.0f}/s  p50 {lat['p50_ms']:7.1f}  "
+            f"p99 {lat['p99_ms']:7.1f}  max {lat['max_ms']:7.1f} ms  "
+            f"mean batch {p['mean_batch']:5.1f}")
+
+
+def worker_breakdown(phase: dict) -> dict:
+    """Per batch in the worker under max load, from its own stage metrics, by the thread
+    that does the work. The three run concurrently on different batches (decode k+1, rank k,
+    publish k-1), so each thread's share of the batch cycle is how busy it is, and the
+    busiest one sets the throughput."""
+    measured = phase["worker_stage_ms"]
+    cycle_ms = phase["mean_batch"] / phase["results_req_per_s"] * 1000.0
+    stages = {f"{stage} ({thread} thread)": measured[stage]
+              for stage, thread in WORKER_STAGES if stage in measured}
+    return {"mean_batch": phase["mean_batch"], "cycle_ms": cycle_ms,
+            "stages": {k: {"ms": v, "share_of_cycle": v / cycle_ms} for k, v in stages.items()},
+            "ranker_thread_ms": sum(measured.get(s, 0.0) for s in RANKER_STAGES)}
+
+
+def path_breakdown(profile: dict, max_phase: dict, batch_size: int) -> dict:
+    """The whole batch path per `batch_size` requests: the in-process stages (quiet, one
+    thread) plus publish + ack as the worker measured it under max load, scaled to
+    `batch_size` results."""
+    stages = {k: v for k, v in profile["median_ms"].items() if k != "pipeline.process total"}
+    publish = max_phase["worker_stage_ms"].get("publish")
+    if publish is not None:
+        stages["publish + ack (worker, max load)"] = publish * batch_size / max_phase["mean_batch"]
+    return shares(stages)
+
+
+def targets(kafka: dict, assembly: dict, max_batch: int) -> list[Target]:
+    by_phase = {p["phase"]: p for p in kafka["phases"]}
+    e2e = by_phase["max"]["results_req_per_s"]
+    model = statistics.mean(kafka["model_alone_around_max_req_per_s"])
+    new_compiles = kafka["compilations_at_end"] - kafka["compilations_at_ready"]
+    return [
+        Target(f"e2e max / model alone at B={max_batch}", e2e / model, 0.7, True, "x"),
+        Target("e2e max / naive baseline", e2e / kafka["naive"]["req_per_s"], 20, True, "x"),
+        Target("p99 at light load", by_phase["light"]["latency_ms"]["p99_ms"], 30, False, " ms"),
+        Target("p99 at half max", by_phase["half max"]["latency_ms"]["p99_ms"], 100, False,
+               " ms"),
+        Target("compilations after ready", new_compiles, 0, False),
+        Target(f"assembly / model, {assembly['requests']} requests", assembly["ratio"], 0.1,
+               False, "x"),
+    ]
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def report(results: dict) -> str:
+    env = results["environment"]
+    out = [f"# Benchmark ({time.strftime('%Y-%m-%d %H:%M', time.localtime(results['started']))})",
+           "",
+           f"{env['cpu_count']} CPUs ({env['machine']}), JAX {env['jax_version']} on "
+           f"{env['jax_backend']} ({', '.join(env['jax_devices'])}), Python {env['python']}; "
+           f"worker: max batch {results['settings']['max_batch_size']}, max wait "
+           f"{results['settings']['max_batch_wait_ms']} ms, fetch wait "
+           f"{results['settings']['fetch_max_wait_ms']} ms. `make bench`, "
+           f"{results['duration_s']:.0f} s; load average "
+           f"{env['load_average_at_start'][0]:.2f} at start.", "",
+           "## Model alone (jitted `RankingRunner.rank`, numpy in and out)", ""]
+    out.append(markdown_table(
+        ["config", "batch", "ms per call", "requests/s"],
+        [[r["config"], r["batch"], r["jit_ms"], r["jit_req_per_s"]]
+         for r in results["model_alone"]]))
+    a = results["assembly"]
+    out += ["", f"Assembly of {a['requests']} demo requests into {a['model_calls']} padded "
+                f"calls ({'+'.join(map(str, a['call_rows']))} rows): {a['assemble_ms']:.2f} ms "
+                f"vs {a['model_ms']:.2f} ms jitted model: {a['ratio']:.1%} of model time.",
+            "", "## Worker end to end through Kafka (demo config)", ""]
+    kafka = results["end_to_end"]
+    max_phase = next(p for p in kafka["phases"] if p["phase"] == "max")
+    out.append(markdown_table(
+        ["load", "requests", "offered/s", "results/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+         "mean batch", "batch sizes"],
+        [[p["phase"], p["requests"],
+          "max" if p["offered_req_per_s"] is None else p["offered_req_per_s"],
+          p["results_req_per_s"], p["latency_ms"]["p50_ms"], p["latency_ms"]["p90_ms"],
+          p["latency_ms"]["p99_ms"], p["latency_ms"]["max_ms"], p["mean_batch"],
+          " ".join(f"{k}:{v}" for k, v in p["batch_sizes"].items())]
+         for p in kafka["phases"]]))
+    naive = kafka["naive"]
+    around = kafka["model_alone_around_max_req_per_s"]
+    out += ["", f"Model alone at B={results['settings']['max_batch_size']} measured right "
+                f"before and after the max phase (the throughput target's reference): "
+                f"{around[0]:.0f} and {around[1]:.0f} requests/s."]
+    out += ["", f"Naive baseline (aiokafka loop, one request at a time, eager model, publish "
+                f"and wait for the ack): {naive['req_per_s']:.1f} requests/s over "
+                f"{naive['requests']} requests. Compilations: {kafka['compilations_at_ready']:.0f}"
+                f" at ready, {kafka['compilations_at_end']:.0f} at the end. Worker ready "
+                f"{kafka['worker_ready_s']:.1f} s after start.",
+            "", "## Where the time goes", "",
+            f"Batch path per {results['profile']['batch_size']} requests (in process, one "
+            "thread; publish + ack from the worker under max load):", ""]
+    out.append(markdown_table(["stage", "ms", "share"],
+                              [[k, v["ms"], f"{v['share']:.0%}"]
+                               for k, v in results["path_breakdown"].items()]))
+    wb = results["worker_breakdown"]
+    out += ["", f"In the worker under max load (mean batch {wb['mean_batch']:.1f}, one batch "
+                f"every {wb['cycle_ms']:.1f} ms; the threads work on different batches at "
+                f"once, so a share is how busy that thread is; the ranker thread's "
+                f"{wb['ranker_thread_ms']:.1f} ms per batch sets the pace):", ""]
+    out.append(markdown_table(["stage (worker metrics)", "ms per batch", "busy"],
+                              [[k, v["ms"], f"{v['share_of_cycle']:.0%}"]
+                               for k, v in wb["stages"].items()]))
+    cpu = max_phase["cpu_us_per_request"]
+    if cpu:
+        out += ["", f"CPU per request under max load ({cpu['cores busy']:.2f} of "
+                    f"{env['cpu_count']} cores busy):", ""]
+        out.append(markdown_table(["process", "CPU us per request", "share"],
+                                  [[k, v, f"{v / cpu['total']:.0%}"] for k, v in cpu.items()
+                                   if k not in ("total", "cores busy")]
+                                  + [["total", cpu["total"], "100%"]]))
+    out += ["", "Latency split (medians, ms): producer to the worker's batch / in the worker "
+                "/ to the consumer:",
+            "", markdown_table(["load", "to batch", "in worker", "to consumer"],
+                               [[p["phase"], *p["latency_segments_ms"].values()]
+                                for p in kafka["phases"]])]
+    out += ["", "## Targets", ""]
+    out.append(markdown_table(["target", "measured", "result"],
+                              [[t["name"], _describe(t), "PASS" if t["passed"] else "MISS"]
+                               for t in results["targets"]]))
+    return "\n".join(out) + "\n"
+
+
+def _describe(t: dict) -> str:
+    return Target(t["name"], t["measured"], t["limit"], t["op"] == ">=", t["unit"]).describe()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results.json")
+    parser.add_argument("--markdown", default="bench/results.md")
+    for field in dataclasses.fields(BenchConfig):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
+                            default=field.default)
+    args = parser.parse_args(argv)
+    cfg = BenchConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)})
+    started = time.time()
+    settings = Settings.load(())
+    configure_jax(settings)
+    env = _environment()
+    print(f"environment: {env}", flush=True)
+    if env["load_average_at_start"][0] > 0.5 * (env["cpu_count"] or 1):
+        print(f"warning: load average {env['load_average_at_start'][0]:.2f} on "
+              f"{env['cpu_count']} CPUs before the bench started: other processes will skew "
+              "every figure (ratios less so)", flush=True)
+
+    print("== model alone", flush=True)
+    model_rows = run_model_alone(settings, cfg)
+    pipeline = build_pipeline(settings, cfg.checkpoint, worker_id="bench", apply_max_age=False)
+    records = demo_records(seed=7, count=max(cfg.assembly_requests, 8 * settings.max_batch_size))
+    assembly = assembly_ratio(pipeline, records[: cfg.assembly_requests])
+    print(f"assembly of {assembly['requests']} requests: {assembly['assemble_ms']:.2f} ms, model "
+          f"{assembly['model_ms']:.2f} ms ({assembly['ratio']:.1%})", flush=True)
+    profile = profile_batch_path(pipeline, records, settings.max_batch_size)
+    del pipeline  # its JAX buffers and threads are not needed while the worker runs
+
+    print("== worker end to end", flush=True)
+    kafka = asyncio.run(run_kafka(settings, cfg, model_probe(settings, cfg)))
+    max_phase = next(p for p in kafka["phases"] if p["phase"] == "max")
+    results = {
+        "started": started, "environment": env, "bench_config": dataclasses.asdict(cfg),
+        "settings": {k: getattr(settings, k) for k in (
+            "max_batch_size", "max_batch_wait_ms", "fetch_max_wait_ms", "batch_buckets",
+            "partitions")},
+        "model_alone": model_rows, "assembly": assembly, "profile": profile,
+        "end_to_end": kafka, "worker_breakdown": worker_breakdown(max_phase),
+        "path_breakdown": path_breakdown(profile, max_phase, settings.max_batch_size),
+    }
+    results["targets"] = [t.to_json() for t in targets(kafka, assembly,
+                                                        settings.max_batch_size)]
+    results["duration_s"] = time.time() - started
+    table = report(results)
+    print("\n" + table)
+    for path, text in ((args.out, json.dumps(results, indent=2, default=_json_default)),
+                       (args.markdown, table)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    print(f"wrote {args.out} and {args.markdown}")
+    return 0
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):  # numpy scalars from the statistics
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to the results JSON")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

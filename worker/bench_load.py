@@ -1,0 +1,420 @@
+"""The Kafka side of the end-to-end benchmark (`worker/bench.py`).
+
+- `BenchWorker`: the real worker (`python -m worker.app`) as a subprocess, with its metrics;
+- `ResultCollector`: an aiokafka consumer in the bench process that records when each result
+  arrives;
+- `run_phase`: the mock producer offers load at a rate; latency is the producer's
+  `timestamp_ms` (echoed as `request_timestamp_ms`) to the result's arrival;
+- `run_naive`: what a user would write first: one aiokafka consume loop, one request at a
+  time, the model applied eagerly, each result published and its ack awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import msgpack
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from phoenix.runner import RankingRunner
+from worker.bench_stats import bucket_counts, latency_summary, sustained_rate
+from worker.broker import free_port
+from worker.assembly import Buckets
+from worker.pipeline import InputRecord, RankingPipeline
+from worker.producer import Event, send_events_to_kafka
+
+ROOT = Path(__file__).resolve().parents[1]
+FETCH_WAIT_MS = 10  # the bench consumers' fetch long-poll (tansu re-checks in halves of it)
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run a phase (worker exited, results missing)."""
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The worker metrics the bench compares before and after a phase."""
+
+    compilations: float
+    results: float
+    batch_le: dict[float, float]  # ranker_batch_size cumulative bucket counts by upper bound
+    batch_sum: float
+    batch_count: float
+    stage_sum_s: dict[str, float]  # ranker_stage_seconds sum per stage
+    stage_count: dict[str, float]
+
+    @classmethod
+    def parse(cls, text: str) -> "Snapshot":
+        values: dict[str, float] = {}
+        batch_le: dict[float, float] = {}
+        stage_sum: dict[str, float] = {}
+        stage_count: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "ranker_batch_size_bucket":
+                    batch_le[float(s.labels["le"])] = s.value
+                elif s.name == "ranker_stage_seconds_sum":
+                    stage_sum[s.labels["stage"]] = s.value
+                elif s.name == "ranker_stage_seconds_count":
+                    stage_count[s.labels["stage"]] = s.value
+                elif not s.labels:
+                    values[s.name] = s.value
+        return cls(values.get("ranker_compilations", math.nan),
+                   values.get("ranker_results_total", 0.0), batch_le,
+                   values.get("ranker_batch_size_sum", 0.0),
+                   values.get("ranker_batch_size_count", 0.0), stage_sum, stage_count)
+
+
+def stage_means_ms(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """Mean milliseconds per batch of each worker stage between two snapshots."""
+    out = {}
+    for stage, total in after.stage_sum_s.items():
+        count = after.stage_count[stage] - before.stage_count.get(stage, 0.0)
+        if count > 0:
+            out[stage] = (total - before.stage_sum_s.get(stage, 0.0)) / count * 1000.0
+    return out
+
+
+class BenchWorker:
+    """`python -m worker.app` on the given broker and topics; killed on `close()`."""
+
+    def __init__(self, bootstrap: str, requests: str, results: str, dead_letters: str,
+                 checkpoint: str, partitions: int, extra_args: Sequence[str] = ()):
+        self.metrics_port = free_port()
+        self._log = tempfile.NamedTemporaryFile(prefix="bench-worker-", suffix=".log",
+                                                delete=False)
+        self.args = [
+            sys.executable, "-m", "worker.app", "--broker", f"kafka://{bootstrap}",
+            "--requests-topic", requests, "--results-topic", results,
+            "--dead-letter-topic", dead_letters, "--partitions", str(partitions),
+            "--group-id", f"bench-{os.getpid()}-{time.time_ns()}",
+            "--metrics-port", str(self.metrics_port), "--checkpoint", checkpoint,
+            "--log-level", "WARNING", *extra_args]
+        self.proc: subprocess.Popen | None = None
+        self.ready_after_s = math.nan
+
+    def start(self, timeout_s: float = 120.0) -> "BenchWorker":
+        started = time.monotonic()
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=ROOT, start_new_session=True)
+        while not self._ready():
+            if self.proc.poll() is not None:
+                raise BenchError(f"the worker exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() - started > timeout_s:
+                raise BenchError(f"the worker was not ready after {timeout_s} s:\n{self.log()}")
+            time.sleep(0.1)
+        self.ready_after_s = time.monotonic() - started
+        return self
+
+    def _get(self, path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, ""
+        except (urllib.error.URLError, OSError):
+            return 0, ""
+
+    def _ready(self) -> bool:
+        return self._get("/ready")[0] == 200
+
+    def snapshot(self) -> Snapshot:
+        status, text = self._get("/metrics")
+        if status != 200:
+            raise BenchError(f"GET /metrics on :{self.metrics_port} answered {status}; "
+                             f"worker log:\n{self.log()}")
+        return Snapshot.parse(text)
+
+    def log(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")[-4000:]
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        os.unlink(self._log.name)
+
+
+# ----------------------------------------------------------------------------- CPU
+
+
+def _clock_ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def _stat_cpu_s(path: str) -> float:
+    """user + system CPU seconds from a /proc/.../stat file."""
+    with open(path) as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()  # the name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
+
+
+def process_cpu(pid: int) -> dict[str, float] | None:
+    """CPU seconds of a process split into XLA's compute threads and everything else (the
+    Python threads: event loop, Kafka client, ranker thread). None where /proc is missing."""
+    out = {"python": 0.0, "xla": 0.0}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+                name = comm.read().strip()
+            seconds = _stat_cpu_s(f"/proc/{pid}/task/{tid}/stat")
+        except OSError:  # the thread ended meanwhile
+            continue
+        out["xla" if name.startswith(("tf_", "XLA", "xla")) else "python"] += seconds
+    return out
+
+
+@dataclasses.dataclass
+class CpuMeter:
+    """CPU used by the worker, the broker and this process between `start()` and `stop()`,
+    in microseconds per request: where a 2-core machine's capacity goes."""
+
+    worker_pid: int
+    broker_pid: int | None
+    _start: tuple | None = None
+
+    def _read(self) -> tuple:
+        broker = process_cpu(self.broker_pid) if self.broker_pid else None
+        return (process_cpu(self.worker_pid), broker, time.process_time(), time.perf_counter())
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self, requests: int) -> dict[str, float] | None:
+        (w0, b0, s0, t0), (w1, b1, s1, t1) = self._start, self._read()
+        if w0 is None or w1 is None:
+            return None
+        per = 1e6 / requests
+        out = {"worker python threads": (w1["python"] - w0["python"]) * per,
+               "worker XLA threads (model)": (w1["xla"] - w0["xla"]) * per}
+        if b0 is not None and b1 is not None:
+            out["broker"] = (sum(b1.values()) - sum(b0.values())) * per
+        out["bench producer + consumer"] = (s1 - s0) * per
+        out["total"] = sum(out.values())
+        out["cores busy"] = out["total"] * requests / 1e6 / (t1 - t0)
+        return out
+
+
+# ----------------------------------------------------------------------------- results
+
+
+async def _assign_all(consumer: AIOKafkaConsumer, topic: str) -> None:
+    await consumer.topics()  # refresh metadata (asking for one topic could auto-create it)
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise BenchError(f"topic {topic!r} has no partitions; create it first")
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+
+
+class Arrival(NamedTuple):
+    """One result as the bench consumer saw it (epoch ms)."""
+
+    sent_ms: int | None  # the producer's timestamp_ms, echoed by the worker
+    arrived_ms: float  # when the consumer's fetch returned it
+    queue_wait_ms: float  # worker: sent -> its batch formed (producer, broker, fetch, take)
+    produced_at_ms: int  # worker: result built (after the model, before publishing)
+
+
+class ResultCollector:
+    """Consumes the results topic in the background; `arrivals[request_id]` is the first
+    result of each request."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.arrivals: dict[str, Arrival] = {}
+        self.duplicates = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "ResultCollector":
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    fetch_max_wait_ms=FETCH_WAIT_MS)
+        await consumer.start()
+        try:
+            await _assign_all(consumer, self.topic)
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._task = asyncio.create_task(self._run(consumer))
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=100)
+                arrived = time.time() * 1000.0  # every record of this fetch arrived now
+                for records in batch.values():
+                    for record in records:
+                        result = msgpack.unpackb(record.value, raw=False)
+                        request_id = result["request_id"]
+                        if request_id in self.arrivals:
+                            self.duplicates += 1
+                        else:
+                            self.arrivals[request_id] = Arrival(
+                                result.get("request_timestamp_ms"), arrived,
+                                result["timings"]["queue_wait_ms"], result["produced_at_ms"])
+                if batch:
+                    self._changed.set()
+        finally:
+            await consumer.stop()
+
+    async def wait_for(self, request_ids: Sequence[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        missing = list(request_ids)
+        while True:
+            self._changed.clear()  # before looking: an arrival after this sets it again
+            missing = [r for r in missing if r not in self.arrivals]
+            if not missing:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError(f"{len(missing)} of {len(request_ids)} results did not arrive "
+                                 f"within {timeout_s} s (first missing: {missing[0]})")
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
+            except asyncio.TimeoutError:
+                pass
+
+
+# ----------------------------------------------------------------------------- load phases
+
+
+async def run_phase(name: str, events: Sequence[Event], rate: float, bootstrap: str,
+                    topic: str, collector: ResultCollector, worker: BenchWorker,
+                    broker_pid: int | None = None, timeout_s: float = 120.0) -> dict:
+    """Offers `events` at `rate` per second (0: as fast as possible) and waits for every
+    result. Returns the phase's figures (see `worker.bench` for their meaning)."""
+    before = await asyncio.to_thread(worker.snapshot)
+    cpu = CpuMeter(worker.proc.pid, broker_pid)
+    cpu.start()
+    started_ms = time.time() * 1000.0
+    await send_events_to_kafka(events, bootstrap=bootstrap, topic=topic, rate=rate)
+    sent_s = time.time() - started_ms / 1000.0
+    ids = [e.request_id for e in events]
+    await collector.wait_for(ids, timeout_s)
+    cpu_us = cpu.stop(len(events))
+    after = await asyncio.to_thread(worker.snapshot)
+    arrivals = [collector.arrivals[i] for i in ids]
+    timed = [a for a in arrivals if a.sent_ms is not None]
+    # Where the latency goes (medians): to the worker's batch, ranking, back to a consumer.
+    segments = {
+        "to_batch_ms": statistics.median(a.queue_wait_ms for a in timed),
+        "in_worker_ms": statistics.median(
+            a.produced_at_ms - a.sent_ms - a.queue_wait_ms for a in timed),
+        "to_consumer_ms": statistics.median(a.arrived_ms - a.produced_at_ms for a in timed),
+    }
+    batches = after.batch_count - before.batch_count
+    return {
+        "phase": name,
+        "requests": len(events),
+        "offered_req_per_s": rate if rate > 0 else None,
+        "sent_req_per_s": len(events) / sent_s,
+        "results_req_per_s": sustained_rate([a.arrived_ms for a in arrivals]),
+        "latency_ms": latency_summary([a.arrived_ms - a.sent_ms for a in timed]),
+        "latency_segments_ms": segments,
+        "batches": int(batches),
+        "mean_batch": (after.batch_sum - before.batch_sum) / batches if batches else math.nan,
+        "batch_sizes": bucket_counts(before.batch_le, after.batch_le),
+        "worker_stage_ms": stage_means_ms(before, after),
+        "compilations": [before.compilations, after.compilations],
+        "results_published": int(after.results - before.results),
+        "cpu_us_per_request": cpu_us,
+    }
+
+
+# ----------------------------------------------------------------------------- naive baseline
+
+
+class _EagerRunner:
+    """The runner's surface the pipeline uses, with `rank` applying the model eagerly."""
+
+    def __init__(self, runner: RankingRunner):
+        self._runner = runner
+        self.config, self.scoring = runner.config, runner.scoring
+        self.model_version = runner.model_version
+
+    def rank(self, batch):
+        return self._runner.rank_eager(batch)
+
+    @property
+    def compile_count(self) -> int:
+        return self._runner.compile_count
+
+
+async def run_naive(bootstrap: str, events: Sequence[Event], requests_topic: str,
+                    results_topic: str, dead_letter_topic: str, checkpoint: str,
+                    timeout_s: float = 120.0) -> dict:
+    """The baseline loop over a backlog of `events` (sent first): consume one record, decode
+    and validate it exactly like the worker, rank it alone with the eager model, publish
+    the result and wait for its ack, next. Returns its throughput."""
+    runner = RankingRunner.from_checkpoint(checkpoint)
+    pipeline = RankingPipeline.create(_EagerRunner(runner), Buckets(batch_sizes=(1,)),
+                                      worker_id="naive")
+    warm = events[0]  # the first eager calls fill JAX's op caches: not part of the loop's rate
+    pipeline.process([InputRecord(warm.encode(0), warm.key, requests_topic, 0, 0)])
+    await send_events_to_kafka(events, bootstrap=bootstrap, topic=requests_topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=FETCH_WAIT_MS)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    done, first, results = 0, None, 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        await _assign_all(consumer, requests_topic)
+        while done < len(events):
+            if time.monotonic() > deadline:
+                raise BenchError(f"the naive loop ranked {done} of {len(events)} requests in "
+                                 f"{timeout_s} s")
+            message = await consumer.getone()
+            first = first if first is not None else time.perf_counter()
+            record = InputRecord(message.value, message.key, message.topic, message.partition,
+                                 message.offset, message.timestamp)
+            outcome, = pipeline.process([record]).outcomes
+            topic = results_topic if outcome.is_result else dead_letter_topic
+            await (await producer.send(topic, outcome.value, key=outcome.key))
+            results += outcome.is_result
+            done += 1
+        elapsed = time.perf_counter() - first
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return {"requests": done, "results": results, "seconds": elapsed,
+            "req_per_s": done / elapsed}
