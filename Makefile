@@ -49,3 +49,6 @@ results: venv
 
 soak: venv
 	$(PY) -m worker.soak --seconds 60
+
+bench: venv
+	$(PY) -m worker.bench
