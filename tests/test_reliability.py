@@ -284,7 +284,7 @@ def wait_log(worker: WorkerProcess, pattern: str, timeout_s: float) -> re.Match:
 
 
 def full_log(worker: WorkerProcess) -> str:
-    return Path(worker._log.name).read_text(errors="replace")  # worker.log() is the tail only
+    return worker.log_path.read_text(errors="replace")  # worker.log() is the tail only
 
 
 def wait_count(worker: WorkerProcess, text: str, more_than: int, timeout_s: float) -> int:

@@ -15,15 +15,8 @@ import asyncio
 import dataclasses
 import math
 import os
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import msgpack
@@ -32,12 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from phoenix.runner import RankingRunner
 from worker.bench_stats import bucket_counts, latency_summary, sustained_rate
-from worker.broker import free_port
 from worker.assembly import Buckets
 from worker.pipeline import InputRecord, RankingPipeline
+from worker.process import WorkerProcess
 from worker.producer import Event, send_events_to_kafka
 
-ROOT = Path(__file__).resolve().parents[1]
 FETCH_WAIT_MS = 10  # the bench consumers' fetch long-poll (tansu re-checks in halves of it)
 
 
@@ -92,69 +84,29 @@ def stage_means_ms(before: Snapshot, after: Snapshot) -> dict[str, float]:
     return out
 
 
-class BenchWorker:
-    """`python -m worker.app` on the given broker and topics; killed on `close()`."""
+class BenchWorker(WorkerProcess):
+    """`python -m worker.app` for the benchmark, with quiet logs and its own group;
+    `start()` returns once it is ready."""
 
     def __init__(self, bootstrap: str, requests: str, results: str, dead_letters: str,
                  checkpoint: str, partitions: int, extra_args: Sequence[str] = ()):
-        self.metrics_port = free_port()
-        self._log = tempfile.NamedTemporaryFile(prefix="bench-worker-", suffix=".log",
-                                                delete=False)
-        self.args = [
-            sys.executable, "-m", "worker.app", "--broker", f"kafka://{bootstrap}",
-            "--requests-topic", requests, "--results-topic", results,
-            "--dead-letter-topic", dead_letters, "--partitions", str(partitions),
-            "--group-id", f"bench-{os.getpid()}-{time.time_ns()}",
-            "--metrics-port", str(self.metrics_port), "--checkpoint", checkpoint,
-            "--log-level", "WARNING", *extra_args]
-        self.proc: subprocess.Popen | None = None
-        self.ready_after_s = math.nan
+        super().__init__(bootstrap, requests=requests, results=results,
+                         dead_letters=dead_letters, checkpoint=checkpoint, partitions=partitions,
+                         group_id=f"bench-{os.getpid()}-{time.time_ns()}",
+                         extra_args=("--log-level", "WARNING", *extra_args),
+                         log_prefix="bench-worker-")
 
     def start(self, timeout_s: float = 120.0) -> "BenchWorker":
-        started = time.monotonic()
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT, start_new_session=True)
-        while not self._ready():
-            if self.proc.poll() is not None:
-                raise BenchError(f"the worker exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() - started > timeout_s:
-                raise BenchError(f"the worker was not ready after {timeout_s} s:\n{self.log()}")
-            time.sleep(0.1)
-        self.ready_after_s = time.monotonic() - started
+        super().start()
+        self.wait_ready(timeout_s)
         return self
 
-    def _get(self, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.metrics_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, ""
-        except (urllib.error.URLError, OSError):
-            return 0, ""
-
-    def _ready(self) -> bool:
-        return self._get("/ready")[0] == 200
-
     def snapshot(self) -> Snapshot:
-        status, text = self._get("/metrics")
-        if status != 200:
-            raise BenchError(f"GET /metrics on :{self.metrics_port} answered {status}; "
-                             f"worker log:\n{self.log()}")
-        return Snapshot.parse(text)
-
-    def log(self) -> str:
-        return Path(self._log.name).read_text(errors="replace")[-4000:]
+        return Snapshot.parse(self.metrics())
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        os.unlink(self._log.name)
+        self.stop(timeout_s=20)
+        self.log_path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- CPU

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 
 from worker.broker import EmbeddedBroker, free_port
+from worker.process import WorkerProcess
 from worker.producer import generate_events, send_events_to_kafka
 from worker.results import Summary, follow, format_dead_letter, format_result, latency_of
 from worker.settings import Settings
@@ -26,33 +21,11 @@ from worker.settings import Settings
 _SHOW_EVERY = 50  # print every n-th result in full; the summary covers the rest
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except (urllib.error.URLError, OSError) as error:
-        return 0, str(error)
-
-
-def _wait_ready(worker: subprocess.Popen, port: int, timeout_s: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if worker.poll() is not None:
-            raise SystemExit(f"demo: the worker exited with code {worker.returncode}")
-        if _get(f"http://127.0.0.1:{port}/ready")[0] == 200:
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise SystemExit(f"demo: the worker was not ready after {timeout_s:.0f} s")
-
-
-def _counters(port: int) -> list[str]:
+def _counters(worker: WorkerProcess) -> list[str]:
     """The worker's counters from its Prometheus endpoint."""
-    status, text = _get(f"http://127.0.0.1:{port}/metrics")
     wanted = ("ranker_requests_total", "ranker_results_total", "ranker_dead_letters_total",
               "ranker_compilations", "ranker_batch_size_count", "ranker_batch_size_sum")
-    return [line for line in text.splitlines() if line.startswith(wanted)] if status else []
+    return [line for line in worker.metrics().splitlines() if line.startswith(wanted)]
 
 
 async def _traffic(settings: Settings, bootstrap: str, count: int, rate: float,
@@ -93,35 +66,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=9100)
     args = parser.parse_args(argv)
     settings = Settings.load([])
-    with EmbeddedBroker(free_port()) as broker, tempfile.TemporaryDirectory() as tmp:
+    with EmbeddedBroker(free_port()) as broker:
         broker.create_topics({settings.requests_topic: settings.partitions,
                               settings.results_topic: settings.partitions,
                               settings.dead_letter_topic: settings.partitions})
         print(f"demo: embedded Kafka broker at {broker.bootstrap_servers}", flush=True)
-        worker_log = open(os.path.join(tmp, "worker.log"), "w")
-        started = time.monotonic()
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "worker.app", "--broker", broker.url,
-             "--metrics-port", str(args.metrics_port), "--worker-id", "demo-worker"],
-            stdout=worker_log, stderr=subprocess.STDOUT)
+        worker = WorkerProcess(
+            broker.bootstrap_servers, requests=settings.requests_topic,
+            results=settings.results_topic, dead_letters=settings.dead_letter_topic,
+            partitions=settings.partitions, group_id=settings.group_id,
+            checkpoint=settings.checkpoint, metrics_port=args.metrics_port,
+            extra_args=("--worker-id", "demo-worker")).start()
         try:
-            ready_s = _wait_ready(worker, args.metrics_port, timeout_s=120)
+            ready_s = worker.wait_ready(timeout_s=120)
             print(f"demo: worker ready {ready_s:.1f} s after start (model compiled, partitions "
                   f"assigned); metrics at http://127.0.0.1:{args.metrics_port}/metrics",
                   flush=True)
             summary = asyncio.run(_traffic(settings, broker.bootstrap_servers, args.count,
-                                           args.rate, args.bad_fraction, started))
+                                           args.rate, args.bad_fraction, worker.started_at))
             print("worker metrics (from /metrics):")
-            for line in _counters(args.metrics_port):
+            for line in _counters(worker):
                 print(f"  {line}")
             print(summary.line(), flush=True)
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                code = worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                code = worker.wait()
+            code = worker.stop(timeout_s=60)
+            worker.close()
             print(f"demo: worker stopped (exit code {code}); broker stopped", flush=True)
     return 0 if summary.total == args.count else 1
 

@@ -21,14 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,11 +31,9 @@ from typing import Sequence
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from worker.broker import EmbeddedBroker, free_port
+from worker.broker import EmbeddedBroker
+from worker.process import WorkerProcess, WorkerProcessError
 from worker.producer import Event, generate_events, now_ms
-
-ROOT = Path(__file__).resolve().parents[1]
-_LOG_TAIL_CHARS = 4000
 
 
 class SoakError(RuntimeError):
@@ -102,62 +94,13 @@ def trend_per_s(times: Sequence[float], values: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------- processes
 
 
-class WorkerUnderSoak:
-    """The worker as a subprocess with its own log file and metrics port."""
-
-    def __init__(self, bootstrap: str, config: SoakConfig, topics: dict[str, str]):
-        self.metrics_port = free_port()
-        self.log_path = Path(tempfile.mkstemp(prefix="soak-worker-", suffix=".log")[1])
-        self.args = [
-            sys.executable, "-m", "worker.app", "--broker", f"kafka://{bootstrap}",
-            "--requests-topic", topics["requests"], "--results-topic", topics["results"],
-            "--dead-letter-topic", topics["dead_letters"],
-            "--partitions", str(config.partitions), "--group-id", f"soak-{uuid.uuid4().hex[:6]}",
-            "--metrics-port", str(self.metrics_port), "--checkpoint", config.checkpoint,
-            "--session-timeout-s", "6",
-        ]
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "WorkerUnderSoak":
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=ROOT, start_new_session=True)
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise SoakError(f"the worker exited with {self.proc.returncode}:\n"
-                                f"{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/ready",
-                                            timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        raise SoakError(f"the worker was not ready after {timeout_s} s:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-_LOG_TAIL_CHARS:]
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL after 30 s; returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+def soak_worker(bootstrap: str, config: SoakConfig, topics: dict[str, str]) -> WorkerProcess:
+    """The worker under soak, as a child process with its own log file and metrics port."""
+    return WorkerProcess(
+        bootstrap, requests=topics["requests"], results=topics["results"],
+        dead_letters=topics["dead_letters"], partitions=config.partitions,
+        group_id=f"soak-{uuid.uuid4().hex[:6]}", checkpoint=config.checkpoint,
+        extra_args=("--session-timeout-s", "6"), log_prefix="soak-worker-")
 
 
 # ----------------------------------------------------------------------------- traffic
@@ -249,7 +192,7 @@ async def measure_rate(sender: Sender, counter: Counter, count: int) -> float:
     return count / (time.monotonic() - start)
 
 
-async def soak(bootstrap: str, topics: dict[str, str], worker: WorkerUnderSoak,
+async def soak(bootstrap: str, topics: dict[str, str], worker: WorkerProcess,
                config: SoakConfig) -> tuple[float, float, list[Sample], bool]:
     """Returns (measured max rate or 0, offered rate, samples, drained)."""
     events = iter(generate_events(seed=config.seed, count=10**9))
@@ -276,7 +219,7 @@ async def soak(bootstrap: str, topics: dict[str, str], worker: WorkerUnderSoak,
             if not worker.alive():
                 load.cancel()
                 raise SoakError(f"the worker exited with {worker.proc.returncode} during the "
-                                f"soak:\n{worker.log_tail()}")
+                                f"soak:\n{worker.log()}")
             t_s = time.monotonic() - started
             if samples and t_s - samples[-1].t_s < config.sample_s / 2:
                 continue  # the load ended just after a sample
@@ -315,7 +258,7 @@ def run(config: SoakConfig) -> int:
     with EmbeddedBroker() as broker:
         broker.create_topics({topics["requests"]: config.partitions, topics["results"]: 1,
                               topics["dead_letters"]: 1})
-        worker = WorkerUnderSoak(broker.bootstrap_servers, config, topics).start()
+        worker = soak_worker(broker.bootstrap_servers, config, topics).start()
         try:
             worker.wait_ready()
             print(f"soak: broker {broker.bootstrap_servers}, worker pid {worker.proc.pid}",
@@ -374,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seconds must be at least twice --sample-s ({config.sample_s})")
     try:
         return run(config)
-    except SoakError as error:
+    except (SoakError, WorkerProcessError) as error:
         print(f"FAIL: {error}", file=sys.stderr)
         return 1
 
