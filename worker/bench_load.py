@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from phoenix.runner import RankingRunner
 from worker.bench_stats import bucket_counts, latency_summary, sustained_rate
 from worker.assembly import Buckets
+from worker.kafka_clients import TopicFollower
 from worker.pipeline import InputRecord, RankingPipeline
 from worker.process import WorkerProcess
 from worker.producer import Event, send_events_to_kafka
@@ -177,6 +178,7 @@ class CpuMeter:
 
 
 async def _assign_all(consumer: AIOKafkaConsumer, topic: str) -> None:
+    """The naive loop reads its topic from the beginning, as the worker's group would."""
     await consumer.topics()  # refresh metadata (asking for one topic could auto-create it)
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
@@ -195,57 +197,27 @@ class Arrival(NamedTuple):
     produced_at_ms: int  # worker: result built (after the model, before publishing)
 
 
-class ResultCollector:
+class ResultCollector(TopicFollower):
     """Consumes the results topic in the background; `arrivals[request_id]` is the first
     result of each request."""
 
     def __init__(self, bootstrap: str, topic: str):
-        self.bootstrap = bootstrap
-        self.topic = topic
+        super().__init__(bootstrap, [topic], fetch_max_wait_ms=FETCH_WAIT_MS)
         self.arrivals: dict[str, Arrival] = {}
         self.duplicates = 0
         self._changed = asyncio.Event()
-        self._task: asyncio.Task | None = None
 
-    async def __aenter__(self) -> "ResultCollector":
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    fetch_max_wait_ms=FETCH_WAIT_MS)
-        await consumer.start()
-        try:
-            await _assign_all(consumer, self.topic)
-        except BaseException:
-            await consumer.stop()
-            raise
-        self._task = asyncio.create_task(self._run(consumer))
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _run(self, consumer: AIOKafkaConsumer) -> None:
-        try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=100)
-                arrived = time.time() * 1000.0  # every record of this fetch arrived now
-                for records in batch.values():
-                    for record in records:
-                        result = msgpack.unpackb(record.value, raw=False)
-                        request_id = result["request_id"]
-                        if request_id in self.arrivals:
-                            self.duplicates += 1
-                        else:
-                            self.arrivals[request_id] = Arrival(
-                                result.get("request_timestamp_ms"), arrived,
-                                result["timings"]["queue_wait_ms"], result["produced_at_ms"])
-                if batch:
-                    self._changed.set()
-        finally:
-            await consumer.stop()
+    def on_records(self, records: list, arrived_ms: float) -> None:
+        for record in records:
+            result = msgpack.unpackb(record.value, raw=False)
+            request_id = result["request_id"]
+            if request_id in self.arrivals:
+                self.duplicates += 1
+            else:
+                self.arrivals[request_id] = Arrival(
+                    result.get("request_timestamp_ms"), arrived_ms,
+                    result["timings"]["queue_wait_ms"], result["produced_at_ms"])
+        self._changed.set()
 
     async def wait_for(self, request_ids: Sequence[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

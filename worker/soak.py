@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from worker.broker import EmbeddedBroker
+from worker.kafka_clients import TopicFollower
 from worker.process import WorkerProcess, WorkerProcessError
 from worker.producer import Event, generate_events, now_ms
 
@@ -106,41 +107,15 @@ def soak_worker(bootstrap: str, config: SoakConfig, topics: dict[str, str]) -> W
 # ----------------------------------------------------------------------------- traffic
 
 
-class Counter:
+class Counter(TopicFollower):
     """Results and dead letters received, counted from a background consumer task."""
 
     def __init__(self, bootstrap: str, topics: Sequence[str]):
-        self.bootstrap, self.topics = bootstrap, list(topics)
+        super().__init__(bootstrap, list(topics), poll_ms=200)
         self.answered = 0
-        self._task: asyncio.Task | None = None
 
-    async def __aenter__(self) -> "Counter":
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=10)
-        await consumer.start()
-        await consumer.topics()
-        tps = [TopicPartition(t, p) for t in self.topics
-               for p in sorted(consumer.partitions_for_topic(t) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        self._task = asyncio.create_task(self._count(consumer))
-        return self
-
-    async def _count(self, consumer: AIOKafkaConsumer) -> None:
-        try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=200)
-                self.answered += sum(len(records) for records in batch.values())
-        finally:
-            await consumer.stop()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+    def on_records(self, records: list, arrived_ms: float) -> None:
+        self.answered += len(records)
 
     async def wait_for(self, count: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
