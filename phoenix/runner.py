@@ -46,6 +46,15 @@ def rank_step(apply_fn, state: ModelState, batch: RecsysBatch):
     return probs, scores, raw, order
 
 
+def merge_step(state: ModelState, raw: jnp.ndarray, author_hashes: jnp.ndarray,
+               valid: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Pure: final scores and order of candidates that were scored in several model rows.
+
+    raw `[B, W]` weighted scores, author_hashes `[B, W, na]`, valid `[B, W]` -> `[B, W]` each.
+    """
+    return finalize(raw, author_hashes, valid, state.diversity)
+
+
 class RankingRunner:
     """`rank(batch) -> RankOutput` with one jitted call: lookup, model, sigmoid, score, order."""
 
@@ -64,6 +73,7 @@ class RankingRunner:
             diversity=jnp.asarray(scoring.diversity_params()))
         self.scoring = scoring
         self._step = jax.jit(self._traced_step)
+        self._merge = jax.jit(merge_step)
 
     @classmethod
     def create(cls, config: RankerConfig = RankerConfig(), seed: int = 0,
@@ -102,10 +112,23 @@ class RankingRunner:
         with jax.disable_jit():
             return RankOutput(*jax.device_get(rank_step(self._model.apply, self.state, batch)))
 
-    def warmup(self, shapes: list[tuple[int, int]]) -> None:
-        """Compile every (rows, candidates) shape now, not in the first requests' latency."""
+    def merge(self, raw: np.ndarray, author_hashes: np.ndarray,
+              valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blocking `merge_step`: (final scores `[B, W]`, order `[B, W]`) as host arrays.
+
+        Compiles once per width W: callers pad W to a few fixed widths."""
+        scores, order = jax.device_get(self._merge(self.state, raw, author_hashes, valid))
+        return scores, order
+
+    def warmup(self, shapes: list[tuple[int, int]], merge_widths: tuple[int, ...] = ()) -> None:
+        """Compile every (rows, candidates) shape and every merge width now, not in the first
+        requests' latency."""
         for rows, candidates in shapes:
             self.rank(dummy_batch(self.config, rows, candidates))
+        na = self.config.hashes.num_author_hashes
+        for width in merge_widths:
+            self.merge(np.zeros((1, width), np.float32), np.zeros((1, width, na), np.int32),
+                       np.zeros((1, width), bool))
 
     @property
     def params(self) -> Params:

@@ -8,6 +8,10 @@
                       model call or a stalled device would.
 --fault-poison-user   any model call whose batch holds a request of this user id raises
                       `InjectedFault` (the pipeline must isolate it and dead-letter only it).
+--fault-publish-fail ID[:N]
+                      sending the result of request ID raises `InjectedFault` (not a Kafka
+                      error) every time, and so do the first N sends of the publish_failed
+                      dead letter that stands in for it (default N = 0).
 
 Every injected fault logs a `fault:` line, so tests can check that it really fired. Never
 imported by the worker itself.
@@ -24,7 +28,8 @@ import time
 from typing import Sequence
 
 from worker import app
-from worker.pipeline import InputRecord, ProcessedBatch, RankingPipeline
+from worker.agent import BatchHandler
+from worker.pipeline import InputRecord, Outcome, ProcessedBatch, RankingPipeline
 from worker.request import RankingRequest
 
 log = logging.getLogger("fault")
@@ -39,6 +44,8 @@ class Faults:
     slow_ms: int = 0  # sleep per batch before ranking
     slow_batches: int = 0  # how many batches are slow (0 = all)
     poison_user: int = 0  # user id that makes ranking raise (0 = none)
+    publish_fail_request: str = ""  # request id whose result can never be sent ("" = none)
+    publish_fail_stand_in: int = 0  # failed sends of its publish_failed dead letter
 
 
 def poison_message(user_id: int) -> str:
@@ -74,15 +81,32 @@ def install(faults: Faults) -> None:
 
         RankingPipeline._rank = poisoned_rank
 
+    if faults.publish_fail_request:
+        send = BatchHandler._send
+        stand_in_sends = itertools.count(1)
+
+        async def failing_send(self: BatchHandler, producer, outcome: Outcome):
+            if outcome.request_id == faults.publish_fail_request and (
+                    outcome.is_result or next(stand_in_sends) <= faults.publish_fail_stand_in):
+                log.warning("fault: sending the %s of %s fails",
+                            outcome.dead_letter_code or "result", outcome.request_id)
+                raise InjectedFault(f"injected fault: {outcome.request_id} cannot be sent")
+            return await send(self, producer, outcome)
+
+        BatchHandler._send = failing_send
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--fault-slow-ms", type=int, default=0)
     parser.add_argument("--fault-slow-batches", type=int, default=0)
     parser.add_argument("--fault-poison-user", type=int, default=0)
+    parser.add_argument("--fault-publish-fail", default="")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    request_id, _, times = args.fault_publish_fail.partition(":")
     install(Faults(slow_ms=args.fault_slow_ms, slow_batches=args.fault_slow_batches,
-                   poison_user=args.fault_poison_user))
+                   poison_user=args.fault_poison_user, publish_fail_request=request_id,
+                   publish_fail_stand_in=int(times or 0)))
     return app.main(rest)
 
 

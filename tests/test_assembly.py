@@ -21,7 +21,7 @@ def runner():
 def rank(runner, assembler, requests):
     assembly = assembler.assemble(requests)
     outputs = [runner.rank(call.batch) for call in assembly.calls]
-    return assembler.rankings(requests, assembly, outputs, runner.scoring.diversity_params())
+    return assembler.rankings(requests, assembly, outputs, runner.merge)
 
 
 def test_batch_and_candidate_counts_round_up_to_buckets():

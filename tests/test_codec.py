@@ -262,11 +262,30 @@ def test_dead_letter_keeps_original_bytes_untouched():
         message="m", time_ms=123)
     decoded = codec.decode_message(data)
     assert decoded == {
-        "schema": "dead-letter.v1", "original": original,
+        "schema": "dead-letter.v2", "original": original,
+        "original_size": len(original), "original_truncated": False,
         "source": {"topic": "ranking-requests", "partition": 3, "offset": 17},
         "error": {"code": "not_msgpack", "message": "m", "field": None},
         "request_id": None, "time_ms": 123}
     assert type(decoded["original"]) is bytes
+
+
+def test_dead_letter_cuts_an_original_over_keep_bytes_and_records_its_size():
+    original = bytes(range(256)) * 40  # 10240 bytes
+    decoded = codec.decode_message(codec.encode_dead_letter(
+        original, topic="t", partition=0, offset=0, code="too_large", message="m",
+        keep_bytes=1000))
+    assert decoded["original"] == original[:1000]
+    assert decoded["original_size"] == 10240
+    assert decoded["original_truncated"] is True
+
+
+@pytest.mark.parametrize("size, kept", [(10, 10), (1 << 20, 1 << 20),
+                                        ((1 << 20) + 1, codec.ORIGINAL_PREFIX_BYTES),
+                                        (20 << 20, codec.ORIGINAL_PREFIX_BYTES)],
+                         ids=["small", "at-cap", "just-over", "20MB"])
+def test_dead_letter_keeps_originals_whole_up_to_the_request_cap(size, kept):
+    assert codec.original_keep_bytes(size, 1 << 20) == kept
 
 
 def test_dead_letter_null_value_becomes_empty_bytes_and_time_defaults_to_now():

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from phoenix.actions import ACTION_NAMES, NUM_ACTIONS
 from worker import codec
-from worker.errors import ValidationError
+from worker.errors import DEAD_LETTER_CODES, ValidationError
 from worker.request import RankingRequest
 from worker.validation import ValidationLimits, parse_request, validate_request
 
@@ -239,7 +239,7 @@ def test_result_round_trip_with_numpy_scalars(result):
 @FUZZ
 @given(original=st.binary(max_size=2048), partition=st.integers(0, 2**31 - 1),
        offset=st.integers(0, 2**63 - 1), code=st.sampled_from(
-           ["not_msgpack", "too_large", "invalid", "expired", "model_error"]),
+           list(DEAD_LETTER_CODES)),
        message=st.text(max_size=300), field=st.none() | st.text(max_size=40),
        request_id=st.none() | st.text(min_size=1, max_size=128))
 def test_dead_letter_round_trip(original, partition, offset, code, message, field, request_id):
@@ -247,7 +247,8 @@ def test_dead_letter_round_trip(original, partition, offset, code, message, fiel
                                     offset=offset, code=code, message=message, field=field,
                                     request_id=request_id, time_ms=5)
     assert codec.decode_message(data) == {
-        "schema": "dead-letter.v1", "original": original,
+        "schema": "dead-letter.v2", "original": original,
+        "original_size": len(original), "original_truncated": False,
         "source": {"topic": "ranking-requests", "partition": partition, "offset": offset},
         "error": {"code": code, "message": message, "field": field},
         "request_id": request_id, "time_ms": 5}

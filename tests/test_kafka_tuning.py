@@ -234,7 +234,7 @@ def test_fetch_wait_reaches_the_running_consumer(kafka: Kafka, tmp_path: Path) -
     env = dict(os.environ, PYTHONPATH=str(REPO))
     process = subprocess.Popen(
         [sys.executable, str(script), kafka.bootstrap, topic, "37"],
-        cwd=REPO,
+        cwd=tmp_path,  # Faust puts its data directory in the working directory
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -247,6 +247,7 @@ def test_fetch_wait_reaches_the_running_consumer(kafka: Kafka, tmp_path: Path) -
         assert line.split()[1:] == ["hello", "AIOKafkaConsumer", "37"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+        assert not list(REPO.glob("tuning-probe-*")), "the probe left files in the repository"
     finally:
         if process.poll() is None:
             process.kill()

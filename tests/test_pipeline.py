@@ -5,12 +5,15 @@ import time
 import numpy as np
 import pytest
 
+from aiokafka.errors import MessageSizeTooLargeError
+
+from phoenix import compilations
 from phoenix.actions import ACTION_NAMES
 from phoenix.runner import RankingRunner
 from tests.phoenix_helpers import TINY
 from worker import codec
-from worker.assembly import Assembler, Buckets
-from worker.pipeline import InputRecord, RankingPipeline
+from worker.assembly import Assembler, Buckets, merge_widths
+from worker.pipeline import InputRecord, RankingPipeline, publish_failed
 from worker.producer import BAD_EVENT_KINDS, generate_events
 from worker.validation import ValidationLimits, parse_request
 
@@ -47,7 +50,7 @@ def test_results_match_the_runner_called_directly(pipeline, runner):
         assembly = assembler.assemble([request])
         ranking, = assembler.rankings([request], assembly,
                                       [runner.rank(c.batch) for c in assembly.calls],
-                                      runner.scoring.diversity_params())
+                                      runner.merge)
         assert [c["post_id"] for c in result["ranked"]] == \
             request.candidate_post_ids[ranking.order].tolist()
         got = np.array([[c["probabilities"][a] for a in ACTION_NAMES] for c in result["ranked"]])
@@ -67,7 +70,10 @@ def test_every_bad_kind_is_dead_lettered_with_its_code(pipeline):
             continue
         seen.add(event.kind)
         letter = codec.decode_message(outcome.value)
-        assert letter["original"] == record.value  # untouched
+        # Untouched, up to the request byte cap (the too_large kind is just over it).
+        kept = codec.original_keep_bytes(len(record.value), pipeline.limits.max_message_bytes)
+        assert letter["original"] == record.value[:kept]
+        assert letter["original_size"] == len(record.value)
         assert letter["source"] == {"topic": "ranking-requests", "partition": 0,
                                     "offset": record.offset}
         assert letter["error"]["code"] == event.expected_code and letter["error"]["message"]
@@ -144,3 +150,84 @@ def test_unexpected_error_dead_letters_the_batch_instead_of_raising(runner, monk
     assert [o.dead_letter_code for o in outcomes] == ["model_error"] * 3
     message = codec.decode_message(outcomes[0].value)["error"]["message"]
     assert "KeyError" in message and "bug in encoding" in message
+
+
+# ---------------------------------------------------------------- any record the broker accepts
+
+
+def wire_request(request_id: str, num_candidates: int, user_id: int = 7) -> bytes:
+    return codec.encode_request({
+        "schema": codec.REQUEST_SCHEMA, "request_id": request_id, "user_id": user_id,
+        "history": [{"post_id": 900 + i, "author_id": 5, "actions": ["favorite"], "surface": 0}
+                    for i in range(3)],
+        "candidates": [{"post_id": 1 + i, "author_id": 1 + i % 7, "surface": i % 3}
+                       for i in range(num_candidates)]})
+
+
+@pytest.mark.parametrize("size", [2 << 20, 20 << 20], ids=["2MB", "20MB"])
+def test_an_oversized_record_gets_a_dead_letter_that_fits_and_its_neighbours_results(
+        pipeline, size):
+    big = b"\x85" + bytes(size - 1)  # starts like a msgpack map; far over the 1 MiB cap
+    values = [wire_request("before", 3), big, wire_request("after", 3)]
+    records = [InputRecord(v, None, "ranking-requests", 0, i) for i, v in enumerate(values)]
+    outcomes = pipeline.process(records).outcomes
+    assert [o.dead_letter_code for o in outcomes] == [None, "too_large", None]
+    letter = codec.decode_message(outcomes[1].value)
+    assert letter["original"] == big[:codec.ORIGINAL_PREFIX_BYTES]
+    assert letter["original_size"] == size and letter["original_truncated"] is True
+    assert f"{size} bytes" in letter["error"]["message"]
+    assert len(outcomes[1].value) <= pipeline.max_outcome_bytes
+
+
+def test_a_result_over_the_publish_cap_becomes_a_too_large_dead_letter(runner):
+    small = RankingPipeline.create(runner, BUCKETS, "w", max_message_bytes=64 << 10)
+    request = wire_request("wide", 1000)  # ~30 KB in, ~0.5 MB of result out
+    outcome, = small.process([InputRecord(request, None, "t", 0, 0)]).outcomes
+    assert outcome.dead_letter_code == "too_large"
+    letter = codec.decode_message(outcome.value)
+    assert letter["request_id"] == "wide" and letter["original"] == request
+    assert "top_k" in letter["error"]["message"]
+    assert len(outcome.value) <= small.max_outcome_bytes
+
+
+def test_publish_failed_keeps_a_small_prefix_and_names_the_refusal(pipeline):
+    record = InputRecord(bytes(range(256)) * 100, b"k", "ranking-requests", 2, 41)
+    outcome, = pipeline.process([record]).outcomes
+    stand_in = publish_failed(outcome, MessageSizeTooLargeError("broker said no"))
+    letter = codec.decode_message(stand_in.value)
+    assert stand_in.dead_letter_code == "publish_failed" and stand_in.record is record
+    assert letter["original"] == record.value[:codec.MINIMAL_ORIGINAL_BYTES]
+    assert letter["original_size"] == len(record.value)
+    assert "not_msgpack dead letter" in letter["error"]["message"]
+    assert "MessageSizeTooLargeError" in letter["error"]["message"]
+
+
+def test_distinct_candidate_counts_compile_nothing_after_warmup():
+    """Every count from 1 to the cap ranks without a compilation once warm-up is done (the
+    live test in test_foreign_client.py does the same up to 1024 on the demo model)."""
+    runner = RankingRunner.create(TINY, seed=0)
+    buckets = Buckets(batch_sizes=(1, 4, 16), candidate_counts=(2, 4),
+                      merge_widths=merge_widths(TINY.candidate_seq_len, 200))
+    pipeline = RankingPipeline.create(runner, buckets, "w", max_candidates=200)
+    pipeline.warmup()
+    counts = [1, 2, 3, 4, 5, 8, 9, 17, 33, 64, 65, 99, 128, 129, 150, 199, 200]
+    before = compilations.count()
+    for n in counts:
+        outcome, = pipeline.process([InputRecord(wire_request(f"n{n}", n), None, "t", 0, n)]
+                                    ).outcomes
+        assert outcome.is_result, codec.decode_message(outcome.value)
+        assert len(codec.decode_message(outcome.value)["ranked"]) == n
+    assert compilations.count() == before, compilations.last_function()
+
+
+def test_the_merged_ranking_equals_ranking_the_candidates_in_one_row():
+    """A request over C candidates is ranked across its rows exactly as if its candidates'
+    raw scores had come from one row: the padded merge width changes nothing."""
+    runner = RankingRunner.create(TINY, seed=2)
+    raw = np.random.default_rng(1).normal(size=(1, 37)).astype(np.float32)
+    authors = np.random.default_rng(2).integers(1, 4, size=(1, 37, 2)).astype(np.int32)
+    expected_scores, expected_order = runner.merge(raw, authors, np.ones((1, 37), bool))
+    assembler = Assembler(TINY, Buckets(candidate_counts=(4,), merge_widths=(64,)))
+    scores, order = assembler._merge_rows(runner.merge, raw[0], authors[0])
+    np.testing.assert_array_equal(order, expected_order[0])
+    np.testing.assert_allclose(scores, expected_scores[0])

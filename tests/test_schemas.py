@@ -32,7 +32,7 @@ _TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
 StrictValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator,
                                                type_checker=_TYPES)
 VALIDATORS = {name: StrictValidator(load(name)) for name in
-              ("ranking-request.v1", "ranking-result.v1", "dead-letter.v1")}
+              ("ranking-request.v1", "ranking-result.v1", "dead-letter.v1", "dead-letter.v2")}
 
 
 def json_form_of_dead_letter(message: dict) -> dict:
@@ -91,9 +91,19 @@ def test_result_and_dead_letter_schemas_match_the_constants():
     probabilities = result["properties"]["ranked"]["items"]["properties"]["probabilities"]
     assert probabilities["required"] == list(ACTION_NAMES)
     assert result["properties"]["schema"]["const"] == codec.RESULT_SCHEMA
-    dead = load("dead-letter.v1")
+    dead = load("dead-letter.v2")
     assert dead["properties"]["error"]["properties"]["code"]["enum"] == list(DEAD_LETTER_CODES)
     assert dead["properties"]["schema"]["const"] == codec.DEAD_LETTER_SCHEMA
+    assert [load(name)["title"] for name in codec.DEAD_LETTER_SCHEMAS] == list(
+        codec.DEAD_LETTER_SCHEMAS)
+
+
+def test_dead_letter_v2_is_v1_plus_the_size_fields_and_publish_failed():
+    v1, v2 = load("dead-letter.v1"), load("dead-letter.v2")
+    assert set(v2["properties"]) - set(v1["properties"]) == {"original_size",
+                                                             "original_truncated"}
+    codes = v2["properties"]["error"]["properties"]["code"]["enum"]
+    assert codes == v1["properties"]["error"]["properties"]["code"]["enum"] + ["publish_failed"]
 
 
 # -------------------------------------------------------------------------- generated events
@@ -177,7 +187,7 @@ def test_worker_built_dead_letters_are_valid():
             data = codec.dead_letter_from_error(error, original, topic="ranking-requests",
                                                 partition=rng.randrange(8),
                                                 offset=rng.randrange(10**6))
-        VALIDATORS["dead-letter.v1"].validate(json_form_of_dead_letter(codec.decode_message(data)))
+        VALIDATORS["dead-letter.v2"].validate(json_form_of_dead_letter(codec.decode_message(data)))
 
 
 # ------------------------------------------------------------ agreement on mutated requests
@@ -278,9 +288,10 @@ def test_readme_result_example():
 
 
 def test_readme_dead_letter_example_is_what_the_worker_would_write():
-    example = readme_example("dead-letter.v1")
-    VALIDATORS["dead-letter.v1"].validate(example)
+    example = readme_example("dead-letter.v2")
+    VALIDATORS["dead-letter.v2"].validate(example)
     original = base64.b64decode(example["original"], validate=True)
+    assert example["original_size"] == len(original) and not example["original_truncated"]
     with pytest.raises(ValidationError) as info:
         parse_request(original, LIMITS)
     assert example["error"] == {"code": info.value.code, "message": str(info.value),

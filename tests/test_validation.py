@@ -196,8 +196,8 @@ RULES = [
      r"history\[1\]\.post_id is required but missing"),
     ("history-item-unknown-key", ("history", 1, "surfce"), 1, "history[1].surfce",
      r"history\[1\]\.surfce is not a field of a history item \(did you mean 'surface'\?\)"),
-    ("history-item-bin-key", ("history", 0, b"post_id"), 1, "history[0].b'post_id'",
-     r"keys must be msgpack str, not bin"),
+    ("history-item-bin-key", ("history", 0, b"post_id"), 1, "history[0].post_id",
+     r"history\[0\]\.post_id: the key is a msgpack bin, but keys must be msgpack str"),
     ("history-post_id-zero", ("history", 2, "post_id"), 0, "history[2].post_id", ID_RULE + "0"),
     ("history-author_id-negative", ("history", 0, "author_id"), -1, "history[0].author_id",
      ID_RULE + "-1"),
@@ -269,7 +269,7 @@ RULES = [
     ("unknown-key-typo", ("topk",), 3, "topk",
      r"topk is not a field of a ranking request \(did you mean 'top_k'\?\); remove it"),
     ("unknown-key", ("extra",), 1, "extra", r"extra is not a field of a ranking request; remove"),
-    ("unknown-bin-key", (b"user_id",), 1, "b'user_id'", r"keys must be msgpack str, not bin"),
+    ("bin-key", (b"top_k",), 1, "top_k", r"top_k: the key is a msgpack bin, but keys must be"),
 ]
 
 

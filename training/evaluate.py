@@ -115,14 +115,13 @@ def rank_with_runner(runner: RankingRunner, wire: Sequence[dict[str, Any]]) -> R
     """The worker's path: encode, parse + validate, assemble, jitted rank, per-request rankings."""
     limits = ValidationLimits.from_config(runner.config)
     assembler = Assembler(runner.config, Buckets())
-    diversity = runner.scoring.diversity_params()
     requests = [parse_request(codec.encode_request(w), limits) for w in wire]
     probabilities, orders = [], []
     for start in range(0, len(requests), _CHUNK):
         chunk = requests[start:start + _CHUNK]
         assembly = assembler.assemble(chunk)
         outputs = [runner.rank(call.batch) for call in assembly.calls]
-        for ranking in assembler.rankings(chunk, assembly, outputs, diversity):
+        for ranking in assembler.rankings(chunk, assembly, outputs, runner.merge):
             probabilities.append(ranking.probabilities)
             orders.append(ranking.order)
     return Ranked(probabilities, orders)

@@ -16,12 +16,14 @@ import time
 from concurrent.futures import Executor
 from typing import Any, Callable, Sequence
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, ProducerClosed
 
+from phoenix import compilations
 from worker.breaker import DeadLetterBreaker
 from worker.metrics import WorkerMetrics
+from worker.errors import PUBLISH_FAILED
 from worker.pipeline import (DecodedBatch, InputRecord, Outcome, ProcessedBatch,
-                             RankingPipeline)
+                             RankingPipeline, publish_failed)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class WorkerState:
     assigned: bool = False
     breaker: DeadLetterBreaker | None = None
     last_offsets: dict[Any, int] = dataclasses.field(default_factory=dict)  # tp -> offset
+    failed: BaseException | None = None  # the agent's bug, when it stopped the worker
 
     def readiness(self) -> tuple[bool, str]:
         if not self.compiled:
@@ -43,6 +46,20 @@ class WorkerState:
         if self.breaker is not None and self.breaker.is_open:
             return False, f"circuit breaker open: {self.breaker.reason}"
         return True, "ready"
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed send may succeed if retried unchanged: Kafka's retriable errors, a
+    connection or a timeout (the broker away), the producer stopping (the stop redelivers)."""
+    if isinstance(error, (KafkaConnectionError, KafkaTimeoutError, ProducerClosed, OSError,
+                          asyncio.TimeoutError)):
+        return True
+    return isinstance(error, KafkaError) and bool(error.retriable)
+
+
+def _where(outcome: Outcome) -> str:
+    record = outcome.record
+    return f"{record.topic}[{record.partition}]@{record.offset}"
 
 
 def to_record(event: Any) -> InputRecord:
@@ -165,8 +182,13 @@ class BatchHandler:
         return self.results_topic if outcome.is_result else self.dead_letter_topic
 
     async def _publish(self, outcomes: Sequence[Outcome]) -> None:
-        """Sends all outcomes and waits for the broker's acks. A failed send is retried,
-        with a log line each time, until it succeeds: nothing is dropped silently."""
+        """Sends all outcomes and waits for the broker's acks; never raises but cancellation.
+
+        A transient failure (broker away, timeout, leader moving) is retried after
+        `send_retry_delay_s`, with a log line each time. An outcome refused for good (too
+        large for the broker, a serializer bug, any non-Kafka error) is replaced by its minimal
+        `publish_failed` dead letter, which is sent instead; if even that is refused, it is
+        retried like a transient failure. Either way the batch is never acked unanswered."""
         pending = list(outcomes)
         attempt = 0
         # Faust's own producer (the transaction manager under exactly_once), without
@@ -175,19 +197,35 @@ class BatchHandler:
         producer = await self.results_topic.app.maybe_start_producer()
         while pending:
             attempt += 1
-            futures = [await producer.send(self._topic_for(o).get_topic_name(), o.key, o.value,
-                                           None, None, None) for o in pending]
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            failed = [(o, r) for o, r in zip(pending, results) if isinstance(r, BaseException)]
-            for _, error in failed:
-                if not isinstance(error, (KafkaError, OSError, asyncio.TimeoutError)):
-                    raise error
-            if failed:
-                log.warning("%d of %d sends failed (first: %r); retrying in %.1f s (attempt %d)",
-                            len(failed), len(pending), failed[0][1], self.send_retry_delay_s,
-                            attempt)
+            results = await asyncio.gather(*[self._send(producer, o) for o in pending],
+                                           return_exceptions=True)
+            retry: list[Outcome] = []
+            wait = False
+            for outcome, result in zip(pending, results):
+                if not isinstance(result, BaseException):
+                    continue
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if is_transient(result) or outcome.dead_letter_code == PUBLISH_FAILED:
+                    retry.append(outcome)
+                    wait = True
+                    log.log(logging.WARNING if is_transient(result) else logging.ERROR,
+                            "sending the outcome of %s failed (attempt %d): %r; retrying in "
+                            "%.1f s", _where(outcome), attempt, result, self.send_retry_delay_s)
+                else:
+                    log.error("the outcome of %s was refused for good: %r; publishing a "
+                              "publish_failed dead letter instead", _where(outcome), result)
+                    retry.append(publish_failed(outcome, result))
+            if wait:
                 await asyncio.sleep(self.send_retry_delay_s)
-            pending = [o for o, _ in failed]
+            pending = retry
+
+    async def _send(self, producer: Any, outcome: Outcome) -> Any:
+        """One send, awaited to the broker's ack; errors raised by `send` itself (a record
+        over the producer's size cap) and by the ack alike."""
+        future = await producer.send(self._topic_for(outcome).get_topic_name(), outcome.key,
+                                     outcome.value, None, None, None)
+        return await future
 
     def _observe(self, processed: ProcessedBatch) -> None:
         m, outcomes = self.metrics, processed.outcomes
@@ -203,7 +241,7 @@ class BatchHandler:
             sent = outcome.record.timestamp_ms
             if sent:
                 m.queue_wait.observe(max(0.0, processed.started_ms - sent) / 1000)
-        m.compilations.set(self.pipeline.compile_count)
+        m.compilations.set(compilations.count())
 
     def _record_breaker(self, outcomes: Sequence[Outcome]) -> None:
         # Right after ranking, before publishing: the next batch must already see it open.

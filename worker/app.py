@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
 
+from phoenix import compilations
+from worker import codec
 from worker.agent import BatchHandler, WorkerState
 from worker.breaker import BreakerConfig, DeadLetterBreaker
 from worker.kafka_clients import (check_transactions_supported, ensure_topics_with_retry,
@@ -27,7 +32,6 @@ from worker.settings import Settings
 
 log = logging.getLogger("worker")
 
-_DEAD_LETTER_HEADROOM = 64 * 1024  # a dead letter embeds the original request, plus a reason
 _PRODUCER_BATCH_BYTES = 256 * 1024
 
 
@@ -39,7 +43,7 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         broker=settings.faust_broker,
         broker_credentials=faust_credentials(settings),
         env={},  # Faust would let BROKER_URL & co. from the environment override our settings
-        datadir=".cache/faust-{conf.id}",
+        datadir=os.path.join(settings.data_dir, "{conf.id}"),
         web_enabled=False,
         topic_disable_leader=True,
         topic_partitions=settings.partitions,
@@ -50,8 +54,9 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         broker_commit_interval=0.5,  # bounds re-deliveries after a crash
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_compression_type=settings.producer_compression,
         producer_request_timeout=30.0,  # a send during an outage fails and is retried by us
-        producer_max_request_size=settings.max_message_bytes + _DEAD_LETTER_HEADROOM,
+        producer_max_request_size=codec.publish_cap(settings.max_message_bytes),
         # Per-partition batch: Faust's 16 KiB holds ~5 results, so publishing one ranked batch
         # of 64 took several produce round trips; 256 KiB takes one (and stays far under the
         # broker's 1 MiB record-batch limit).
@@ -75,6 +80,9 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
             async for events in stream.noack_take(settings.max_batch_size, within=max_wait_s):
                 await handler.handle(stream, events)  # returns while the batch is ranked
             await handler.flush()
+        except Exception as error:  # noqa: BLE001 (CancelledError is not an Exception)
+            state.failed = error
+            await _stop_for_bug(error)
         finally:
             await handler.close()  # stopping: let the batches in flight finish
 
@@ -100,6 +108,41 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         metrics.ready.set(1 if state.readiness()[0] else 0)
 
     return app
+
+
+async def _stop_for_bug(error: Exception) -> None:
+    """The batch step never raises on input or broker trouble, so this is a bug. Restarting
+    the agent (Faust's default) would go on acking later records while the failed batch stays
+    unanswered, and Faust then commits past the gap; instead stop the worker (exit 1) and
+    hold this agent until the stop cancels it: a restart redelivers from the last commit."""
+    log.critical("the ranking agent failed (a bug); stopping the worker so that nothing is "
+                 "committed past the unanswered batch", exc_info=error)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.Event().wait()
+
+
+class RankingWorker(faust.Worker):
+    """Faust's worker with a bounded stop: a watchdog ends the process `STOP_DEADLINE_S` after
+    the first SIGTERM/SIGINT whatever the stop waits on (a stuck send, a broker gone, Faust
+    waiting for acks that will never come). What was answered is committed every
+    `broker_commit_interval` before that, so at worst the last moment is delivered again."""
+
+    def _schedule_shutdown(self, signum: signal.Signals) -> None:
+        if not self._signal_stop_time:
+            timer = threading.Timer(STOP_DEADLINE_S, _exit_now, args=(signum,))
+            timer.daemon = True
+            timer.start()
+        super()._schedule_shutdown(signum)
+
+
+STOP_DEADLINE_S = 8.0  # under the 10 s that orchestrators commonly give before SIGKILL
+
+
+def _exit_now(signum: signal.Signals) -> None:
+    log.error("the worker did not stop within %.0f s of %s; exiting now (records not yet "
+              "committed are delivered again)", STOP_DEADLINE_S, signal.Signals(signum).name)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
@@ -128,26 +171,30 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = build_pipeline(settings)
     pipeline.warmup()
     state.compiled = True
-    metrics.compilations.set(pipeline.compile_count)
-    log.info("model %s on %s: %d shapes compiled, %.1f s after start",
-             pipeline.runner.model_version, backend, pipeline.compile_count,
-             time.monotonic() - started)
+    metrics.compilations.set(compilations.count())
+    log.info("model %s on %s: %d compilations (%.1f s), ready %.1f s after start",
+             pipeline.runner.model_version, backend, compilations.count(),
+             compilations.seconds(), time.monotonic() - started)
 
+    os.makedirs(settings.data_dir, exist_ok=True)  # Faust creates only the last level
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     _prepare_broker(settings, loop)
     app = create_app(settings, pipeline, state, metrics)
-    worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False,
-                          quiet=True, loop=loop)
+    worker = RankingWorker(app, loglevel=settings.log_level, redirect_stdouts=False,
+                           quiet=True, loop=loop)
     # At WARNING or above, Faust's terminal spinner sets the root logger to DEBUG, so every
     # aiokafka/Faust debug() call builds a record (~2.6 per message). No spinner, no DEBUG.
     worker.spinner = None
     try:
         worker.execute_from_commandline()  # handles SIGTERM/SIGINT: drain, commit, exit
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            raise
     finally:
         if health is not None:
             health.stop()
-    return 0
+    return 1 if state.failed is not None else 0
 
 
 if __name__ == "__main__":

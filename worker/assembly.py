@@ -9,7 +9,7 @@ history items; Python loops run over requests or model calls only.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -17,7 +17,6 @@ from phoenix.config import ConfigError, RankerConfig
 from phoenix.hashing import Hasher
 from phoenix.model import RecsysBatch
 from phoenix.runner import RankOutput
-from phoenix.scoring import finalize
 from worker.request import RankingRequest
 
 
@@ -29,19 +28,36 @@ class Buckets:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     # Candidate slots per row, ascending, the last equal to the model's C. (C,) compiles least.
     candidate_counts: tuple[int, ...] = (8,)
+    # Widths, ascending and all > C, to which a request of more than C candidates is padded
+    # when its rows are ranked together (see `merge_widths`). Empty: no request has > C.
+    merge_widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("batch_sizes", "candidate_counts"):
+        for name in ("batch_sizes", "candidate_counts", "merge_widths"):
             values = getattr(self, name)
-            if not values or list(values) != sorted(set(values)) or values[0] < 1:
+            empty_ok = name == "merge_widths"
+            if ((not values and not empty_ok) or list(values) != sorted(set(values))
+                    or (values and values[0] < 1)):
                 raise ConfigError(f"Buckets.{name} must be distinct ascending positive ints, "
                                   f"got {values!r}")
 
     def check(self, config: RankerConfig) -> None:
-        if self.candidate_counts[-1] != config.candidate_seq_len:
+        c = config.candidate_seq_len
+        if self.candidate_counts[-1] != c:
             raise ConfigError(
                 f"the largest candidate bucket ({self.candidate_counts[-1]}) must equal the "
-                f"model's candidate_seq_len C ({config.candidate_seq_len})")
+                f"model's candidate_seq_len C ({c})")
+        if self.merge_widths and self.merge_widths[0] <= c:
+            raise ConfigError(f"merge widths must all exceed C ({c}), got {self.merge_widths}")
+
+    def merge_width(self, num_candidates: int) -> int:
+        """The padded width for ranking `num_candidates` (> C) together."""
+        for width in self.merge_widths:
+            if width >= num_candidates:
+                return width
+        # Beyond the widths compiled at start (the caps should make this unreachable): the
+        # next power of two, so even then only a few shapes ever compile.
+        return 1 << (num_candidates - 1).bit_length()
 
     @property
     def max_rows(self) -> int:
@@ -50,6 +66,19 @@ class Buckets:
     def shapes(self) -> list[tuple[int, int]]:
         """Every (rows, candidates) shape a call can have: what warm-up compiles."""
         return [(b, c) for b in self.batch_sizes for c in self.candidate_counts]
+
+
+def merge_widths(candidate_seq_len: int, max_candidates: int) -> tuple[int, ...]:
+    """C*2, C*4, ... up to the first width >= `max_candidates`: every request the caps allow
+    is ranked across its rows at one of these widths (padding at most doubles the work of a
+    step that is tiny next to the model)."""
+    widths, width = [], 2 * candidate_seq_len
+    while max_candidates > candidate_seq_len:
+        widths.append(width)
+        if width >= max_candidates:
+            break
+        width *= 2
+    return tuple(widths)
 
 
 def _round_up(value: int, buckets: tuple[int, ...]) -> int:
@@ -70,6 +99,10 @@ class Assembly(NamedTuple):
     candidate_offsets: np.ndarray  # [n + 1] candidates of request j are [off[j], off[j+1])
     rows_per_request: np.ndarray  # [n]
     candidate_author_hashes: np.ndarray  # [N, na], for re-ranking a request's merged rows
+
+
+# (raw scores [1, W], author hashes [1, W, na], valid [1, W]) -> (scores [1, W], order [1, W])
+MergeFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -173,8 +206,9 @@ class Assembler:
         return ModelCall(RecsysBatch(**padded), end - start)
 
     def rankings(self, requests: Sequence[RankingRequest], assembly: Assembly,
-                 outputs: Sequence[RankOutput], diversity: np.ndarray) -> list[Ranking]:
-        """Maps per-row model outputs back to each request's own candidates."""
+                 outputs: Sequence[RankOutput], merge: MergeFn) -> list[Ranking]:
+        """Maps per-row model outputs back to each request's own candidates. `merge` ranks
+        the candidates of a request that took several rows together (the runner's `merge`)."""
         def real_rows(field):
             return np.concatenate([getattr(o, field)[: c.num_rows]
                                    for o, c in zip(outputs, assembly.calls)])
@@ -190,12 +224,25 @@ class Assembler:
                 own_order = order[row[lo], : hi - lo]  # padding sorts last
                 own_scores = cand_scores[lo:hi]
             else:  # ranked across its rows together, with the same scoring code
-                merged_scores, merged_order = finalize(
-                    cand_raw[None, lo:hi], assembly.candidate_author_hashes[None, lo:hi],
-                    np.ones((1, hi - lo), bool), diversity)
-                own_scores, own_order = np.asarray(merged_scores[0]), np.asarray(merged_order[0])
+                own_scores, own_order = self._merge_rows(
+                    merge, cand_raw[lo:hi], assembly.candidate_author_hashes[lo:hi])
             result.append(Ranking(request, cand_probs[lo:hi], own_scores, own_order))
         return result
+
+
+    def _merge_rows(self, merge: MergeFn, raw: np.ndarray,
+                    author_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One request's candidates `[c]` ranked together at a fixed padded width W."""
+        c = len(raw)
+        width = self.buckets.merge_width(c)
+        padded_raw = np.zeros((1, width), np.float32)  # [1, W]
+        padded_raw[0, :c] = raw
+        padded_authors = np.zeros((1, width) + author_hashes.shape[1:], np.int32)  # [1, W, na]
+        padded_authors[0, :c] = author_hashes
+        valid = np.zeros((1, width), bool)  # [1, W]
+        valid[0, :c] = True
+        scores, order = merge(padded_raw, padded_authors, valid)
+        return scores[0, :c], order[0, :c]  # padding sorts last, so order[:c] are real
 
 
 def _trim_history(request: RankingRequest, keep: int) -> RankingRequest:

@@ -297,9 +297,8 @@ class _EagerRunner:
     def rank(self, batch):
         return self._runner.rank_eager(batch)
 
-    @property
-    def compile_count(self) -> int:
-        return self._runner.compile_count
+    def merge(self, raw, author_hashes, valid):
+        return self._runner.merge(raw, author_hashes, valid)
 
 
 async def run_naive(bootstrap: str, events: Sequence[Event], requests_topic: str,

@@ -68,7 +68,6 @@ def profile_batch_path(pipeline: RankingPipeline, records: Sequence[InputRecord]
     """
     runner: RankingRunner = pipeline.runner
     step = jax.jit(functools.partial(rank_step, build_model(runner.config, runner.dtype).apply))
-    diversity = runner.scoring.diversity_params()
     batches = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
     batches = [b for b in batches if len(b) == batch_size]
     samples: dict[str, list[float]] = {}
@@ -90,7 +89,7 @@ def profile_batch_path(pipeline: RankingPipeline, records: Sequence[InputRecord]
             [step(runner.state, b) for b in on_device]))
         host, d2h_ms = _timed(lambda: [RankOutput(*jax.device_get(o)) for o in outputs])
         _, map_ms = _timed(lambda: pipeline.assembler.rankings(requests, assembly, host,
-                                                               diversity))
+                                                               runner.merge))
         if i == 0:
             continue
         add("decode (msgpack)", decode_ms)

@@ -42,13 +42,32 @@ if TYPE_CHECKING:  # validation imports this module; the import is for type hint
 
 REQUEST_SCHEMA = "ranking-request.v1"
 RESULT_SCHEMA = "ranking-result.v1"
-DEAD_LETTER_SCHEMA = "dead-letter.v1"
+DEAD_LETTER_SCHEMA = "dead-letter.v2"  # what the worker writes
+DEAD_LETTER_SCHEMAS = ("dead-letter.v1", DEAD_LETTER_SCHEMA)  # what readers accept
 
 U64_MAX = 2**64 - 1
 MAX_MAP_KEYS = 32  # The widest map in the request contract has 8 keys; room for clear errors.
 MIN_STR_BYTES = 64  # Keys and action names must always fit, whatever the request id cap.
 MESSAGE_DECODE_MAX_BYTES = 64 * 1024 * 1024  # Default cap for results/dead letters (viewers).
 DEAD_LETTER_MESSAGE_CHARS = 2000  # Error messages (e.g. a model traceback line) are cut here.
+# A dead letter keeps the whole original up to the request byte cap. Over it, only this prefix
+# (enough to find the producer: schema, request id, user id come first), so a dead letter of
+# any record the broker accepts still fits the worker's producer.
+ORIGINAL_PREFIX_BYTES = 64 * 1024
+# What a `publish_failed` dead letter keeps: it must pass whatever refused the full answer.
+MINIMAL_ORIGINAL_BYTES = 1024
+# Room a published message needs besides its value: the dead letter's other fields (message,
+# request id, source) and Kafka's record and batch headers. The producer's size cap is the
+# request byte cap plus this.
+PUBLISH_HEADROOM_BYTES = 64 * 1024
+# Kafka's per-record and per-batch headers plus the key, within that headroom.
+RECORD_OVERHEAD_BYTES = 1024
+
+
+def publish_cap(max_message_bytes: int) -> int:
+    """The producer's size cap (max_request_size) for a worker whose request cap is
+    `max_message_bytes`: every result and dead letter it builds fits under it."""
+    return max_message_bytes + PUBLISH_HEADROOM_BYTES
 
 # msgpack reports per-object cap violations as a plain ValueError "N exceeds max_X_len(M)".
 _CAP_EXCEEDED = re.compile(r"exceeds max_\w+_len")
@@ -173,15 +192,21 @@ def encode_result(result: dict) -> bytes:
 
 def build_dead_letter(original: bytes | None, *, topic: str, partition: int, offset: int,
                       code: str, message: str, field: str | None = None,
-                      request_id: str | None = None, time_ms: int | None = None) -> dict:
-    """The dead-letter.v1 dict. A null record value is kept as empty bytes."""
+                      request_id: str | None = None, time_ms: int | None = None,
+                      keep_bytes: int | None = None) -> dict:
+    """The dead-letter.v2 dict. A null record value is kept as empty bytes; an original longer
+    than `keep_bytes` (None: no limit) is cut to that prefix, its full size recorded."""
     if code not in DEAD_LETTER_CODES:
         raise ValueError(f"dead-letter code must be one of {DEAD_LETTER_CODES}, got {code!r}")
     if len(message) > DEAD_LETTER_MESSAGE_CHARS:
         message = message[:DEAD_LETTER_MESSAGE_CHARS] + "..."
+    original = original if original is not None else b""
+    truncated = keep_bytes is not None and len(original) > keep_bytes
     return {
         "schema": DEAD_LETTER_SCHEMA,
-        "original": bytes(original) if original is not None else b"",
+        "original": bytes(original[:keep_bytes] if truncated else original),
+        "original_size": len(original),
+        "original_truncated": truncated,
         "source": {"topic": topic, "partition": int(partition), "offset": int(offset)},
         "error": {"code": code, "message": message, "field": field},
         "request_id": request_id,
@@ -191,16 +216,19 @@ def build_dead_letter(original: bytes | None, *, topic: str, partition: int, off
 
 def encode_dead_letter(original: bytes | None, *, topic: str, partition: int, offset: int,
                        code: str, message: str, field: str | None = None,
-                       request_id: str | None = None, time_ms: int | None = None) -> bytes:
-    """Encode a dead-letter.v1 message; `original` travels as a msgpack bin, untouched."""
+                       request_id: str | None = None, time_ms: int | None = None,
+                       keep_bytes: int | None = None) -> bytes:
+    """Encode a dead-letter.v2 message; `original` travels as a msgpack bin, untouched up to
+    `keep_bytes`."""
     return _pack(build_dead_letter(original, topic=topic, partition=partition, offset=offset,
                                    code=code, message=message, field=field,
-                                   request_id=request_id, time_ms=time_ms))
+                                   request_id=request_id, time_ms=time_ms,
+                                   keep_bytes=keep_bytes))
 
 
 def dead_letter_from_error(error: WorkerError, original: bytes | None, *, topic: str,
                            partition: int, offset: int, request_id: str | None = None,
-                           time_ms: int | None = None) -> bytes:
+                           time_ms: int | None = None, keep_bytes: int | None = None) -> bytes:
     """Encode the dead letter for a WorkerError that has a dead-letter code."""
     if error.code is None:
         raise ValueError(f"{type(error).__name__} has no dead-letter code; "
@@ -209,7 +237,13 @@ def dead_letter_from_error(error: WorkerError, original: bytes | None, *, topic:
         original, topic=topic, partition=partition, offset=offset, code=error.code,
         message=str(error), field=getattr(error, "field", None),
         request_id=request_id if request_id is not None else getattr(error, "request_id", None),
-        time_ms=time_ms)
+        time_ms=time_ms, keep_bytes=keep_bytes)
+
+
+def original_keep_bytes(size: int, max_message_bytes: int) -> int:
+    """How much of an original of `size` bytes a dead letter keeps: all of it when it is
+    within the request byte cap, else the first `ORIGINAL_PREFIX_BYTES`."""
+    return size if size <= max_message_bytes else ORIGINAL_PREFIX_BYTES
 
 
 def decode_message(data: bytes, max_bytes: int = MESSAGE_DECODE_MAX_BYTES) -> dict:

@@ -22,13 +22,15 @@ class Policy(enum.Enum):
     RETRY = "retry"  # Transient: back off and try the same operation again.
 
 
-# Every code a dead letter's `error.code` may carry (schemas/dead-letter.v1.json enumerates them).
+# Every code a dead letter's `error.code` may carry (schemas/dead-letter.v2.json enumerates them).
 NOT_MSGPACK = "not_msgpack"
 TOO_LARGE = "too_large"
 INVALID = "invalid"
 EXPIRED = "expired"
 MODEL_ERROR = "model_error"
-DEAD_LETTER_CODES: tuple[str, ...] = (NOT_MSGPACK, TOO_LARGE, INVALID, EXPIRED, MODEL_ERROR)
+PUBLISH_FAILED = "publish_failed"  # since dead-letter.v2
+DEAD_LETTER_CODES: tuple[str, ...] = (NOT_MSGPACK, TOO_LARGE, INVALID, EXPIRED, MODEL_ERROR,
+                                      PUBLISH_FAILED)
 VALIDATION_CODES: frozenset[str] = frozenset({NOT_MSGPACK, TOO_LARGE, INVALID})
 
 # Where producers learn the contract; appended to messages that need a pointer, not repeated.
@@ -57,6 +59,10 @@ MSG_MISSING = "{field} is required but missing; add it ({expected}), " + SEE_CON
 MSG_UNKNOWN_KEY = (
     "{field} is not a field of {where}{hint}; remove it or fix its spelling "
     "(allowed: {allowed})"
+)
+MSG_BIN_KEY = (
+    "{field}: the key is a msgpack bin, but keys must be msgpack str (UTF-8); encode strings "
+    "as str (Python: msgpack.packb(..., use_bin_type=True))"
 )
 MSG_WRONG_TYPE = "{field} must be {expected}; got {got}"
 MSG_FLOAT_FOR_INT = (

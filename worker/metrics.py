@@ -38,7 +38,7 @@ class WorkerMetrics:
                                     buckets=_LATENCY_BUCKETS, registry=r)
         self.stage_time = Histogram("ranker_stage_seconds", "Time per batch in each stage",
                                     ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.compilations = Gauge("ranker_compilations", "JAX compilations so far", registry=r)
+        self.compilations = Gauge("ranker_compilations", "XLA compilations in the process so far (any function)", registry=r)
         self.in_flight = Gauge("ranker_in_flight_requests",
                                "Records consumed but not yet answered", registry=r)
         self.consumer_lag = Gauge("ranker_consumer_lag", "Consumer lag per partition "

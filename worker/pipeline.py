@@ -19,7 +19,8 @@ from phoenix.actions import ACTION_NAMES
 from phoenix.runner import RankingRunner
 from worker import codec
 from worker.assembly import Assembler, Buckets, Ranking
-from worker.errors import ExpiredError, ModelError, ValidationError, WorkerError
+from worker.errors import (PUBLISH_FAILED, TOO_LARGE, ExpiredError, ModelError,
+                           ValidationError, WorkerError)
 from worker.request import RankingRequest
 from worker.validation import ValidationLimits, parse_request
 
@@ -82,6 +83,23 @@ class DecodedBatch:
         return len(self.records)
 
 
+def publish_failed(outcome: Outcome, error: BaseException) -> Outcome:
+    """The minimal dead letter that stands in for `outcome` when the producer or the broker
+    refused it for good (not a transient error). It keeps only the first
+    `codec.MINIMAL_ORIGINAL_BYTES` of the original, so it passes whatever refused the rest."""
+    record = outcome.record
+    what = "result" if outcome.is_result else f"{outcome.dead_letter_code} dead letter"
+    value = codec.encode_dead_letter(
+        record.value, topic=record.topic, partition=record.partition, offset=record.offset,
+        code=PUBLISH_FAILED, request_id=outcome.request_id,
+        keep_bytes=codec.MINIMAL_ORIGINAL_BYTES,
+        message=(f"the worker's {what} for this record ({len(outcome.value)} bytes) could not "
+                 f"be published: {type(error).__name__}: {error}; when it is a size limit, "
+                 "raise max.message.bytes of the topic (or the broker's message.max.bytes) "
+                 "to at least the worker's max_message_bytes plus 64 KiB"))
+    return Outcome(record, record.key, value, outcome.request_id, PUBLISH_FAILED)
+
+
 def _now_ms() -> float:
     return time.time() * 1000.0
 
@@ -96,7 +114,6 @@ class RankingPipeline:
         self.limits = limits
         self.worker_id = worker_id
         self.max_age_ms = max_age_ms
-        self._diversity = runner.scoring.diversity_params()
         self._assemble_ms = 0.0
 
     @classmethod
@@ -106,22 +123,32 @@ class RankingPipeline:
         return cls(runner, Assembler(runner.config, buckets), limits, worker_id, max_age_ms)
 
     def warmup(self) -> None:
-        """Compile every bucket shape before the worker takes traffic."""
-        self.runner.warmup(self.assembler.buckets.shapes())
-
-    @property
-    def compile_count(self) -> int:
-        return self.runner.compile_count
+        """Compile every bucket shape and merge width before the worker takes traffic."""
+        buckets = self.assembler.buckets
+        self.runner.warmup(buckets.shapes(), buckets.merge_widths)
 
     # -- the stages ------------------------------------------------------------------------
+
+    @property
+    def max_outcome_bytes(self) -> int:
+        """The largest result or dead letter this pipeline builds: what the worker's producer
+        accepts (`codec.publish_cap`) less room for the record's key and Kafka's headers."""
+        return codec.publish_cap(self.limits.max_message_bytes) - codec.RECORD_OVERHEAD_BYTES
 
     def _dead_letter(self, record: InputRecord, error: WorkerError,
                      request_id: str | None = None) -> Outcome:
         request_id = request_id or getattr(error, "request_id", None)
+        size = len(record.value) if record.value is not None else 0
         value = codec.dead_letter_from_error(
             error, record.value, topic=record.topic, partition=record.partition,
-            offset=record.offset, request_id=request_id)
-        return Outcome(record, record.key, value, request_id, error.code)
+            offset=record.offset, request_id=request_id,
+            keep_bytes=codec.original_keep_bytes(size, self.limits.max_message_bytes))
+        outcome = Outcome(record, record.key, value, request_id, error.code)
+        if len(value) > self.max_outcome_bytes:  # unreachable with the caps; kept as a guard
+            return publish_failed(outcome, ValueError(
+                f"the dead letter is {len(value)} bytes, over the producer cap of "
+                f"{self.max_outcome_bytes}"))
+        return outcome
 
     def _decode(self, record: InputRecord, now_ms: float) -> RankingRequest | Outcome:
         try:
@@ -151,7 +178,7 @@ class RankingPipeline:
         assembly = self.assembler.assemble(requests)
         self._assemble_ms += _now_ms() - start
         outputs = [self.runner.rank(call.batch) for call in assembly.calls]
-        return self.assembler.rankings(requests, assembly, outputs, self._diversity)
+        return self.assembler.rankings(requests, assembly, outputs, self.runner.merge)
 
     def _rank_isolating(self, requests: list[RankingRequest]
                         ) -> list[Ranking | ModelError]:
@@ -189,8 +216,14 @@ class RankingPipeline:
             "request_timestamp_ms": request.timestamp_ms,
             "produced_at_ms": int(_now_ms()),
         }
-        return Outcome(record, codec.user_key(request.user_id), codec.encode_result(result),
-                       request.request_id)
+        value = codec.encode_result(result)
+        if len(value) > self.max_outcome_bytes:
+            return self._dead_letter(record, ValidationError(TOO_LARGE, (
+                f"the result for this request is {len(value)} bytes, over the "
+                f"{self.max_outcome_bytes}-byte cap of what the worker publishes; ask for fewer "
+                "candidates back (top_k) or raise the worker's max_message_bytes"),
+                request_id=request.request_id))
+        return Outcome(record, codec.user_key(request.user_id), value, request.request_id)
 
     # -- the whole batch -------------------------------------------------------------------
 

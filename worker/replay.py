@@ -42,6 +42,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from phoenix import compilations
 from phoenix.checkpoint import CheckpointError
 from phoenix.config import ConfigError
 from worker import codec
@@ -141,7 +142,7 @@ class OfflineSummary:
     dead_letters: Mapping[str, int]  # dead-letter code -> count (codes seen only)
     seconds: float  # wall time of reading, ranking and writing
     model_version: str
-    compilations: int  # jitted shapes compiled during the run
+    compilations: int  # XLA compilations in the process during the run
 
     @property
     def requests_per_s(self) -> float:
@@ -405,7 +406,7 @@ def run_offline(path: str, out_path: str, pipeline: RankingPipeline, batch_size:
         raise ReplayError(f"--out {out_path} is the input file; write the results elsewhere")
     partial = out_path + ".partial"
     codes: list[str | None] = []
-    compiled_before = pipeline.compile_count
+    compiled_before = compilations.count()
     start = time.perf_counter()
     try:
         with RecordReader(path) as reader, RecordWriter(partial) as out, \
@@ -421,7 +422,7 @@ def run_offline(path: str, out_path: str, pipeline: RankingPipeline, batch_size:
         if os.path.exists(partial):
             os.remove(partial)
     return summarize(codes, time.perf_counter() - start, pipeline.runner.model_version,
-                     pipeline.compile_count - compiled_before)
+                     compilations.count() - compiled_before)
 
 
 def run_compare(path: str, pipeline_a: RankingPipeline, pipeline_b: RankingPipeline,

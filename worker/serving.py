@@ -11,7 +11,7 @@ import os
 import jax
 
 from phoenix.runner import RankingRunner
-from worker.assembly import Buckets
+from worker.assembly import Buckets, merge_widths
 from worker.pipeline import RankingPipeline
 from worker.settings import Settings, SettingsError
 
@@ -45,10 +45,12 @@ def load_runner(checkpoint: str) -> RankingRunner:
 
 
 def buckets_for(settings: Settings, runner: RankingRunner) -> Buckets:
-    # A batch with more rows than the largest bucket is split into several model calls.
+    # A batch with more rows than the largest bucket is split into several model calls; a
+    # request with more than C candidates is ranked across its rows at one of `merge_widths`.
+    c = runner.config.candidate_seq_len
     return Buckets(batch_sizes=settings.batch_buckets,
-                   candidate_counts=settings.candidate_buckets
-                   or (runner.config.candidate_seq_len,))
+                   candidate_counts=settings.candidate_buckets or (c,),
+                   merge_widths=merge_widths(c, settings.max_candidates))
 
 
 def build_pipeline(settings: Settings, checkpoint: str | None = None,

@@ -32,6 +32,7 @@ from worker.errors import (
     MSG_MISSING,
     MSG_NOT_A_MAP,
     MSG_UNKNOWN_ACTION,
+    MSG_BIN_KEY,
     MSG_UNKNOWN_KEY,
     MSG_WRONG_TYPE,
     ValidationError,
@@ -96,15 +97,20 @@ _EXPECTED_FOR_KEY = {  # Shown when a key is missing.
 # ---------------------------------------------------------------- error builders (slow path)
 
 def _join(prefix: str, key: object) -> str:
-    name = key if isinstance(key, str) else repr(key)
+    # A bin key (msgpack bytes) is named by its text, as a client writer spelled it.
+    if isinstance(key, (bytes, bytearray)):
+        name = bytes(key).decode("utf-8", "replace")
+    else:
+        name = key if isinstance(key, str) else str(key)
     return f"{prefix}.{name}" if prefix else name
 
 
 def _unknown_key(key: object, prefix: str, allowed: Sequence[str], where: str) -> ValidationError:
     hint = ""
-    if isinstance(key, bytes) and key.decode("utf-8", "replace") in allowed:
-        hint = " (keys must be msgpack str, not bin: encode with use_bin_type=True)"
-    elif isinstance(key, str):
+    if isinstance(key, bytes):
+        return ValidationError(INVALID, MSG_BIN_KEY.format(field=_join(prefix, key)),
+                               field=_join(prefix, key))
+    if isinstance(key, str):
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ValidationError(INVALID, MSG_UNKNOWN_KEY.format(
