@@ -12,31 +12,15 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from tests.librdkafka_helpers import CODECS, librdkafka_producer, produce
 from tests.worker_harness import WorkerTopics
 from worker import codec
 from worker.producer import generate_events
 
-CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 BIG_RECORDS = (2 << 20, 20 << 20)  # both accepted by the broker, both over the 1 MiB cap
 MAX_CANDIDATES = 1024
-
-
-def librdkafka_producer(bootstrap: str, codec_name: str = "none") -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, "compression.type": codec_name,
-                     "acks": "all", "linger.ms": 20, "message.max.bytes": 32 << 20,
-                     "enable.idempotence": False})
-
-
-def produce(producer: Producer, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
-    """Sends and waits for every delivery report; raises on any failed delivery."""
-    errors = []
-    for key, value in messages:
-        producer.produce(topic, value, key=key,
-                         on_delivery=lambda error, _msg: error and errors.append(error))
-    if producer.flush(60) or errors:
-        raise KafkaException(errors[0] if errors else "undelivered messages after 60 s")
 
 
 class Reader:

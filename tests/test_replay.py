@@ -10,6 +10,7 @@ import pytest
 
 from phoenix.actions import ACTION_NAMES
 from phoenix.runner import RankingRunner
+from tests.librdkafka_helpers import CODECS, librdkafka_producer, produce
 from tests.phoenix_helpers import TINY
 from worker import codec, replay
 from worker.assembly import Buckets
@@ -306,6 +307,22 @@ def test_publish_then_record_round_trips_keys_values_and_order(capsys, kafka, tm
                               "--count", "5", "--no-progress")
     assert code == 0, stderr
     assert len(list(read_records(copy))) == 5
+
+
+def test_record_reads_batches_in_every_kafka_codec(capsys, kafka, tmp_path):
+    """A topic written by librdkafka with gzip, snappy, lz4 and zstd batches records whole."""
+    topic = kafka.new_topic(partitions=1)
+    sent = []
+    for codec_name in CODECS:
+        batch = [(f"k-{codec_name}".encode(), f"{codec_name}-{i}".encode() * 50)
+                 for i in range(5)]
+        produce(librdkafka_producer(kafka.bootstrap, codec_name), topic, batch)
+        sent += batch
+    copy = str(tmp_path / "copy.rec")
+    code, _, stderr = run_cli(capsys, "record", topic, copy, "--bootstrap", kafka.bootstrap,
+                              "--timeout-s", "1", "--no-progress")
+    assert code == 0, stderr
+    assert [(r.key, r.value) for r in read_records(copy)] == sent
 
 
 @pytest.mark.kafka
