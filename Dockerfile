@@ -4,8 +4,8 @@
 #   docker build -t phoenix-ranker:cpu .
 #   docker build --build-arg JAX_VARIANT=cuda12 -t phoenix-ranker:cuda12 .
 #
-# The same image runs the mock producer (`python -m worker.producer ...`) and the results viewer
-# (`python -m worker.results ...`). The cuda12 variant gets CUDA and cuDNN as pip wheels through
+# The same image runs the mock producer (`python -m tools.producer ...`) and the results viewer
+# (`python -m tools.viewer ...`). The cuda12 variant gets CUDA and cuDNN as pip wheels through
 # jax's `cuda12` extra: the host needs only the NVIDIA driver and container toolkit.
 FROM python:3.11.14-slim-bookworm
 
@@ -45,6 +45,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY phoenix/ phoenix/
 COPY worker/ worker/
 COPY training/ training/
+COPY tools/ tools/
+COPY bench/ bench/
 RUN pip install --no-cache-dir --no-deps . \
  && pip check \
  && rm -rf build ./*.egg-info

@@ -24,16 +24,16 @@ golden: venv
 	$(PY) -m phoenix.golden tests/data/phoenix_golden_public.npz
 
 bench-model: venv
-	$(PY) -m phoenix.bench --out bench/model.json
+	$(PY) -m bench.model --out bench/model.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
 broker: venv
-	$(PY) -m worker.broker --port 9092 --partitions 4
+	$(PY) -m tools.broker --port 9092 --partitions 4
 
 produce: venv
-	$(PY) -m worker.producer --count 500 --rate 100
+	$(PY) -m tools.producer --count 500 --rate 100
 
 train: venv
 	$(PY) -m training.train --out checkpoints/demo.npz
@@ -42,13 +42,13 @@ eval: venv
 	$(PY) -m training.evaluate --checkpoint checkpoints/demo.npz --json bench/eval.json
 
 demo: venv
-	$(PY) -m worker.demo
+	$(PY) -m tools.demo
 
 results: venv
-	$(PY) -m worker.results
+	$(PY) -m tools.viewer
 
 soak: venv
-	$(PY) -m worker.soak --seconds 60
+	$(PY) -m tools.soak --seconds 60
 
 bench: venv
-	$(PY) -m worker.bench
+	$(PY) -m bench.e2e

@@ -23,7 +23,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from worker.broker import EmbeddedBroker
+from tools.broker import EmbeddedBroker
 
 # What a produced message may be: a value, or (key, value).
 Message = bytes | tuple[bytes | None, bytes]

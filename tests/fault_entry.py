@@ -28,7 +28,7 @@ import time
 from typing import Sequence
 
 from worker import app
-from worker.agent import BatchHandler
+from worker.handler import BatchHandler
 from worker.pipeline import InputRecord, Outcome, ProcessedBatch, RankingPipeline
 from worker.request import RankingRequest
 

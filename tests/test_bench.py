@@ -8,10 +8,10 @@ import math
 import prometheus_client
 import pytest
 
-from worker.bench_load import Snapshot, stage_means_ms
-from worker.bench_stats import (BenchStatsError, Target, bucket_counts, latency_summary,
+from bench.load import Snapshot, stage_means_ms
+from bench.stats import (BenchStatsError, Target, bucket_counts, latency_summary,
                                 markdown_table, percentile, shares, sustained_rate)
-from worker.metrics import WorkerMetrics
+from worker.monitoring import WorkerMetrics
 
 
 @pytest.mark.parametrize("q, expected", [(0, 1.0), (50, 3.0), (100, 5.0), (25, 2.0), (90, 4.6)])

@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError
 
 from tests.conftest import Kafka, consume_async, produce_async, read_all_async
 from worker import topics as wire_topics
-from worker.broker import BrokerStartError, EmbeddedBroker, free_port
+from tools.broker import BrokerStartError, EmbeddedBroker, free_port
 from worker.topics import TopicError, TopicSpec, ensure_topics
 
 pytestmark = pytest.mark.kafka
@@ -183,7 +183,7 @@ def test_restart_loses_data_and_recreates_topics() -> None:
 def test_cli_creates_the_wire_topics_and_stops_on_sigterm() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker.broker", "--port", str(port), "--partitions", "2"],
+        [sys.executable, "-m", "tools.broker", "--port", str(port), "--partitions", "2"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from worker.producer import DEFAULT_TOO_LARGE_BYTES
+from tools.producer import DEFAULT_TOO_LARGE_BYTES
 from worker.settings import Settings
 from worker.topics import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, REQUESTS_TOPIC, RESULTS_TOPIC
 

@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from tests.librdkafka_helpers import CODECS, librdkafka_producer, produce
 from tests.worker_harness import WorkerTopics
 from worker import codec
-from worker.producer import generate_events
+from tools.producer import generate_events
 
 BIG_RECORDS = (2 << 20, 20 << 20)  # both accepted by the broker, both over the 1 MiB cap
 MAX_CANDIDATES = 1024

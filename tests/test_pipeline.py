@@ -14,7 +14,7 @@ from tests.phoenix_helpers import TINY
 from worker import codec
 from worker.assembly import Assembler, Buckets, merge_widths
 from worker.pipeline import InputRecord, RankingPipeline, publish_failed
-from worker.producer import BAD_EVENT_KINDS, generate_events
+from tools.producer import BAD_EVENT_KINDS, generate_events
 from worker.validation import ValidationLimits, parse_request
 
 BUCKETS = Buckets(batch_sizes=(1, 4, 16), candidate_counts=(8,))

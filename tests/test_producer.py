@@ -11,10 +11,10 @@ import pytest
 
 from phoenix.actions import ACTION_NAMES
 from training.world import World, WorldConfig
-from worker import producer
+from tools import producer
 from worker.errors import EXPIRED, ValidationError
-from worker.producer import BAD_EVENT_KINDS, VALID, generate_events, read_truth
-from worker.recordfile import read_records
+from tools.producer import BAD_EVENT_KINDS, VALID, generate_events, read_truth
+from tools.recordfile import read_records
 from worker.topics import REQUESTS_TOPIC
 from worker.validation import parse_request
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.errors import WorkerError
-from worker.recordfile import (
+from tools.recordfile import (
     FORMAT_NAME,
     BadRecordError,
     ForeignFileError,

@@ -29,8 +29,8 @@ from tests.conftest import Kafka
 from tests.fault_entry import InjectedFault, poison_message
 from tests.worker_harness import WorkerProcess, WorkerTopics
 from worker import codec
-from worker.broker import EmbeddedBroker
-from worker.producer import BAD_EVENT_KINDS, generate_events
+from tools.broker import EmbeddedBroker
+from tools.producer import BAD_EVENT_KINDS, generate_events
 
 pytestmark = pytest.mark.kafka
 

@@ -12,11 +12,12 @@ from phoenix.actions import ACTION_NAMES
 from phoenix.runner import RankingRunner
 from tests.librdkafka_helpers import CODECS, librdkafka_producer, produce
 from tests.phoenix_helpers import TINY
-from worker import codec, replay
+from tools import replay
+from worker import codec
 from worker.assembly import Buckets
 from worker.pipeline import RankingPipeline
-from worker.producer import generate_events, write_events_to_file
-from worker.recordfile import Record, read_records, write_records
+from tools.producer import generate_events, write_events_to_file
+from tools.recordfile import Record, read_records, write_records
 from worker.settings import Settings
 from worker.topics import DEAD_LETTER_TOPIC, REQUESTS_TOPIC, RESULTS_TOPIC
 

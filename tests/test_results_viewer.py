@@ -6,8 +6,8 @@ import pytest
 
 from phoenix.actions import ACTION_NAMES
 from training.world import RequestTruth
-from worker.broker import free_port
-from worker.results import Summary, bar, format_dead_letter, format_result
+from tools.broker import free_port
+from tools.viewer import Summary, bar, format_dead_letter, format_result
 
 
 def result(order_posts, request_id="r1", sent=1000):
@@ -66,7 +66,7 @@ def test_summary_counts_latency_and_ndcg_against_truth():
 def test_demo_runs_end_to_end():
     """`make demo`, shrunken: broker, worker, producer, viewer; exits 0 when every request
     was answered."""
-    run = subprocess.run([sys.executable, "-m", "worker.demo", "--count", "40",
+    run = subprocess.run([sys.executable, "-m", "tools.demo", "--count", "40",
                           "--metrics-port", str(free_port())],
                          capture_output=True, text=True, timeout=170)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

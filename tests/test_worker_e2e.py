@@ -10,7 +10,7 @@ from phoenix.runner import RankingRunner
 from tests.worker_harness import DEMO_CHECKPOINT, WorkerTopics
 from worker import codec
 from worker.assembly import Assembler, Buckets
-from worker.producer import BAD_EVENT_KINDS, generate_events
+from tools.producer import BAD_EVENT_KINDS, generate_events
 from worker.validation import ValidationLimits, parse_request
 
 
@@ -105,9 +105,9 @@ def test_exactly_once_fails_fast_with_a_clear_message(kafka, worker_factory):
 
 def test_offline_replay_equals_the_live_worker(kafka, worker_factory, tmp_path):
     """Same file + same checkpoint: the offline replay ranks exactly as the live worker."""
-    from worker import replay
-    from worker.producer import write_events_to_file
-    from worker.recordfile import read_records
+    from tools import replay
+    from tools.producer import write_events_to_file
+    from tools.recordfile import read_records
     from worker.settings import Settings
 
     path = tmp_path / "requests.rec"

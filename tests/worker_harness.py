@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
-from worker import process as worker_process
-from worker.process import ROOT
+from tools import launcher as worker_process
+from tools.launcher import ROOT
 
 DEMO_CHECKPOINT = ROOT / "checkpoints" / "demo.npz"
 # Few shapes keep the start fast; the persistent JAX cache makes later starts faster still.
@@ -35,7 +35,7 @@ class WorkerTopics:
 
 
 class WorkerProcess(worker_process.WorkerProcess):
-    """`worker.process.WorkerProcess` with test defaults: fresh group, the demo checkpoint,
+    """`tools.launcher.WorkerProcess` with test defaults: fresh group, the demo checkpoint,
     few bucket shapes, a short session and the repo's JAX compilation cache."""
 
     def __init__(self, bootstrap: str, topics: WorkerTopics, *, group_id: str | None = None,

@@ -20,7 +20,7 @@ requests are new. Every method ranks the same requests:
 Popularity and oracle probabilities go through the same final scoring as the runner
 (`phoenix.scoring.weighted_scores` + `finalize`, ScoringConfig defaults, author diversity on).
 
-Metrics (see training/metrics.py):
+Metrics (see training/ranking_metrics.py):
 * AUC per action over all held-out candidates, against labels drawn once (seeded) from the
   true probabilities - the labels a real log would hold, so even the oracle stays below 1;
   "mean AUC" averages the 19 actions (rare actions have few positives and are noisier).
@@ -49,7 +49,7 @@ from phoenix.config import RankerConfig
 from phoenix.hashing import Hasher
 from phoenix.runner import RankingRunner
 from phoenix.scoring import ScoringConfig, finalize, weighted_scores
-from training import metrics
+from training import ranking_metrics
 from training.world import RequestTruth, World, WorldConfig
 from worker import codec
 from worker.assembly import Assembler, Buckets
@@ -186,14 +186,14 @@ def score_method(name: str, ranked: Ranked, data: HeldOut,
                  scoring: ScoringConfig = ScoringConfig()) -> MethodResult:
     probs = np.concatenate(ranked.probabilities)  # [N, A]
     labels = np.concatenate(data.labels)  # [N, A]
-    auc = {action: metrics.auc(probs[:, i], labels[:, i]) for i, action in
+    auc = {action: ranking_metrics.auc(probs[:, i], labels[:, i]) for i, action in
            enumerate(ACTION_NAMES)}
     weights = scoring.weight_vector().astype(np.float64)
     ndcg5, ndcg_all = [], []
     for truth, order in zip(data.truths, ranked.orders):
-        gains = metrics.shift_gains(truth.probabilities @ weights)  # [c]
-        ndcg5.append(metrics.ndcg(gains, order, 5))
-        ndcg_all.append(metrics.ndcg(gains, order))
+        gains = ranking_metrics.shift_gains(truth.probabilities @ weights)  # [c]
+        ndcg5.append(ranking_metrics.ndcg(gains, order, 5))
+        ndcg_all.append(ranking_metrics.ndcg(gains, order))
     return MethodResult(name, auc, float(np.nanmean(list(auc.values()))),
                         float(np.mean(ndcg5)), float(np.mean(ndcg_all)))
 

@@ -20,12 +20,12 @@ import faust
 
 from phoenix import compilations
 from worker import codec
-from worker.agent import BatchHandler, WorkerState
+from worker.handler import BatchHandler, WorkerState
 from worker.breaker import BreakerConfig, DeadLetterBreaker
 from worker.kafka_clients import (check_transactions_supported, ensure_topics_with_retry,
                                   faust_credentials)
 from worker.kafka_tuning import ConsumerTuning, TunedApp
-from worker.metrics import HealthServer, WorkerMetrics
+from worker.monitoring import HealthServer, WorkerMetrics
 from worker.pipeline import RankingPipeline
 from worker.serving import build_pipeline, configure_jax
 from worker.settings import Settings

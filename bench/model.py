@@ -1,4 +1,4 @@
-"""Model-alone benchmark: `python -m phoenix.bench` (or `make bench-model`).
+"""Model-alone benchmark: `python -m bench.model` (or `make bench-model`).
 
 Requests/s of the ranking step for the demo config (S=32, C=8) and the reference default
 (S=128, C=32), at batch 1 and at larger batches, jitted vs the same step applied eagerly.

@@ -1,6 +1,6 @@
 """Mock producer: ranking requests drawn from the synthetic world (or random), to Kafka or a file.
 
-    python -m worker.producer --count 1000 --rate 200 --seed 7 --bad-fraction 0.05 \
+    python -m tools.producer --count 1000 --rate 200 --seed 7 --bad-fraction 0.05 \
         [--source world|random] [--truth truth.jsonl] [--out requests.rec] \
         [--bootstrap 127.0.0.1:9092] [--topic ranking-requests]
 
@@ -47,7 +47,7 @@ from phoenix.actions import ACTION_NAMES, NUM_ACTIONS
 from training.world import REQUEST_SCHEMA, RequestTruth, World, WorldConfig
 from worker.codec import encode_request, user_key
 from worker.errors import EXPIRED, INVALID, NOT_MSGPACK, TOO_LARGE
-from worker.recordfile import Record, RecordWriter
+from tools.recordfile import Record, RecordWriter
 from worker.topics import REQUESTS_TOPIC
 from worker.validation import DEFAULT_LIMITS
 
@@ -408,7 +408,7 @@ async def send_events_to_kafka(events: Iterable[Event], *, bootstrap: str = DEFA
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m worker.producer", description=__doc__.split(
+    p = argparse.ArgumentParser(prog="python -m tools.producer", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=1000, help="events to emit (default 1000)")
     p.add_argument("--rate", type=float, default=0.0,

@@ -1,4 +1,4 @@
-"""Pure helpers of the end-to-end benchmark (`worker/bench.py`): latency percentiles,
+"""Pure helpers of the end-to-end benchmark (`bench/e2e.py`): latency percentiles,
 sustained throughput, Prometheus histogram deltas, stage breakdowns, targets and tables.
 
 No Kafka, no JAX here, so each helper is unit-tested on its own (tests/test_bench.py).

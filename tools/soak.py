@@ -1,6 +1,6 @@
 """Soak run: the real worker under steady load, watching its memory and its backlog.
 
-    python -m worker.soak [--seconds 60] [--rate R] [--max-rss-growth-pct 20]
+    python -m tools.soak [--seconds 60] [--rate R] [--max-rss-growth-pct 20]
 
 Starts an embedded broker and the worker (`python -m worker.app`) as a subprocess, measures the
 worker's maximum throughput with a burst (unless `--rate` is given), then offers `--load-share`
@@ -31,10 +31,10 @@ from typing import Sequence
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
-from worker.broker import EmbeddedBroker
+from tools.broker import EmbeddedBroker
 from worker.kafka_clients import TopicFollower
-from worker.process import WorkerProcess, WorkerProcessError
-from worker.producer import Event, generate_events, now_ms
+from tools.launcher import WorkerProcess, WorkerProcessError
+from tools.producer import Event, generate_events, now_ms
 
 
 class SoakError(RuntimeError):
@@ -268,7 +268,7 @@ def run(config: SoakConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     defaults = SoakConfig()
-    parser = argparse.ArgumentParser(prog="python -m worker.soak", description=__doc__.split(
+    parser = argparse.ArgumentParser(prog="python -m tools.soak", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--seconds", type=float, default=defaults.seconds)
     parser.add_argument("--rate", type=float, default=defaults.rate,

@@ -1,11 +1,11 @@
 """Replay: rank recorded requests offline, copy topics to files and back, compare two models.
 
-    python -m worker.replay offline FILE --out RESULTS [--checkpoint PATH] [--batch-size N]
-    python -m worker.replay record TOPIC FILE [--bootstrap HOST:PORT] [--count N] [--timeout-s S]
-    python -m worker.replay publish FILE [--topic T] [--rate R | --recorded-pace]
-    python -m worker.replay compare FILE --checkpoint A --checkpoint B [--k 5] [--top 10]
+    python -m tools.replay offline FILE --out RESULTS [--checkpoint PATH] [--batch-size N]
+    python -m tools.replay record TOPIC FILE [--bootstrap HOST:PORT] [--count N] [--timeout-s S]
+    python -m tools.replay publish FILE [--topic T] [--rate R | --recorded-pace]
+    python -m tools.replay compare FILE --checkpoint A --checkpoint B [--k 5] [--top 10]
 
-FILE is a record file (`worker/recordfile.py`): the mock producer's `--out` or `replay record`.
+FILE is a record file (`tools/recordfile.py`): the mock producer's `--out` or `replay record`.
 `offline` and `compare` rank with `RankingPipeline`, the worker's own decode / validate /
 assemble / rank / encode code, built from the worker's `Settings` (so `RANKER_*` variables and
 any worker flag such as `--batch-buckets` or `--max-candidates` apply), in chunks of
@@ -48,14 +48,14 @@ from phoenix.config import ConfigError
 from worker import codec
 from worker.errors import WorkerError
 from worker.pipeline import InputRecord, Outcome, RankingPipeline
-from worker.recordfile import Record, RecordFileError, RecordReader, RecordWriter
+from tools.recordfile import Record, RecordFileError, RecordReader, RecordWriter
 from worker.kafka_clients import client_kwargs
 from worker.serving import build_pipeline as _build_pipeline
 from worker.settings import Settings, SettingsError
 
 T = TypeVar("T")
 
-PROG = "python -m worker.replay"
+PROG = "python -m tools.replay"
 REPLAY_WORKER_ID = "replay"
 
 

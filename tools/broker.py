@@ -4,7 +4,7 @@ Tansu keeps everything in memory: a restart loses every topic and record. Topics
 its own always get 4 partitions, so every topic we rely on is created explicitly here, with its
 intended partition count, and created again after a restart.
 
-    python -m worker.broker [--port 9092] [--partitions 4]
+    python -m tools.broker [--port 9092] [--partitions 4]
 
 starts the broker, creates the wire-contract topics and stays in the foreground until
 SIGINT/SIGTERM.
@@ -336,7 +336,7 @@ def _wire_topics(partitions: int) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m worker.broker",
+        prog="python -m tools.broker",
         description="Run the embedded tansu Kafka broker (in-memory) with the ranking topics.",
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (9092)")

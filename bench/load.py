@@ -1,4 +1,4 @@
-"""The Kafka side of the end-to-end benchmark (`worker/bench.py`).
+"""The Kafka side of the end-to-end benchmark (`bench/e2e.py`).
 
 - `BenchWorker`: the real worker (`python -m worker.app`) as a subprocess, with its metrics;
 - `ResultCollector`: an aiokafka consumer in the bench process that records when each result
@@ -24,12 +24,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from phoenix.runner import RankingRunner
-from worker.bench_stats import bucket_counts, latency_summary, sustained_rate
+from bench.stats import bucket_counts, latency_summary, sustained_rate
 from worker.assembly import Buckets
 from worker.kafka_clients import TopicFollower
 from worker.pipeline import InputRecord, RankingPipeline
-from worker.process import WorkerProcess
-from worker.producer import Event, send_events_to_kafka
+from tools.launcher import WorkerProcess
+from tools.producer import Event, send_events_to_kafka
 
 FETCH_WAIT_MS = 10  # the bench consumers' fetch long-poll (tansu re-checks in halves of it)
 
@@ -244,7 +244,7 @@ async def run_phase(name: str, events: Sequence[Event], rate: float, bootstrap: 
                     topic: str, collector: ResultCollector, worker: BenchWorker,
                     broker_pid: int | None = None, timeout_s: float = 120.0) -> dict:
     """Offers `events` at `rate` per second (0: as fast as possible) and waits for every
-    result. Returns the phase's figures (see `worker.bench` for their meaning)."""
+    result. Returns the phase's figures (see `bench.e2e` for their meaning)."""
     before = await asyncio.to_thread(worker.snapshot)
     cpu = CpuMeter(worker.proc.pid, broker_pid)
     cpu.start()

@@ -1,4 +1,4 @@
-"""In-process measurements of the worker's batch path (`worker/bench.py`), no Kafka.
+"""In-process measurements of the worker's batch path (`bench/e2e.py`), no Kafka.
 
 - `assembly_ratio`: assembling n validated requests into padded tensors vs ranking them with
   the jitted model (issue 3: assembly must stay under 10% of model time);
@@ -16,12 +16,12 @@ from typing import Callable, Sequence
 
 import jax
 
-from phoenix.bench import median_seconds
+from bench.model import median_seconds
 from phoenix.model import build_model
 from phoenix.runner import RankingRunner, RankOutput, rank_step
 from worker import codec
 from worker.pipeline import InputRecord, RankingPipeline
-from worker.producer import generate_events
+from tools.producer import generate_events
 from worker.request import RankingRequest
 from worker.validation import parse_request, validate_request
 

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from worker.broker import free_port
+from tools.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

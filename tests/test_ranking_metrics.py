@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.metrics import RollingNDCG, auc, dcg, ndcg, order_by_scores, shift_gains
+from training.ranking_metrics import RollingNDCG, auc, dcg, ndcg, order_by_scores, shift_gains
 
 LOG2_3 = math.log2(3)  # the discount of rank 2 (0-based rank 1)
 

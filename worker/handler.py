@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError,
 
 from phoenix import compilations
 from worker.breaker import DeadLetterBreaker
-from worker.metrics import WorkerMetrics
+from worker.monitoring import WorkerMetrics
 from worker.errors import PUBLISH_FAILED
 from worker.pipeline import (DecodedBatch, InputRecord, Outcome, ProcessedBatch,
                              RankingPipeline, publish_failed)
@@ -193,7 +193,7 @@ class BatchHandler:
         attempt = 0
         # Faust's own producer (the transaction manager under exactly_once), without
         # Topic.send's per-message FutureMessage and sensor bookkeeping: that path cost ~120 us
-        # of event-loop CPU per result, and the broker 3x the CPU (measured with worker.bench).
+        # of event-loop CPU per result, and the broker 3x the CPU (measured with bench.e2e).
         producer = await self.results_topic.app.maybe_start_producer()
         while pending:
             attempt += 1

@@ -12,10 +12,10 @@ import asyncio
 import sys
 import time
 
-from worker.broker import EmbeddedBroker, free_port
-from worker.process import WorkerProcess
-from worker.producer import generate_events, send_events_to_kafka
-from worker.results import Summary, follow, format_dead_letter, format_result, latency_of
+from tools.broker import EmbeddedBroker, free_port
+from tools.launcher import WorkerProcess
+from tools.producer import generate_events, send_events_to_kafka
+from tools.viewer import Summary, follow, format_dead_letter, format_result, latency_of
 from worker.settings import Settings
 
 _SHOW_EVERY = 50  # print every n-th result in full; the summary covers the rest

@@ -1,4 +1,4 @@
-"""Results viewer: `python -m worker.results` follows `ranking-results` (and dead letters).
+"""Results viewer: `python -m tools.viewer` follows `ranking-results` (and dead letters).
 
 Prints each ranked result readably (ids, a bar per top action, final score), or one JSON line
 per message with `--json`, and a summary line: results, dead letters by code, end-to-end
@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from phoenix.actions import ACTION_NAMES
 from phoenix.scoring import ScoringConfig
-from training.metrics import RollingNDCG
+from training.ranking_metrics import RollingNDCG
 from training.world import RequestTruth
 from worker import codec
 from worker.errors import ValidationError
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.load(rest)
     truth = None
     if args.truth:
-        from worker.producer import read_truth
+        from tools.producer import read_truth
         truth = read_truth(args.truth)
     summary = Summary(truth)
     topics = [settings.results_topic] + ([] if args.no_dead_letters

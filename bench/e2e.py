@@ -1,4 +1,4 @@
-"""End-to-end benchmark: `python -m worker.bench` (or `make bench`). A benchmark, never a test.
+"""End-to-end benchmark: `python -m bench.e2e` (or `make bench`). A benchmark, never a test.
 
 In one run, on this machine, with the embedded broker:
   1. the model alone (jitted `RankingRunner.rank`), requests/s at batch 1 and at the worker's
@@ -31,14 +31,14 @@ from typing import Callable
 
 import numpy as np
 
-from phoenix.bench import CONFIGS, bench_batch, bench_config, environment
+from bench.model import CONFIGS, bench_batch, bench_config, environment
 from phoenix.config import RankerConfig
 from phoenix.runner import RankingRunner
-from worker.bench_load import BenchWorker, ResultCollector, run_naive, run_phase
-from worker.bench_profile import assembly_ratio, demo_records, profile_batch_path
-from worker.bench_stats import Target, markdown_table, shares
-from worker.broker import EmbeddedBroker
-from worker.producer import generate_events
+from bench.load import BenchWorker, ResultCollector, run_naive, run_phase
+from bench.profile import assembly_ratio, demo_records, profile_batch_path
+from bench.stats import Target, markdown_table, shares
+from tools.broker import EmbeddedBroker
+from tools.producer import generate_events
 from worker.serving import build_pipeline, configure_jax
 from worker.settings import Settings
 
