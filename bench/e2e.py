@@ -10,7 +10,7 @@ In one run, on this machine, with the embedded broker:
      consumer (p50/p90/p99/max), batch sizes, compilations (must stay flat after ready);
   3. a naive baseline: one aiokafka loop, one request at a time, the model applied eagerly;
   4. where the time goes: the batch path split into stages, in process and in the worker;
-then checks the targets (issue 6) and writes `bench/results.json` and `bench/results.md`.
+then checks the targets and writes `bench/results.json` and `bench/results.md`.
 Ratios are meaningful within one run; absolute figures depend on the machine and its load.
 """
 

@@ -1,7 +1,7 @@
 """In-process measurements of the worker's batch path (`bench/e2e.py`), no Kafka.
 
 - `assembly_ratio`: assembling n validated requests into padded tensors vs ranking them with
-  the jitted model (issue 3: assembly must stay under 10% of model time);
+  the jitted model (assembly should stay under 10% of model time);
 - `profile_batch_path`: one batch of B records through the same pipeline the worker runs,
   split into decode, validate, assemble, host-to-device, model, device-to-host, map back and
   encode (the Kafka stages, consume and publish/ack, come from the worker's own metrics).

@@ -15,8 +15,7 @@ from worker.errors import (
     DEAD_LETTER_CODES,
     ExpiredError,
     ModelError,
-    Policy,
-    TransientBrokerError,
+    BrokerUnavailableError,
     ValidationError,
     WorkerError,
 )
@@ -331,7 +330,7 @@ def test_dead_letter_from_other_errors(error, code):
 
 def test_transient_errors_cannot_be_dead_lettered():
     with pytest.raises(ValueError, match="no dead-letter code"):
-        codec.dead_letter_from_error(TransientBrokerError("down"), b"", topic="t",
+        codec.dead_letter_from_error(BrokerUnavailableError("down"), b"", topic="t",
                                      partition=0, offset=0)
 
 
@@ -355,17 +354,14 @@ def test_decode_message_byte_cap():
 
 # ------------------------------------------------------------------------- the error tree
 
-@pytest.mark.parametrize("error, policy, retriable, code", [
-    pytest.param(ValidationError("invalid", "m", "f"), Policy.DEAD_LETTER, False, "invalid",
-                 id="validation"),
-    pytest.param(ExpiredError("m"), Policy.DEAD_LETTER, False, "expired", id="expired"),
-    pytest.param(ModelError("m"), Policy.ISOLATE, False, "model_error", id="model"),
-    pytest.param(TransientBrokerError("m"), Policy.RETRY, True, None, id="transient"),
+@pytest.mark.parametrize("error, code", [
+    pytest.param(ValidationError("invalid", "m", "f"), "invalid", id="validation"),
+    pytest.param(ExpiredError("m"), "expired", id="expired"),
+    pytest.param(ModelError("m"), "model_error", id="model"),
+    pytest.param(BrokerUnavailableError("m"), None, id="broker-unavailable"),
 ])
-def test_errors_carry_their_policy(error, policy, retriable, code):
+def test_errors_carry_their_dead_letter_code(error, code):
     assert isinstance(error, WorkerError)
-    assert error.policy is policy
-    assert error.retriable is retriable
     assert error.code == code
     assert code is None or code in DEAD_LETTER_CODES
 

@@ -1,4 +1,4 @@
-"""Reliability of the live worker (issue 7): crashes, scale-out, broker outages, rebalance churn,
+"""Reliability of the live worker: crashes, scale-out, broker outages, rebalance churn,
 slow and poisonous model calls, fuzzed input and the dead-letter breaker.
 
 Every test runs real worker processes against a real tansu broker. Tests that pause or restart
@@ -402,7 +402,7 @@ def test_two_workers_share_four_partitions_and_the_survivor_takes_over(kafka, sp
           f"{sorted(b_partitions)}; kill -> first result from b's partitions by a: "
           f"{takeover_s:.1f} s; {duplicates(answers)} duplicates, 0 lost")
     assert a_partitions and b_partitions and not a_partitions & b_partitions
-    assert takeover_s < 30.0  # issue: "within a stated time"; tansu: ~session x 2 + join
+    assert takeover_s < 30.0  # the stated bound; tansu: ~session x 2 + join
     assert after_kill == {"worker-a"}
 
 
@@ -478,7 +478,7 @@ def test_broker_paused_20s_under_load_then_every_request_is_answered(own_kafka, 
     assert answered_before > 0
     assert in_pause > 0  # a batch really was published into the paused broker
     assert answered == sent  # every acked request answered, nothing unknown published
-    assert recovery_s < 30.0  # issue: recovery within 30 s
+    assert recovery_s < 30.0  # the stated bound: recovery within 30 s
     assert worker.proc.poll() is None
 
 

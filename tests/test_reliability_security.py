@@ -1,4 +1,4 @@
-"""Broker security settings reach every Kafka client (issue 7, security): TLS and SASL from
+"""Broker security settings reach every Kafka client: TLS and SASL from
 `RANKER_*` configuration to aiokafka's keyword arguments and to Faust's credentials, and the TLS
 context they build really does mutual TLS. No TLS broker is needed: nothing connects to Kafka.
 

@@ -1,25 +1,18 @@
-"""The worker's exception tree. Each class carries the policy the agent applies to it.
+"""The worker's exception tree. The class is the policy; code branches on the type (and on
+`code`, the dead-letter code), never on message text.
 
     WorkerError                 root; never raised itself
     ├── ValidationError         the input is bad: dead-letter it, never retry
-    ├── ExpiredError            the deadline or max age passed: dead-letter, never retry
-    ├── ModelError              ranking raised for it: isolate the culprit, dead-letter it
-    └── TransientBrokerError    the broker hiccupped: retry with back-off
+    ├── RequestError            a valid request that could not be answered
+    │   ├── ExpiredError        the deadline or max age passed: dead-letter, never retry
+    │   └── ModelError          ranking raised for it: isolate the culprit, dead-letter it
+    └── BrokerUnavailableError  the broker stayed unreachable through every retry: give up
 
-The agent branches on `policy` (or `retriable`), never on message text. Message templates that
-several call sites share live here, so the wording of a rule is defined once.
+Message templates that several call sites share live here, so the wording of a rule is
+defined once.
 """
 
 from __future__ import annotations
-
-import enum
-from typing import ClassVar
-
-
-class Policy(enum.Enum):
-    DEAD_LETTER = "dead_letter"  # Publish to the dead-letter topic, commit, move on.
-    ISOLATE = "isolate"  # Split the batch, rank the rest, dead-letter only the culprit.
-    RETRY = "retry"  # Transient: back off and try the same operation again.
 
 
 # Every code a dead letter's `error.code` may carry (schemas/dead-letter.v2.json enumerates them).
@@ -88,14 +81,9 @@ MSG_DUPLICATE_CANDIDATE = (
 
 
 class WorkerError(Exception):
-    """Root of every error the worker raises on purpose. Subclasses set `policy`."""
+    """Root of every error the worker raises on purpose."""
 
-    policy: ClassVar[Policy]
     code: str | None = None  # The dead-letter code, for errors that end in a dead letter.
-
-    @property
-    def retriable(self) -> bool:
-        return self.policy is Policy.RETRY
 
 
 class ValidationError(WorkerError):
@@ -108,8 +96,6 @@ class ValidationError(WorkerError):
       message: the fact, the offending value and the fix (also `str(error)`).
       request_id: the request id when it could be read from the message, else None.
     """
-
-    policy = Policy.DEAD_LETTER
 
     def __init__(self, code: str, message: str, field: str | None = None,
                  request_id: str | None = None) -> None:
@@ -139,21 +125,18 @@ class RequestError(WorkerError):
 class ExpiredError(RequestError):
     """The request's deadline (or the worker's max age) passed before it could be answered."""
 
-    policy = Policy.DEAD_LETTER
     code = EXPIRED
 
 
 class ModelError(RequestError):
     """Assembling or ranking this request raised. Split the batch and dead-letter the culprit."""
 
-    policy = Policy.ISOLATE
     code = MODEL_ERROR
 
 
-class TransientBrokerError(WorkerError):
-    """The broker is unreachable or refused a request for a reason that may pass. Retry."""
-
-    policy = Policy.RETRY
+class BrokerUnavailableError(WorkerError):
+    """The broker stayed unreachable through every retry the caller allowed; it gives up.
+    Never dead-lettered: no record is at fault."""
 
 
 _SHOW_CHARS = 60  # Offending values are quoted up to this length, so messages stay small.

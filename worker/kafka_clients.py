@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from worker.errors import TransientBrokerError
+from worker.errors import BrokerUnavailableError
 from worker.settings import Settings, SettingsError
 from worker.topics import ensure_topics
 
@@ -76,7 +76,7 @@ async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
             return
         except (KafkaConnectionError, KafkaError, OSError, asyncio.TimeoutError) as exc:
             if attempts and attempt >= attempts:
-                raise TransientBrokerError(
+                raise BrokerUnavailableError(
                     f"broker {settings.bootstrap_servers} still unreachable after {attempt} "
                     f"attempts ({exc!r}); check RANKER_BROKER and that Kafka is up") from exc
             log.warning("broker %s not reachable (%s: %s); retrying in %.1f s (attempt %d)",

@@ -69,7 +69,7 @@ class Settings:
     ssl_certfile: str = _setting("", "client certificate for mutual TLS")
     ssl_keyfile: str = _setting("", "client key for mutual TLS")
     # Batching and model
-    max_batch_size: int = _setting(64, "most requests ranked in one model call")
+    max_batch_size: int = _setting(64, "most records taken from Kafka per batch")
     max_batch_wait_ms: float = _setting(5.0, "longest wait to fill a batch")
     batch_buckets: tuple[int, ...] = _setting((1, 2, 4, 8, 16, 32, 64),
                                               "model row counts compiled at start")
