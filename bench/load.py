@@ -311,7 +311,8 @@ async def run_naive(bootstrap: str, events: Sequence[Event], requests_topic: str
     pipeline = RankingPipeline.create(_EagerRunner(runner), Buckets(batch_sizes=(1,)),
                                       worker_id="naive")
     warm = events[0]  # the first eager calls fill JAX's op caches: not part of the loop's rate
-    pipeline.process([InputRecord(warm.encode(0), warm.key, requests_topic, 0, 0)])
+    warm_record = InputRecord(warm.encode(0), warm.key, requests_topic, 0, 0)
+    pipeline.process(pipeline.decode([warm_record]))
     await send_events_to_kafka(events, bootstrap=bootstrap, topic=requests_topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 fetch_max_wait_ms=FETCH_WAIT_MS)
@@ -330,7 +331,7 @@ async def run_naive(bootstrap: str, events: Sequence[Event], requests_topic: str
             first = first if first is not None else time.perf_counter()
             record = InputRecord(message.value, message.key, message.topic, message.partition,
                                  message.offset, message.timestamp)
-            outcome, = pipeline.process([record]).outcomes
+            outcome, = pipeline.process(pipeline.decode([record])).outcomes
             topic = results_topic if outcome.is_result else dead_letter_topic
             await (await producer.send(topic, outcome.value, key=outcome.key))
             results += outcome.is_result

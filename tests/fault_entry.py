@@ -29,7 +29,7 @@ from typing import Sequence
 
 from worker import app
 from worker.handler import BatchHandler
-from worker.pipeline import InputRecord, Outcome, ProcessedBatch, RankingPipeline
+from worker.pipeline import DecodedBatch, Outcome, ProcessedBatch, RankingPipeline
 from worker.request import RankingRequest
 
 log = logging.getLogger("fault")
@@ -58,14 +58,13 @@ def install(faults: Faults) -> None:
         process = RankingPipeline.process
         batches = itertools.count()
 
-        def slow_process(self: RankingPipeline,
-                         records: Sequence[InputRecord]) -> ProcessedBatch:
+        def slow_process(self: RankingPipeline, decoded: DecodedBatch) -> ProcessedBatch:
             n = next(batches)
             if faults.slow_batches == 0 or n < faults.slow_batches:
-                log.warning("fault: batch %d (%d records) sleeps %d ms", n, len(records),
+                log.warning("fault: batch %d (%d records) sleeps %d ms", n, len(decoded),
                             faults.slow_ms)
                 time.sleep(faults.slow_ms / 1000)
-            return process(self, records)
+            return process(self, decoded)
 
         RankingPipeline.process = slow_process
 

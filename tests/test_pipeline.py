@@ -39,7 +39,7 @@ def records_for(events, now=None):
 def test_results_match_the_runner_called_directly(pipeline, runner):
     events = list(generate_events(seed=11, count=20))
     records = records_for(events)
-    batch = pipeline.process(records)
+    batch = pipeline.process(pipeline.decode(records))
     assert [o.request_id for o in batch.outcomes] == [e.request_id for e in events]
     assert all(o.is_result for o in batch.outcomes)
     limits = ValidationLimits.from_config(runner.config)
@@ -62,7 +62,7 @@ def test_results_match_the_runner_called_directly(pipeline, runner):
 def test_every_bad_kind_is_dead_lettered_with_its_code(pipeline):
     events = list(generate_events(seed=5, count=4 * len(BAD_EVENT_KINDS), bad_fraction=0.5))
     records = records_for(events)
-    outcomes = pipeline.process(records).outcomes
+    outcomes = pipeline.process(pipeline.decode(records)).outcomes
     seen = set()
     for event, record, outcome in zip(events, records, outcomes):
         assert outcome.dead_letter_code == event.expected_code, event.kind
@@ -85,7 +85,7 @@ def test_max_age_expires_old_records(runner):
     events = list(generate_events(seed=1, count=2))
     old = int(time.time() * 1000) - 5000
     records = records_for(events, now=old)
-    outcomes = pipeline.process(records).outcomes
+    outcomes = pipeline.process(pipeline.decode(records)).outcomes
     assert [o.dead_letter_code for o in outcomes] == ["expired", "expired"]
     assert "max age of 1000 ms" in codec.decode_message(outcomes[0].value)["error"]["message"]
 
@@ -95,7 +95,7 @@ def test_top_k_cuts_the_ranking(pipeline):
     request = codec.decode_message(event.encode(1))
     request["top_k"] = 3
     record = InputRecord(codec.encode_request(request), None, "t", 0, 0)
-    result = codec.decode_message(pipeline.process([record]).outcomes[0].value)
+    result = codec.decode_message(pipeline.process(pipeline.decode([record])).outcomes[0].value)
     assert len(result["ranked"]) == 3
     scores = [c["score"] for c in result["ranked"]]
     assert scores == sorted(scores, reverse=True)
@@ -120,7 +120,7 @@ def test_poison_request_is_isolated(runner):
     culprit = parse_request(records[4].value, pipeline.limits)
     poison.poison_user_hash = int(pipeline.assembler.hasher.users(
         np.uint64(culprit.user_id))[0])
-    outcomes = pipeline.process(records).outcomes
+    outcomes = pipeline.process(pipeline.decode(records)).outcomes
     codes = [o.dead_letter_code for o in outcomes]
     assert codes == [None] * 4 + ["model_error"] + [None] * 4
     message = codec.decode_message(outcomes[4].value)["error"]["message"]
@@ -133,7 +133,7 @@ def test_tiny_config_pipeline_smoke():
     pipeline = RankingPipeline.create(runner, Buckets(batch_sizes=(2,), candidate_counts=(4,)),
                                       "w", max_history=64, max_candidates=16)
     events = list(generate_events(seed=3, count=2, source="random"))
-    batch = pipeline.process(records_for(events))
+    batch = pipeline.process(pipeline.decode(records_for(events)))
     assert all(o.is_result for o in batch.outcomes)
     assert batch.model_rows == 4  # 8 candidates per request, C = 4: two rows each
 
@@ -146,7 +146,7 @@ def test_unexpected_error_dead_letters_the_batch_instead_of_raising(runner, monk
         raise KeyError("bug in encoding")
 
     monkeypatch.setattr(pipeline, "_result", broken)
-    outcomes = pipeline.process(records_for(events)).outcomes
+    outcomes = pipeline.process(pipeline.decode(records_for(events))).outcomes
     assert [o.dead_letter_code for o in outcomes] == ["model_error"] * 3
     message = codec.decode_message(outcomes[0].value)["error"]["message"]
     assert "KeyError" in message and "bug in encoding" in message
@@ -170,7 +170,7 @@ def test_an_oversized_record_gets_a_dead_letter_that_fits_and_its_neighbours_res
     big = b"\x85" + bytes(size - 1)  # starts like a msgpack map; far over the 1 MiB cap
     values = [wire_request("before", 3), big, wire_request("after", 3)]
     records = [InputRecord(v, None, "ranking-requests", 0, i) for i, v in enumerate(values)]
-    outcomes = pipeline.process(records).outcomes
+    outcomes = pipeline.process(pipeline.decode(records)).outcomes
     assert [o.dead_letter_code for o in outcomes] == [None, "too_large", None]
     letter = codec.decode_message(outcomes[1].value)
     assert letter["original"] == big[:codec.ORIGINAL_PREFIX_BYTES]
@@ -182,7 +182,7 @@ def test_an_oversized_record_gets_a_dead_letter_that_fits_and_its_neighbours_res
 def test_a_result_over_the_publish_cap_becomes_a_too_large_dead_letter(runner):
     small = RankingPipeline.create(runner, BUCKETS, "w", max_message_bytes=64 << 10)
     request = wire_request("wide", 1000)  # ~30 KB in, ~0.5 MB of result out
-    outcome, = small.process([InputRecord(request, None, "t", 0, 0)]).outcomes
+    outcome, = small.process(small.decode([InputRecord(request, None, "t", 0, 0)])).outcomes
     assert outcome.dead_letter_code == "too_large"
     letter = codec.decode_message(outcome.value)
     assert letter["request_id"] == "wide" and letter["original"] == request
@@ -192,7 +192,7 @@ def test_a_result_over_the_publish_cap_becomes_a_too_large_dead_letter(runner):
 
 def test_publish_failed_keeps_a_small_prefix_and_names_the_refusal(pipeline):
     record = InputRecord(bytes(range(256)) * 100, b"k", "ranking-requests", 2, 41)
-    outcome, = pipeline.process([record]).outcomes
+    outcome, = pipeline.process(pipeline.decode([record])).outcomes
     stand_in = publish_failed(outcome, MessageSizeTooLargeError("broker said no"))
     letter = codec.decode_message(stand_in.value)
     assert stand_in.dead_letter_code == "publish_failed" and stand_in.record is record
@@ -213,8 +213,8 @@ def test_distinct_candidate_counts_compile_nothing_after_warmup():
     counts = [1, 2, 3, 4, 5, 8, 9, 17, 33, 64, 65, 99, 128, 129, 150, 199, 200]
     before = compilations.count()
     for n in counts:
-        outcome, = pipeline.process([InputRecord(wire_request(f"n{n}", n), None, "t", 0, n)]
-                                    ).outcomes
+        outcome, = pipeline.process(pipeline.decode([InputRecord(wire_request(f"n{n}", n), None, "t", 0, n)]
+                                    )).outcomes
         assert outcome.is_result, codec.decode_message(outcome.value)
         assert len(codec.decode_message(outcome.value)["ranked"]) == n
     assert compilations.count() == before, compilations.last_function()

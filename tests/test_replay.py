@@ -78,8 +78,9 @@ def test_offline_writes_one_outcome_per_request_like_the_pipeline(
 
     # The same records through the pipeline directly, in one batch (the CLI used chunks of 7).
     runner = RankingRunner.from_checkpoint(checkpoints["a"])
-    direct = RankingPipeline.create(runner, BUCKETS, "direct").process(
-        list(replay.to_inputs(read_records(requests_file), REQUESTS_TOPIC))).outcomes
+    pipeline = RankingPipeline.create(runner, BUCKETS, "direct")
+    direct = pipeline.process(pipeline.decode(
+        list(replay.to_inputs(read_records(requests_file), REQUESTS_TOPIC)))).outcomes
 
     for event, record, expected in zip(events, written, direct):
         assert expected.dead_letter_code == event.expected_code, event.kind  # oracle sanity

@@ -8,12 +8,18 @@ import json
 import math
 import pathlib
 import random
+import time
 
 import jsonschema
 import pytest
 
 from phoenix.actions import ACTION_NAMES
+from phoenix.runner import RankingRunner
+from tests.phoenix_helpers import TINY
+from tools.producer import BAD_EVENT_KINDS, generate_events
 from worker import codec
+from worker.assembly import Buckets
+from worker.pipeline import InputRecord, RankingPipeline, publish_failed
 from worker.errors import DEAD_LETTER_CODES, ValidationError
 from worker.validation import TOP_K_MAX, ValidationLimits, parse_request, validate_request
 
@@ -297,3 +303,38 @@ def test_readme_dead_letter_example_is_what_the_worker_would_write():
     assert example["error"] == {"code": info.value.code, "message": str(info.value),
                                 "field": info.value.field}
     assert example["request_id"] == info.value.request_id
+
+
+# ------------------------------------------------------------ what the real pipeline publishes
+
+
+def test_real_pipeline_outputs_validate_for_every_outcome_kind(monkeypatch):
+    """Results and a dead letter of every code, as the pipeline builds them, against the
+    published schemas (not dicts built by the test)."""
+    runner = RankingRunner.create(TINY, seed=0)
+    pipeline = RankingPipeline.create(runner, Buckets(batch_sizes=(1, 8), candidate_counts=(4,)),
+                                      "w-schema", max_history=64, max_candidates=16)
+    events = list(generate_events(seed=5, count=4 * len(BAD_EVENT_KINDS), bad_fraction=0.5,
+                                  source="random"))
+    now = int(time.time() * 1000)
+    records = [InputRecord(e.encode(now), e.key, "ranking-requests", 0, i, now)
+               for i, e in enumerate(events)]
+    records.append(InputRecord(b"\x85" + bytes(2 << 20), None, "ranking-requests", 0, 10**6))
+    outcomes = pipeline.process(pipeline.decode(records)).outcomes
+
+    def always_fails(batch):
+        raise FloatingPointError("injected")
+
+    monkeypatch.setattr(runner, "rank", always_fails)
+    valid = next(r for r, o in zip(records, outcomes) if o.is_result)
+    outcomes += pipeline.process(pipeline.decode([valid])).outcomes  # model_error
+    outcomes.append(publish_failed(outcomes[-1], RuntimeError("refused")))
+
+    codes = {o.dead_letter_code for o in outcomes}
+    assert codes == {None, *DEAD_LETTER_CODES}  # every kind is really in the sample
+    for outcome in outcomes:
+        message = codec.decode_message(outcome.value)
+        if outcome.is_result:
+            VALIDATORS["ranking-result.v1"].validate(message)
+        else:
+            VALIDATORS["dead-letter.v2"].validate(json_form_of_dead_letter(message))

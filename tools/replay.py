@@ -117,7 +117,7 @@ def iter_outcome_batches(records: Iterable[Record], pipeline: RankingPipeline, b
     """Ranks `records` in chunks of `batch_size`, as the worker batches them; one list of
     outcomes per chunk, in input order. Streams: holds one chunk at a time."""
     for chunk in chunked(to_inputs(records, default_topic), batch_size):
-        yield pipeline.process(chunk).outcomes
+        yield pipeline.process(pipeline.decode(chunk)).outcomes
 
 
 def rank_records(records: Iterable[Record], pipeline: RankingPipeline, batch_size: int,
@@ -433,8 +433,8 @@ def run_compare(path: str, pipeline_a: RankingPipeline, pipeline_b: RankingPipel
     comparison = Comparison(k=k, top=top)
     with RecordReader(path) as reader, _progress(path, "compare", progress) as bar:
         for chunk in chunked(to_inputs(_tracked(reader, bar), requests_topic), batch_size):
-            added = comparison.add(pipeline_a.process(chunk).outcomes,
-                                   pipeline_b.process(chunk).outcomes)
+            added = comparison.add(pipeline_a.process(pipeline_a.decode(chunk)).outcomes,
+                                   pipeline_b.process(pipeline_b.decode(chunk)).outcomes)
             if on_agreement is not None:
                 for item in added:
                     on_agreement(item)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import numpy as np
 
+from phoenix.actions import ACTION_NAMES
 from worker.errors import (
     DEAD_LETTER_CODES,
     MSG_DECODER_CAP,
@@ -37,7 +38,8 @@ from worker.errors import (
     describe,
 )
 
-if TYPE_CHECKING:  # validation imports this module; the import is for type hints only.
+if TYPE_CHECKING:  # validation imports this module; the imports are for type hints only.
+    from worker.request import RankingRequest
     from worker.validation import ValidationLimits
 
 REQUEST_SCHEMA = "ranking-request.v1"
@@ -188,6 +190,31 @@ def encode_result(result: dict) -> bytes:
         raise ValueError(f"a result must carry schema={RESULT_SCHEMA!r}, "
                          f"got {result.get('schema')!r}")
     return _pack(result)
+
+
+def build_result(request: "RankingRequest", order: np.ndarray, scores: np.ndarray,
+                 probabilities: np.ndarray, *, model_version: str, worker_id: str,
+                 timings: dict[str, float], produced_at_ms: int) -> dict:
+    """The ranking-result.v1 dict: the request's candidates in `order` (best first, `[c]`
+    candidate indices), cut to its top_k, with their final `scores` `[c]` and per-action
+    `probabilities` `[c, A]`; `timings` in ms, rounded to microseconds."""
+    order = order[: request.top_k] if request.top_k else order  # [k]
+    ranked = [
+        {"post_id": post, "author_id": author, "score": score,
+         "probabilities": dict(zip(ACTION_NAMES, probs))}
+        for post, author, score, probs in zip(
+            request.candidate_post_ids[order].tolist(),
+            request.candidate_author_ids[order].tolist(),
+            scores[order].tolist(), probabilities[order].tolist())
+    ]
+    return {
+        "schema": RESULT_SCHEMA, "request_id": request.request_id,
+        "user_id": request.user_id, "model_version": model_version,
+        "worker_id": worker_id, "ranked": ranked,
+        "timings": {name: round(ms, 3) for name, ms in timings.items()},
+        "request_timestamp_ms": request.timestamp_ms,
+        "produced_at_ms": produced_at_ms,
+    }
 
 
 def build_dead_letter(original: bytes | None, *, topic: str, partition: int, offset: int,

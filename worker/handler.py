@@ -22,7 +22,7 @@ from phoenix import compilations
 from worker.breaker import DeadLetterBreaker
 from worker.monitoring import WorkerMetrics
 from worker.errors import PUBLISH_FAILED
-from worker.pipeline import (DecodedBatch, InputRecord, Outcome, ProcessedBatch,
+from worker.pipeline import (InputRecord, Outcome, ProcessedBatch,
                              RankingPipeline, publish_failed)
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class BatchHandler:
         self.metrics = metrics
         self.state = state
         self.executor = executor  # ranks (one thread: batches are ranked in handling order)
-        self.decode_executor = decode_executor  # None: decoded on `executor`, with the ranking
+        self.decode_executor = decode_executor  # None: decoded on `executor` too
         self.send_retry_delay_s = send_retry_delay_s
         # Batches handled but not yet published and acked, oldest first. Each task waits for
         # the one before it, so results go out in handling order.
@@ -105,16 +105,14 @@ class BatchHandler:
         self.metrics.in_flight.inc(len(records))
         try:
             loop = asyncio.get_running_loop()
-            batch: Sequence[InputRecord] | DecodedBatch = records
-            if self.decode_executor is not None:
-                batch = await loop.run_in_executor(self.decode_executor, self.pipeline.decode,
-                                                   records)
+            decoded = await loop.run_in_executor(self.decode_executor or self.executor,
+                                                 self.pipeline.decode, records)
             # At most one batch ahead of this one: it keeps the ranker busy without letting
             # decoded batches queue up behind several rankings (latency at moderate load).
             while len(self._in_flight) > 1:
                 await self._in_flight[0]  # raises the error of a failed batch
                 self._in_flight.popleft()  # only once done: close() still sees it if cancelled
-            ranking = loop.run_in_executor(self.executor, self.pipeline.process, batch)
+            ranking = loop.run_in_executor(self.executor, self.pipeline.process, decoded)
         except BaseException:
             self.metrics.in_flight.dec(len(records))
             raise

@@ -4,8 +4,8 @@ wire bytes -> validated request -> padded batch -> jitted model -> rankings -> r
 Blocking; the agent runs it in executor threads so the event loop keeps heart-beating, and
 replay and benchmarks call it directly. Two stages: `decode` (msgpack, validation, expiry) is
 thread-safe and may run while another batch is in `process`, which is for one caller at a
-time; `process(records)` does both, `process(decode(records))` lets the agent decode batch
-k+1 on one thread while batch k is ranked on another.
+time: `process(decode(records))`, so the agent decodes batch k+1 on one thread while batch k
+is ranked on another.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import logging
 import time
 from typing import NamedTuple, Sequence
 
-from phoenix.actions import ACTION_NAMES
 from phoenix.runner import RankingRunner
 from worker import codec
 from worker.assembly import Assembler, Buckets, Ranking
@@ -114,7 +113,6 @@ class RankingPipeline:
         self.limits = limits
         self.worker_id = worker_id
         self.max_age_ms = max_age_ms
-        self._assemble_ms = 0.0
 
     @classmethod
     def create(cls, runner: RankingRunner, buckets: Buckets, worker_id: str,
@@ -173,16 +171,19 @@ class RankingPipeline:
                 f"{self.max_age_ms} ms; it was dropped unranked", request.request_id)
         return None
 
-    def _rank(self, requests: list[RankingRequest]) -> list[Ranking]:
+    def _rank(self, requests: list[RankingRequest]) -> tuple[list[Ranking], float]:
+        """(one ranking per request, ms spent assembling)."""
         start = _now_ms()
         assembly = self.assembler.assemble(requests)
-        self._assemble_ms += _now_ms() - start
+        assemble_ms = _now_ms() - start
         outputs = [self.runner.rank(call.batch) for call in assembly.calls]
-        return self.assembler.rankings(requests, assembly, outputs, self.runner.merge)
+        return (self.assembler.rankings(requests, assembly, outputs, self.runner.merge),
+                assemble_ms)
 
     def _rank_isolating(self, requests: list[RankingRequest]
-                        ) -> list[Ranking | ModelError]:
-        """Ranks; if the batch raises, halves it until the culprit stands alone."""
+                        ) -> tuple[list[Ranking | ModelError], float]:
+        """Ranks; if the batch raises, halves it until the culprit stands alone. Returns the
+        rankings (a ModelError for each culprit) and the ms spent assembling."""
         try:
             return self._rank(requests)
         # Any failure inside numpy/JAX code is a model error for these requests; this is the
@@ -191,32 +192,20 @@ class RankingPipeline:
             if len(requests) == 1:
                 log.warning("request %s makes ranking fail: %r", requests[0].request_id, exc)
                 return [ModelError(f"ranking this request raised {type(exc).__name__}: {exc}",
-                                   requests[0].request_id)]
+                                   requests[0].request_id)], 0.0
             half = len(requests) // 2
-            return self._rank_isolating(requests[:half]) + self._rank_isolating(requests[half:])
+            (first, first_ms), (second, second_ms) = (self._rank_isolating(requests[:half]),
+                                                      self._rank_isolating(requests[half:]))
+            return first + second, first_ms + second_ms
 
     def _result(self, ranking: Ranking, record: InputRecord, queue_wait_ms: float,
                 model_ms: float) -> Outcome:
         request = ranking.request
-        order = ranking.order[: request.top_k] if request.top_k else ranking.order
-        probabilities = ranking.probabilities[order].tolist()  # [k, A]
-        ranked = [
-            {"post_id": post, "author_id": author, "score": score,
-             "probabilities": dict(zip(ACTION_NAMES, probs))}
-            for post, author, score, probs in zip(
-                request.candidate_post_ids[order].tolist(),
-                request.candidate_author_ids[order].tolist(),
-                ranking.scores[order].tolist(), probabilities)
-        ]
-        result = {
-            "schema": codec.RESULT_SCHEMA, "request_id": request.request_id,
-            "user_id": request.user_id, "model_version": self.runner.model_version,
-            "worker_id": self.worker_id, "ranked": ranked,
-            "timings": {"queue_wait_ms": round(queue_wait_ms, 3), "model_ms": round(model_ms, 3)},
-            "request_timestamp_ms": request.timestamp_ms,
-            "produced_at_ms": int(_now_ms()),
-        }
-        value = codec.encode_result(result)
+        value = codec.encode_result(codec.build_result(
+            request, ranking.order, ranking.scores, ranking.probabilities,
+            model_version=self.runner.model_version, worker_id=self.worker_id,
+            timings={"queue_wait_ms": queue_wait_ms, "model_ms": model_ms},
+            produced_at_ms=int(_now_ms())))
         if len(value) > self.max_outcome_bytes:
             return self._dead_letter(record, ValidationError(TOO_LARGE, (
                 f"the result for this request is {len(value)} bytes, over the "
@@ -237,11 +226,10 @@ class RankingPipeline:
             items = self._batch_failed(records, exc)
         return DecodedBatch(records, items, start, _now_ms() - start)
 
-    def process(self, records: Sequence[InputRecord] | DecodedBatch) -> ProcessedBatch:
-        """One outcome per record, in input order; `records` may be already decoded. Never
-        raises: an unexpected error outside ranking (a bug, not bad input) dead-letters the
-        whole batch with its message, so the agent never dies and no record is dropped."""
-        decoded = records if isinstance(records, DecodedBatch) else self.decode(records)
+    def process(self, decoded: DecodedBatch) -> ProcessedBatch:
+        """One outcome per record of `decode`'s batch, in input order. Never raises: an
+        unexpected error outside ranking (a bug, not bad input) dead-letters the whole batch
+        with its message, so the agent never dies and no record is dropped."""
         try:
             return self._process(decoded)
         # The last line of defence of the agent: whatever went wrong, answer every record.
@@ -261,10 +249,9 @@ class RankingPipeline:
         ranking_start = _now_ms()  # later than start + decode_ms when decoded on another thread
 
         requests = [decoded.items[i] for i in valid]
-        self._assemble_ms = 0.0  # _rank adds to it (one caller at a time)
-        ranked = self._rank_isolating(requests) if requests else []
+        ranked, assemble_ms = self._rank_isolating(requests) if requests else ([], 0.0)
         after_model = _now_ms()
-        model_ms = after_model - ranking_start - self._assemble_ms
+        model_ms = after_model - ranking_start - assemble_ms
 
         outcomes: list[Outcome | None] = [
             item if isinstance(item, Outcome) else None for item in decoded.items]
@@ -278,5 +265,5 @@ class RankingPipeline:
         end = _now_ms()
         rows = sum(-(-r.num_candidates // self.runner.config.candidate_seq_len)
                    for r in requests)
-        times = StageTimes(decoded.decode_ms, self._assemble_ms, model_ms, end - after_model)
+        times = StageTimes(decoded.decode_ms, assemble_ms, model_ms, end - after_model)
         return ProcessedBatch(outcomes, times, rows, start)
