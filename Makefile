@@ -18,7 +18,7 @@ test: venv
 	$(PY) -m pytest -q
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not kafka"
+	$(PY) -m pytest -q -m "not kafka and not slow"
 
 golden: venv
 	$(PY) -m phoenix.golden tests/data/phoenix_golden_public.npz

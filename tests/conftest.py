@@ -19,11 +19,18 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import jax
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from tools.broker import EmbeddedBroker
+from tools.launcher import ROOT
+
+# In-process tests share the persistent JAX compilation cache with the workers the tests start
+# (tests/worker_harness.py): a shape compiled once, by any test or run, loads in milliseconds.
+jax.config.update("jax_compilation_cache_dir", str(ROOT / ".cache" / "jax"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # What a produced message may be: a value, or (key, value).
 Message = bytes | tuple[bytes | None, bytes]
@@ -263,3 +270,13 @@ def worker_factory(kafka: Kafka):
     yield make
     for worker in made:
         worker.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_runner():
+    """One small model (the TINY config, seed 0) for tests that need a runner but not a
+    particular one: built and compiled once per session."""
+    from phoenix.runner import RankingRunner
+    from tests.phoenix_helpers import TINY
+
+    return RankingRunner.create(TINY, seed=0)

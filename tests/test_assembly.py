@@ -59,6 +59,7 @@ def test_short_history_is_padded():
     assert (batch.history_actions[0, 2:] == 0).all()
 
 
+@pytest.mark.slow
 def test_compilations_bounded_by_bucket_shapes(runner):
     assembler = Assembler(TINY, BUCKETS)
     before = runner.compile_count

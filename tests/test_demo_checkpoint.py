@@ -36,6 +36,7 @@ def test_demo_checkpoint_is_small_and_the_demo_architecture(trained):
     assert trained.model_version.startswith("demo-world0-")
 
 
+@pytest.mark.slow
 def test_trained_model_beats_the_random_model(results):
     trained, random = results["trained"], results["random"]
     assert trained.auc["favorite"] > 0.7

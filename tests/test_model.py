@@ -56,6 +56,7 @@ def test_golden_parity():
     assert golden_error(str(GOLDEN)) < 1e-4
 
 
+@pytest.mark.slow
 def test_golden_cli_exit_codes(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "phoenix.golden", str(GOLDEN)],
                         capture_output=True, text=True)

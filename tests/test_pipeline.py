@@ -127,10 +127,9 @@ def test_poison_request_is_isolated(runner):
     assert "FloatingPointError" in message and "poisoned row" in message
 
 
-def test_tiny_config_pipeline_smoke():
+def test_tiny_config_pipeline_smoke(tiny_runner):
     """The shrunken-config path (Flax style): tiny model, one batch, every stage runs."""
-    runner = RankingRunner.create(TINY, seed=0)
-    pipeline = RankingPipeline.create(runner, Buckets(batch_sizes=(2,), candidate_counts=(4,)),
+    pipeline = RankingPipeline.create(tiny_runner, Buckets(batch_sizes=(2,), candidate_counts=(4,)),
                                       "w", max_history=64, max_candidates=16)
     events = list(generate_events(seed=3, count=2, source="random"))
     batch = pipeline.process(pipeline.decode(records_for(events)))
@@ -202,10 +201,11 @@ def test_publish_failed_keeps_a_small_prefix_and_names_the_refusal(pipeline):
     assert "MessageSizeTooLargeError" in letter["error"]["message"]
 
 
-def test_distinct_candidate_counts_compile_nothing_after_warmup():
+@pytest.mark.slow
+def test_distinct_candidate_counts_compile_nothing_after_warmup(tiny_runner):
     """Every count from 1 to the cap ranks without a compilation once warm-up is done (the
     live test in test_foreign_client.py does the same up to 1024 on the demo model)."""
-    runner = RankingRunner.create(TINY, seed=0)
+    runner = tiny_runner
     buckets = Buckets(batch_sizes=(1, 4, 16), candidate_counts=(2, 4),
                       merge_widths=merge_widths(TINY.candidate_seq_len, 200))
     pipeline = RankingPipeline.create(runner, buckets, "w", max_candidates=200)
@@ -220,10 +220,10 @@ def test_distinct_candidate_counts_compile_nothing_after_warmup():
     assert compilations.count() == before, compilations.last_function()
 
 
-def test_the_merged_ranking_equals_ranking_the_candidates_in_one_row():
+def test_the_merged_ranking_equals_ranking_the_candidates_in_one_row(tiny_runner):
     """A request over C candidates is ranked across its rows exactly as if its candidates'
     raw scores had come from one row: the padded merge width changes nothing."""
-    runner = RankingRunner.create(TINY, seed=2)
+    runner = tiny_runner
     raw = np.random.default_rng(1).normal(size=(1, 37)).astype(np.float32)
     authors = np.random.default_rng(2).integers(1, 4, size=(1, 37, 2)).astype(np.int32)
     expected_scores, expected_order = runner.merge(raw, authors, np.ones((1, 37), bool))

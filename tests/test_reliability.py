@@ -18,7 +18,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import msgpack
 import numpy as np

@@ -62,6 +62,7 @@ def test_summary_counts_latency_and_ndcg_against_truth():
     assert summary.total == 3
 
 
+@pytest.mark.kafka  # starts a broker and a worker (as `make demo` does)
 @pytest.mark.timeout(180)
 def test_demo_runs_end_to_end():
     """`make demo`, shrunken: broker, worker, producer, viewer; exits 0 when every request

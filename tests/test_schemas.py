@@ -14,8 +14,6 @@ import jsonschema
 import pytest
 
 from phoenix.actions import ACTION_NAMES
-from phoenix.runner import RankingRunner
-from tests.phoenix_helpers import TINY
 from tools.producer import BAD_EVENT_KINDS, generate_events
 from worker import codec
 from worker.assembly import Buckets
@@ -308,10 +306,10 @@ def test_readme_dead_letter_example_is_what_the_worker_would_write():
 # ------------------------------------------------------------ what the real pipeline publishes
 
 
-def test_real_pipeline_outputs_validate_for_every_outcome_kind(monkeypatch):
+def test_real_pipeline_outputs_validate_for_every_outcome_kind(tiny_runner, monkeypatch):
     """Results and a dead letter of every code, as the pipeline builds them, against the
     published schemas (not dicts built by the test)."""
-    runner = RankingRunner.create(TINY, seed=0)
+    runner = tiny_runner
     pipeline = RankingPipeline.create(runner, Buckets(batch_sizes=(1, 8), candidate_counts=(4,)),
                                       "w-schema", max_history=64, max_candidates=16)
     events = list(generate_events(seed=5, count=4 * len(BAD_EVENT_KINDS), bad_fraction=0.5,

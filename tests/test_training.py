@@ -47,6 +47,7 @@ def _leaves(tree) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(tree))]
 
 
+@pytest.mark.slow
 def test_steps_reduce_the_loss_on_a_fixed_batch(sampler, loss_fn):
     state = init_state(TINY, make_optimizer(TC), seed=0)
     step = jitted_train_step(TINY, TC)  # the step `train` runs
@@ -60,6 +61,7 @@ def test_steps_reduce_the_loss_on_a_fixed_batch(sampler, loss_fn):
     assert int(state.step) == 2
 
 
+@pytest.mark.slow
 def test_train_step_compiles_once(sampler):
     optimizer = make_optimizer(TC)
     pure_step = make_train_step(TINY, optimizer)

@@ -3,7 +3,6 @@
 import time
 
 import numpy as np
-import pytest
 
 from phoenix.actions import ACTION_NAMES
 from phoenix.runner import RankingRunner
@@ -78,21 +77,36 @@ def test_malformed_messages_are_dead_lettered_and_valid_ones_answered(kafka, wor
 
 
 def test_sigterm_mid_stream_loses_nothing(kafka, worker_factory):
+    """SIGTERM lands while a batch is being ranked (each batch sleeps 1 s first, and the signal
+    follows that batch's log line): the batch is finished and published during the stop, the
+    offsets committed, and a second worker answers everything else."""
     topics = WorkerTopics.create(kafka, partitions=2)
-    group = "sigterm-group"
-    first = worker_factory(topics, group_id=group, partitions=2).start()
+    group = f"sigterm-{time.time_ns()}"
+    first = worker_factory(topics, group_id=group, partitions=2,
+                           entry=("-m", "tests.fault_entry"),
+                           extra_args=("--fault-slow-ms", "1000", "--worker-id", "first")
+                           ).start()
     first.wait_ready()
     events = list(generate_events(seed=9, count=1500))
     send_events(kafka, topics.requests, events)
-    time.sleep(0.3)  # part of the stream is being ranked now
+    deadline = time.monotonic() + 60
+    while "fault: batch 1 " not in first.log():  # the second batch has started its sleep
+        assert time.monotonic() < deadline and first.alive(), first.log()
+        time.sleep(0.02)
+    signalled_ms = time.time() * 1000
     first.terminate()
     assert first.wait(timeout_s=60) == 0, first.log()
     second = worker_factory(topics, group_id=group, partitions=2).start()
     second.wait_ready()
-    results = kafka.read_all(topics.results, settle_s=3.0, timeout_s=90)
-    ids = [codec.decode_message(r.value)["request_id"] for r in results]
+    results = [codec.decode_message(r.value)
+               for r in kafka.read_all(topics.results, settle_s=3.0, timeout_s=90)]
+    ids = [r["request_id"] for r in results]
     assert set(ids) == {e.request_id for e in events}  # no loss; duplicates allowed
-    print(f"{len(ids)} results for {len(events)} requests ({len(ids) - len(set(ids))} duplicates)")
+    by_first_after_signal = [r for r in results if r["worker_id"] == "first"
+                             and r["produced_at_ms"] > signalled_ms]
+    print(f"{len(ids)} results for {len(events)} requests ({len(ids) - len(set(ids))} "
+          f"duplicates); {len(by_first_after_signal)} built by the first worker after SIGTERM")
+    assert by_first_after_signal  # it was mid-batch: that batch was finished during the stop
 
 
 def test_exactly_once_fails_fast_with_a_clear_message(kafka, worker_factory):
