@@ -20,18 +20,17 @@ import time
 from typing import NamedTuple, Sequence
 
 import msgpack
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from phoenix.runner import RankingRunner
 from bench.stats import bucket_counts, latency_summary, sustained_rate
 from worker.assembly import Buckets
-from worker.kafka_clients import TopicFollower
+from tools.kafka_io import TopicFollower, connection, start_at_beginning
 from worker.pipeline import InputRecord, RankingPipeline
 from tools.launcher import WorkerProcess
 from tools.producer import Event, send_events_to_kafka
 
-FETCH_WAIT_MS = 10  # the bench consumers' fetch long-poll (tansu re-checks in halves of it)
 
 
 class BenchError(RuntimeError):
@@ -177,17 +176,6 @@ class CpuMeter:
 # ----------------------------------------------------------------------------- results
 
 
-async def _assign_all(consumer: AIOKafkaConsumer, topic: str) -> None:
-    """The naive loop reads its topic from the beginning, as the worker's group would."""
-    await consumer.topics()  # refresh metadata (asking for one topic could auto-create it)
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        raise BenchError(f"topic {topic!r} has no partitions; create it first")
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-
-
 class Arrival(NamedTuple):
     """One result as the bench consumer saw it (epoch ms)."""
 
@@ -202,7 +190,7 @@ class ResultCollector(TopicFollower):
     result of each request."""
 
     def __init__(self, bootstrap: str, topic: str):
-        super().__init__(bootstrap, [topic], fetch_max_wait_ms=FETCH_WAIT_MS)
+        super().__init__(connection(bootstrap), [topic])
         self.arrivals: dict[str, Arrival] = {}
         self.duplicates = 0
         self._changed = asyncio.Event()
@@ -314,15 +302,13 @@ async def run_naive(bootstrap: str, events: Sequence[Event], requests_topic: str
     warm_record = InputRecord(warm.encode(0), warm.key, requests_topic, 0, 0)
     pipeline.process(pipeline.decode([warm_record]))
     await send_events_to_kafka(events, bootstrap=bootstrap, topic=requests_topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=FETCH_WAIT_MS)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
-    await consumer.start()
+    # From the beginning, as the worker's group would read the backlog.
+    consumer = await start_at_beginning(connection(bootstrap), [requests_topic])
+    producer = AIOKafkaProducer(**connection(bootstrap), acks="all", linger_ms=0)
     await producer.start()
     done, first, results = 0, None, 0
     deadline = time.monotonic() + timeout_s
     try:
-        await _assign_all(consumer, requests_topic)
         while done < len(events):
             if time.monotonic() > deadline:
                 raise BenchError(f"the naive loop ranked {done} of {len(events)} requests in "

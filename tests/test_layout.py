@@ -26,3 +26,18 @@ def test_imports_point_down_the_layers(package):
     wrong = {str(path.relative_to(ROOT)): sorted(imported_packages(path) - allowed)
              for path in sorted((ROOT / package).rglob("*.py"))}
     assert {path: names for path, names in wrong.items() if names} == {}
+
+
+def test_tools_open_kafka_clients_only_through_the_connection_settings():
+    """A tool or benchmark that built its client from a bare bootstrap address would not
+    reach a TLS/SASL cluster: every client takes `tools.kafka_io.connection(...)`. The
+    embedded broker's own readiness probe (local and plaintext by definition) is exempt."""
+    bare = []
+    for path in sorted([*(ROOT / "tools").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]):
+        if path.name == "broker.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and any(k.arg == "bootstrap_servers"
+                                                  for k in node.keywords):
+                bare.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert bare == []

@@ -214,3 +214,14 @@ def test_password_is_masked_when_settings_are_printed(tls_files):
 def test_unsupported_security_settings_are_refused_with_the_choices(env, message):
     with pytest.raises(SettingsError, match=message):
         Settings.load([], environ=env)
+
+
+def test_tools_connect_with_the_same_security_settings(tls_files):
+    from tools.kafka_io import connection
+
+    settings = settings_from_env("SASL_SSL", "SCRAM-SHA-512", **tls_files)
+    conn = connection("broker-a:9093", settings)
+    assert conn["bootstrap_servers"] == "broker-a:9093"
+    assert conn["security_protocol"] == "SASL_SSL"
+    assert conn["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert conn["ssl_context"] is not None

@@ -12,6 +12,7 @@ from phoenix.actions import ACTION_NAMES
 from phoenix.runner import RankingRunner
 from tests.librdkafka_helpers import CODECS, librdkafka_producer, produce
 from tests.phoenix_helpers import TINY
+from tools.pacing import Pace, PaceError
 from tools import replay
 from worker import codec
 from worker.assembly import Buckets
@@ -249,14 +250,16 @@ def test_comparison_keeps_the_largest_changes():
 
 def test_pace_by_rate_and_recorded_gaps():
     records = [Record(b"x", timestamp_ms=t) for t in (1000, 1500, 1400, 4000)]
-    by_rate = replay.Pace(rate=4.0)
-    assert [by_rate.due_s(r) for r in records] == [0.0, 0.25, 0.5, 0.75]
-    recorded = replay.Pace(recorded=True)
-    # An earlier timestamp (partitions interleaved) is due at once, never before the previous.
-    assert [recorded.due_s(r) for r in records] == [0.0, 0.5, 0.4, 3.0]
-    assert [replay.Pace().due_s(r) for r in records] == [0.0] * 4
-    with pytest.raises(replay.ReplayError, match="not both"):
-        replay.Pace(rate=1.0, recorded=True)
+    by_rate = Pace(rate=4.0)
+    assert [by_rate.due_s(r.timestamp_ms) for r in records] == [0.0, 0.25, 0.5, 0.75]
+    recorded = Pace(recorded=True)
+    # An earlier timestamp (partitions interleaved) is due at once: the sender never reorders.
+    assert [recorded.due_s(r.timestamp_ms) for r in records] == [0.0, 0.5, 0.4, 3.0]
+    assert [Pace().due_s(r.timestamp_ms) for r in records] == [0.0] * 4
+    with pytest.raises(PaceError, match="not both"):
+        Pace(rate=1.0, recorded=True)
+    with pytest.raises(PaceError, match="finite number >= 0"):
+        Pace(rate=-1.0)
 
 
 # ----------------------------------------------------------------------------- Kafka

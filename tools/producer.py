@@ -47,6 +47,7 @@ from phoenix.actions import ACTION_NAMES, NUM_ACTIONS
 from training.world import REQUEST_SCHEMA, RequestTruth, World, WorldConfig
 from worker.codec import encode_request, user_key
 from worker.errors import EXPIRED, INVALID, NOT_MSGPACK, TOO_LARGE
+from tools.pacing import Pace
 from tools.recordfile import Record, RecordWriter
 from worker.topics import REQUESTS_TOPIC
 from worker.validation import DEFAULT_LIMITS
@@ -59,7 +60,6 @@ RANDOM_ACTION_RATE = 0.3  # share of actions set per history item in `--source r
 # must allow larger messages for this kind to reach the worker (see `--too-large-bytes`).
 DEFAULT_TOO_LARGE_BYTES = DEFAULT_LIMITS.max_message_bytes + 1024
 _CHUNK = 64  # requests drawn per numpy call; fixed so that events do not depend on `count`
-_MAX_PENDING = 1000  # Kafka sends in flight before waiting for their acks
 
 # Every kind of malformed event the producer can emit, and the dead-letter code it must get.
 BAD_EVENT_KINDS: dict[str, str] = {
@@ -305,22 +305,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class _Pacer:
-    """Spaces events at `rate` per second (0: no pacing); returns how long to wait."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self.start = time.monotonic()
-        self.sent = 0
-
-    def delay(self) -> float:
-        if self.interval == 0.0:
-            return 0.0
-        due = self.start + self.sent * self.interval
-        self.sent += 1
-        return max(0.0, due - time.monotonic())
-
-
 def write_truth(out: IO[str], truth: RequestTruth) -> None:
     """One JSON line per request (`world-truth.v1`, probabilities in ACTION_NAMES order)."""
     out.write(json.dumps(truth.to_json(), separators=(",", ":")) + "\n")
@@ -352,11 +336,11 @@ def write_events_to_file(events: Iterable[Event], path: str | os.PathLike[str], 
                          truth_out: IO[str] | None = None,
                          progress: tqdm | None = None) -> int:
     """Writes events to a record file (partition/offset None); returns the count written."""
-    pacer = _Pacer(rate)
+    pace, start = Pace(rate=rate), time.monotonic()
     with RecordWriter(path) as out:
         for event in events:
-            wait = pacer.delay()
-            if wait:
+            wait = start + pace.due_s() - time.monotonic()
+            if wait > 0:
                 time.sleep(wait)
             ts = _stamp(fixed_timestamp_ms)
             out.write(Record(value=event.encode(ts), key=event.key, timestamp_ms=ts,
@@ -374,34 +358,26 @@ async def send_events_to_kafka(events: Iterable[Event], *, bootstrap: str = DEFA
                                truth_out: IO[str] | None = None,
                                progress: tqdm | None = None,
                                max_request_size: int = 1 << 20) -> int:
-    """Sends events with acks=all; returns once every send is acknowledged.
+    """Sends events with acks=all (security settings from `RANKER_*`), each stamped with its
+    send time; returns once every send is acknowledged.
 
     Raises aiokafka's KafkaError subclasses on a failed send (the producer is still stopped).
     """
     from aiokafka import AIOKafkaProducer  # imported here: file mode must not need Kafka
 
-    pacer = _Pacer(rate)
-    sent = 0
-    async with AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+    from tools.kafka_io import Outgoing, connection, send_paced
+
+    def encode(event: Event) -> Outgoing:
+        ts = _stamp(fixed_timestamp_ms)
+        if truth_out is not None and event.truth is not None:
+            write_truth(truth_out, event.truth)
+        if progress is not None:
+            progress.update(1)
+        return Outgoing(event.encode(ts), event.key, ts)
+
+    async with AIOKafkaProducer(**connection(bootstrap), acks="all", linger_ms=5,
                                 max_request_size=max_request_size) as producer:
-        pending: list[asyncio.Future] = []
-        for event in events:
-            wait = pacer.delay()
-            if wait:
-                await asyncio.sleep(wait)
-            ts = _stamp(fixed_timestamp_ms)
-            pending.append(await producer.send(topic, event.encode(ts), key=event.key,
-                                               timestamp_ms=ts))
-            if truth_out is not None and event.truth is not None:
-                write_truth(truth_out, event.truth)
-            sent += 1
-            if progress is not None:
-                progress.update(1)
-            if len(pending) >= _MAX_PENDING:
-                await asyncio.gather(*pending)  # raises the first failed delivery
-                pending.clear()
-        await asyncio.gather(*pending)
-    return sent
+        return await send_paced(producer, topic, events, encode, pace=Pace(rate=rate))
 
 
 # ----------------------------------------------------------------------------- CLI

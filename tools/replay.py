@@ -48,8 +48,10 @@ from phoenix.config import ConfigError
 from worker import codec
 from worker.errors import WorkerError
 from worker.pipeline import InputRecord, Outcome, RankingPipeline
+from tools import kafka_io
+from tools.kafka_io import KafkaIOError
+from tools.pacing import Pace, PaceError
 from tools.recordfile import Record, RecordFileError, RecordReader, RecordWriter
-from worker.kafka_clients import client_kwargs
 from worker.serving import build_pipeline as _build_pipeline
 from worker.settings import Settings, SettingsError
 
@@ -67,9 +69,6 @@ DEFAULT_K = 5
 DEFAULT_TOP_CHANGES = 10
 DEFAULT_IDLE_TIMEOUT_S = 5.0
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20  # the producer's too_large events are just over 1 MiB
-_MAX_PENDING_SENDS = 1000  # sends in flight before waiting for their acks
-_POLL_MS = 200  # one `getmany` wait while recording; bounds how late the idle timeout fires
-_RECORD_FETCH_WAIT_MS = 50  # tansu re-checks a long poll only at half the wait (see kafka_tuning)
 
 EXIT_OK, EXIT_KAFKA, EXIT_USAGE = 0, 1, 2
 
@@ -342,35 +341,6 @@ class Comparison:
 # -- publishing pace ------------------------------------------------------------------------
 
 
-class Pace:
-    """When each record is due, in seconds after the first send (pure; the sender sleeps).
-
-    `rate` > 0: evenly spaced at `rate` per second. `recorded`: the gaps between the records'
-    timestamps, so a recorded burst stays a burst. Neither: as fast as acks allow. A timestamp
-    earlier than the first (files interleave partitions) is due at once, never reordered.
-    """
-
-    def __init__(self, rate: float = 0.0, recorded: bool = False) -> None:
-        if rate < 0 or not math.isfinite(rate):
-            raise ReplayError(f"rate must be a finite number >= 0 (0 = unpaced), got {rate}")
-        if rate > 0 and recorded:
-            raise ReplayError("pass either a rate or the recorded pace, not both")
-        self.rate = rate
-        self.recorded = recorded
-        self._index = 0
-        self._first_ts: int | None = None
-
-    def due_s(self, record: Record) -> float:
-        index, self._index = self._index, self._index + 1
-        if self.rate > 0:
-            return index / self.rate
-        if self.recorded:
-            if self._first_ts is None:
-                self._first_ts = record.timestamp_ms
-            return max(0.0, (record.timestamp_ms - self._first_ts) / 1000.0)
-        return 0.0
-
-
 # =============================================================================================
 # Building the pipeline from the worker's settings
 # =============================================================================================
@@ -446,28 +416,6 @@ def run_compare(path: str, pipeline_a: RankingPipeline, pipeline_b: RankingPipel
 # =============================================================================================
 
 
-async def topic_partitions(topic: str, connection: Mapping[str, Any]) -> list[int]:
-    """The topic's partition ids; `ReplayError` if it does not exist.
-
-    Asks for all topics: naming a missing topic in a metadata request makes tansu (and Kafka
-    with auto-create on) create it with a default partition count.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**connection)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(None)
-    finally:
-        await admin.close()
-    for entry in described:
-        if entry["topic"] == topic and entry["error_code"] == 0:
-            return sorted(p["partition"] for p in entry["partitions"])
-    names = sorted(e["topic"] for e in described if not e["topic"].startswith("__"))
-    raise ReplayError(f"topic {topic!r} does not exist on {connection['bootstrap_servers']} "
-                      f"(topics: {names}); create it first or fix the name")
-
-
 def record_from_message(message: Any) -> Record:
     """A consumed aiokafka ConsumerRecord as a file record (a null value becomes b"")."""
     return Record(value=message.value if message.value is not None else b"", key=message.key,
@@ -484,35 +432,15 @@ async def record_topic(topic: str, path: str, connection: Mapping[str, Any], *,
     order is kept (partitions interleave in fetch order). Nothing is committed: there is no
     consumer group, so recording never moves a deployment's offsets.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    if count is not None and count < 0:
-        raise ReplayError(f"count must be >= 0, got {count}")
-    partitions = await topic_partitions(topic, connection)
-    consumer = AIOKafkaConsumer(**connection, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest",
-                                fetch_max_wait_ms=_RECORD_FETCH_WAIT_MS)
+    await kafka_io.topic_partitions(connection, topic)  # refuse a missing topic by name
     with RecordWriter(path) as out, tqdm(total=count, unit="msg", desc=f"record {topic}",
                                          disable=None if progress else True,
                                          file=sys.stderr, leave=False) as bar:
-        async with consumer:
-            assigned = [TopicPartition(topic, p) for p in partitions]
-            consumer.assign(assigned)
-            for tp in assigned:
-                consumer.seek(tp, 0)  # below the log start, auto_offset_reset picks the first
-            last_message = time.monotonic()
-            while count is None or out.count < count:
-                wanted = None if count is None else count - out.count
-                batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=wanted)
-                if not batches:
-                    if time.monotonic() - last_message >= idle_timeout_s:
-                        break
-                    continue
-                last_message = time.monotonic()
-                for messages in batches.values():
-                    for message in messages:
-                        out.write(record_from_message(message))
-                    bar.update(len(messages))
+        async for messages, _ in kafka_io.read_from_start(
+                connection, [topic], count=count, idle_timeout_s=idle_timeout_s):
+            for message in messages:
+                out.write(record_from_message(message))
+            bar.update(len(messages))
         return out.count
 
 
@@ -523,32 +451,22 @@ async def publish_records(records: Iterable[Record], topic: str,
     every send is acknowledged. Raises aiokafka's KafkaError on a failed delivery."""
     from aiokafka import AIOKafkaProducer
 
-    pace = pace or Pace()
-    sent = 0
+    def encode(record: Record) -> kafka_io.Outgoing:
+        # Timestamp left to the producer (send time): the recorded one would make the
+        # worker's max age expire every replayed request.
+        return kafka_io.Outgoing(record.value, record.key)
+
     async with AIOKafkaProducer(**connection, acks="all", linger_ms=5,
                                 max_request_size=max_request_bytes) as producer:
-        pending: list[asyncio.Future] = []
-        start = time.monotonic()
-        for record in records:
-            wait = start + pace.due_s(record) - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            # Timestamp left to the producer (send time): the recorded one would make the
-            # worker's max age expire every replayed request.
-            pending.append(await producer.send(topic, record.value, key=record.key))
-            sent += 1
-            if len(pending) >= _MAX_PENDING_SENDS:
-                await asyncio.gather(*pending)  # raises the first failed delivery
-                pending.clear()
-        await asyncio.gather(*pending)
-    return sent
+        return await kafka_io.send_paced(producer, topic, records, encode, pace=pace,
+                                         recorded_ms=lambda r: r.timestamp_ms)
 
 
 async def publish_file(path: str, topic: str, connection: Mapping[str, Any], *,
                        pace: Pace | None = None,
                        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                        progress: bool = True) -> int:
-    await topic_partitions(topic, connection)  # refuse before tansu auto-creates it
+    await kafka_io.topic_partitions(connection, topic)  # refuse before tansu auto-creates it
     with RecordReader(path) as reader, _progress(path, f"publish {topic}", progress) as bar:
         return await publish_records(_tracked(reader, bar), topic, connection, pace=pace,
                                      max_request_bytes=max_request_bytes)
@@ -678,7 +596,7 @@ def _cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_record(args: argparse.Namespace, settings: Settings) -> int:
     if args.timeout_s <= 0:
         raise ReplayError(f"--timeout-s must be > 0, got {args.timeout_s}")
-    connection = client_kwargs(settings, args.bootstrap)
+    connection = kafka_io.connection(args.bootstrap, settings)
     count = asyncio.run(record_topic(args.topic, args.file, connection, count=args.count,
                                      idle_timeout_s=args.timeout_s,
                                      progress=not args.no_progress))
@@ -688,7 +606,7 @@ def _cmd_record(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
-    connection = client_kwargs(settings, args.bootstrap)
+    connection = kafka_io.connection(args.bootstrap, settings)
     topic = args.topic or settings.requests_topic
     pace = Pace(rate=args.rate, recorded=args.recorded_pace)
     start = time.perf_counter()
@@ -715,7 +633,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         settings = _settings(rest, environ, getattr(args, "batch_size", None))
         return _COMMANDS[args.command](args, settings)
-    except (RecordFileError, ReplayError, CheckpointError, ConfigError, SettingsError,
+    except (RecordFileError, ReplayError, KafkaIOError, PaceError, CheckpointError,
+            ConfigError, SettingsError,
             FileNotFoundError, IsADirectoryError, PermissionError) as error:
         print(f"replay {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE

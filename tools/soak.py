@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import dataclasses
 import sys
 import time
@@ -32,7 +33,8 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 
 from tools.broker import EmbeddedBroker
-from worker.kafka_clients import TopicFollower
+from tools.kafka_io import Outgoing, TopicFollower, connection, send_paced
+from tools.pacing import Pace
 from tools.launcher import WorkerProcess, WorkerProcessError
 from tools.producer import Event, generate_events, now_ms
 
@@ -111,7 +113,7 @@ class Counter(TopicFollower):
     """Results and dead letters received, counted from a background consumer task."""
 
     def __init__(self, bootstrap: str, topics: Sequence[str]):
-        super().__init__(bootstrap, list(topics), poll_ms=200)
+        super().__init__(connection(bootstrap), topics)
         self.answered = 0
 
     def on_records(self, records: list, arrived_ms: float) -> None:
@@ -136,21 +138,11 @@ class Sender:
             self.acked += 1
 
     async def send(self, count: int, rate: float = 0.0) -> None:
-        start = time.monotonic()
-        pending = []
-        for i in range(count):
-            if rate > 0:
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            event = next(self.events)
-            future = await self.producer.send(self.topic, event.encode(now_ms()), key=event.key)
-            future.add_done_callback(self._on_ack)
-            pending.append(future)
-            if len(pending) >= 1000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
+        def encode(event: Event) -> Outgoing:
+            return Outgoing(event.encode(now_ms()), event.key)
+
+        await send_paced(self.producer, self.topic, itertools.islice(self.events, count),
+                         encode, pace=Pace(rate=rate), on_ack=self._on_ack)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -171,7 +163,7 @@ async def soak(bootstrap: str, topics: dict[str, str], worker: WorkerProcess,
                config: SoakConfig) -> tuple[float, float, list[Sample], bool]:
     """Returns (measured max rate or 0, offered rate, samples, drained)."""
     events = iter(generate_events(seed=config.seed, count=10**9))
-    async with AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2) as producer, \
+    async with AIOKafkaProducer(**connection(bootstrap), acks="all", linger_ms=2) as producer, \
             Counter(bootstrap, [topics["results"], topics["dead_letters"]]) as counter:
         sender = Sender(producer, topics["requests"], events)
         measured = 0.0

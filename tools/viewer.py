@@ -13,19 +13,16 @@ import asyncio
 import collections
 import json
 import sys
-import time
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from phoenix.actions import ACTION_NAMES
 from phoenix.scoring import ScoringConfig
 from training.ranking_metrics import RollingNDCG
 from training.world import RequestTruth
+from tools.kafka_io import KafkaIOError, connection, read_from_start
 from worker import codec
 from worker.errors import ValidationError
-from worker.kafka_clients import client_kwargs
 from worker.settings import Settings
 
 _BAR_WIDTH = 20
@@ -121,37 +118,16 @@ async def follow(settings: Settings, topics: list[str], on_message: Callable[[st
                  bootstrap: str | None = None) -> None:
     """Reads `topics` from the beginning (all partitions, no group, no commits) and calls
     `on_message(topic, decoded, arrival_ms)` until `count` messages or an idle timeout."""
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=10,
-                                **client_kwargs(settings, bootstrap))
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(t, p) for t in topics
-                      for p in sorted(consumer.partitions_for_topic(t) or [])]
-        if not partitions:
-            await consumer.stop()
-            raise SystemExit(f"results: none of {topics} exists on {settings.bootstrap_servers}")
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        seen, last = 0, time.monotonic()
-        while count is None or seen < count:
-            batches = await consumer.getmany(timeout_ms=200)
-            arrived = time.time() * 1000
-            for records in batches.values():
-                for record in records:
-                    try:
-                        message = codec.decode_message(record.value)
-                    except ValidationError as error:
-                        print(f"unreadable message on {record.topic}[{record.partition}]@"
-                              f"{record.offset}: {error}", file=sys.stderr)
-                        continue
-                    on_message(record.topic, message, arrived)
-                    seen += 1
-            if batches:
-                last = time.monotonic()
-            elif idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
-                return
-    finally:
-        await consumer.stop()
+    async for records, arrived in read_from_start(connection(bootstrap, settings), topics,
+                                                  count=count, idle_timeout_s=idle_timeout_s):
+        for record in records:
+            try:
+                message = codec.decode_message(record.value)
+            except ValidationError as error:
+                print(f"unreadable message on {record.topic}[{record.partition}]@"
+                      f"{record.offset}: {error}", file=sys.stderr)
+                continue
+            on_message(record.topic, message, arrived)
 
 
 def _printer(settings: Settings, summary: Summary, as_json: bool,
@@ -195,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                            idle_timeout_s=args.idle_timeout_s, bootstrap=args.bootstrap))
     except KeyboardInterrupt:
         pass
+    except KafkaIOError as error:
+        print(f"results: {error}", file=sys.stderr)
+        return 2
     print(summary.line(), file=sys.stderr if args.json else sys.stdout, flush=True)
     return 0
 

@@ -1,6 +1,6 @@
 """Connection options for every Kafka client the project opens, from the one settings object.
 
-aiokafka clients (producer tool, replay, results viewer, admin) take `client_kwargs`; the Faust
+aiokafka clients take `client_kwargs` (the tools through `tools.kafka_io.connection`); the Faust
 app takes `faust_credentials`. Also: topic creation with retry, and the exactly-once probe.
 """
 
@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
@@ -100,55 +99,3 @@ async def check_transactions_supported(settings: Settings) -> None:
             "at_least_once (results carry request ids, so duplicates can be dropped)") from exc
     finally:
         await producer.stop()
-
-
-class TopicFollower:
-    """Reads whole topics from the beginning in a background task (manual assignment, no
-    group, no commits) and hands each fetch to `on_records(records, arrived_ms)`. Subclass
-    and override `on_records`; use as `async with`."""
-
-    def __init__(self, bootstrap: str, topics: list[str], fetch_max_wait_ms: int = 10,
-                 poll_ms: int = 100):
-        self.bootstrap, self.topics = bootstrap, list(topics)
-        self.fetch_max_wait_ms, self.poll_ms = fetch_max_wait_ms, poll_ms
-        self._task: asyncio.Task | None = None
-
-    def on_records(self, records: list, arrived_ms: float) -> None:
-        raise NotImplementedError
-
-    async def __aenter__(self) -> "TopicFollower":
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    fetch_max_wait_ms=self.fetch_max_wait_ms)
-        await consumer.start()
-        try:
-            await consumer.topics()  # all topics: naming one could auto-create it
-            partitions = [TopicPartition(t, p) for t in self.topics
-                          for p in sorted(consumer.partitions_for_topic(t) or ())]
-            if not partitions:
-                raise SettingsError(f"none of the topics {self.topics} exists on "
-                                    f"{self.bootstrap}; create them first")
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-        except BaseException:
-            await consumer.stop()
-            raise
-        self._task = asyncio.create_task(self._run(consumer))
-        return self
-
-    async def _run(self, consumer: AIOKafkaConsumer) -> None:
-        try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=self.poll_ms)
-                if batch:
-                    arrived = time.time() * 1000.0  # every record of this fetch arrived now
-                    self.on_records([r for rs in batch.values() for r in rs], arrived)
-        finally:
-            await consumer.stop()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
