@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from phoenix.config import ConfigError, RankerConfig
+from phoenix.config import RankerConfig
 from phoenix.embeddings import HashTables, table_shapes
 from phoenix.params import Params, init_params
 

@@ -13,12 +13,13 @@ from phoenix.config import HashConfig
 
 _KIND_CODES = {"user": 1, "post": 2, "author": 3}
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
-_MUL2 = np.uint64(0x94D049BB133111EB)
+MIX64_MULTIPLIERS = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # SplitMix64's finaliser
+_MUL1, _MUL2 = (np.uint64(m) for m in MIX64_MULTIPLIERS)
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser: a bijection on uint64 with good avalanche."""
+def mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijection on uint64 with good avalanche, mix64(0) == 0."""
+    x = np.asarray(x, dtype=np.uint64)
     with np.errstate(over="ignore"):
         x = (x ^ (x >> np.uint64(30))) * _MUL1
         x = (x ^ (x >> np.uint64(27))) * _MUL2
@@ -30,7 +31,7 @@ def _function_seed(seed: int, kind: str, index: int) -> np.uint64:
     base = np.array([(seed * 1_000_003 + _KIND_CODES[kind] * 1009 + index) % 2**64],
                     dtype=np.uint64)
     with np.errstate(over="ignore"):
-        return _mix64(base * _GOLDEN)[0]
+        return mix64(base * _GOLDEN)[0]
 
 
 def hash_ids(ids: np.ndarray, kind: str, num_hashes: int, rows: int, seed: int) -> np.ndarray:
@@ -39,7 +40,7 @@ def hash_ids(ids: np.ndarray, kind: str, num_hashes: int, rows: int, seed: int) 
     out = np.empty(ids.shape + (num_hashes,), dtype=np.int32)
     span = np.uint64(rows - 1)
     for i in range(num_hashes):  # n is 2 or so: a loop over hash functions, not over ids
-        mixed = _mix64(ids ^ _function_seed(seed, kind, i))
+        mixed = mix64(ids ^ _function_seed(seed, kind, i))
         out[..., i] = (mixed % span + np.uint64(1)).astype(np.int32)
     out[ids == 0] = 0
     return out

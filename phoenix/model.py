@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import haiku as hk
-import jax
 import jax.numpy as jnp
 import numpy as np
 

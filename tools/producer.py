@@ -44,8 +44,8 @@ import numpy as np
 from tqdm import tqdm
 
 from phoenix.actions import ACTION_NAMES, NUM_ACTIONS
-from training.world import REQUEST_SCHEMA, RequestTruth, World, WorldConfig
-from worker.codec import encode_request, user_key
+from training.world import RequestTruth, World, WorldConfig
+from worker.codec import REQUEST_SCHEMA, encode_request, user_key
 from worker.errors import EXPIRED, INVALID, NOT_MSGPACK, TOO_LARGE
 from tools.pacing import Pace
 from tools.recordfile import Record, RecordWriter

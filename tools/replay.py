@@ -173,18 +173,18 @@ def summarize(codes: Iterable[str | None], seconds: float, model_version: str,
 # -- comparing two models ---------------------------------------------------------------------
 
 
-class Ranked(NamedTuple):
-    """One result's ranking, best first."""
+class PublishedRanking(NamedTuple):
+    """One published result's ranking, best first, as `compare` reads it back."""
 
     request_id: str
     post_ids: np.ndarray  # [k] uint64
     scores: np.ndarray  # [k] float64
 
 
-def ranked_from_result(value: bytes) -> Ranked:
+def ranked_from_result(value: bytes) -> PublishedRanking:
     result = codec.decode_message(value)
     ranked = result["ranked"]
-    return Ranked(result["request_id"],
+    return PublishedRanking(result["request_id"],
                   np.array([c["post_id"] for c in ranked], np.uint64),
                   np.array([c["score"] for c in ranked], np.float64))
 
@@ -238,13 +238,13 @@ class ScoreChange(NamedTuple):
         return self.score_b - self.score_a
 
 
-def agreement(a: Ranked, b: Ranked, k: int) -> RequestAgreement:
+def agreement(a: PublishedRanking, b: PublishedRanking, k: int) -> RequestAgreement:
     return RequestAgreement(a.request_id, int(np.isin(a.post_ids, b.post_ids).sum()),
                             top_k_overlap(a.post_ids, b.post_ids, k),
                             kendall_tau(a.post_ids, b.post_ids))
 
 
-def score_changes(a: Ranked, b: Ranked) -> list[ScoreChange]:
+def score_changes(a: PublishedRanking, b: PublishedRanking) -> list[ScoreChange]:
     """Score of each common post under A and B."""
     common = a.post_ids[np.isin(a.post_ids, b.post_ids)]  # [n]
     score_a = a.scores[_positions(a.post_ids, common)]

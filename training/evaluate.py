@@ -70,7 +70,7 @@ class EvalConfig:
     popularity_rows: int = 20000  # Logged requests the popularity baseline counts.
 
 
-class Ranked(NamedTuple):
+class MethodRankings(NamedTuple):
     """One method's answer for every request (candidates in request order)."""
 
     probabilities: list[np.ndarray]  # n x [c, A]
@@ -111,7 +111,7 @@ def held_out(world: World, n: int, seed: int) -> HeldOut:
 # ----------------------------------------------------------------------------- methods
 
 
-def rank_with_runner(runner: RankingRunner, wire: Sequence[dict[str, Any]]) -> Ranked:
+def rank_with_runner(runner: RankingRunner, wire: Sequence[dict[str, Any]]) -> MethodRankings:
     """The worker's path: encode, parse + validate, assemble, jitted rank, per-request rankings."""
     limits = ValidationLimits.from_config(runner.config)
     assembler = Assembler(runner.config, Buckets())
@@ -124,11 +124,11 @@ def rank_with_runner(runner: RankingRunner, wire: Sequence[dict[str, Any]]) -> R
         for ranking in assembler.rankings(chunk, assembly, outputs, runner.merge):
             probabilities.append(ranking.probabilities)
             orders.append(ranking.order)
-    return Ranked(probabilities, orders)
+    return MethodRankings(probabilities, orders)
 
 
 def rank_probabilities(probabilities: Sequence[np.ndarray], wire: Sequence[dict[str, Any]],
-                       config: RankerConfig, scoring: ScoringConfig = ScoringConfig()) -> Ranked:
+                       config: RankerConfig, scoring: ScoringConfig = ScoringConfig()) -> MethodRankings:
     """Orders given per-candidate probabilities with the runner's own scoring functions
     (weighted score, author diversity, stable order), all requests in one padded batch."""
     hasher = Hasher(config.hashes)
@@ -145,7 +145,7 @@ def rank_probabilities(probabilities: Sequence[np.ndarray], wire: Sequence[dict[
     _, order = finalize(raw, hasher.authors(authors), valid,  # [n, c_max, na]
                         scoring.diversity_params())
     order = np.asarray(order)  # padding sorts last
-    return Ranked(list(probabilities), [order[i, :counts[i]] for i in range(n)])
+    return MethodRankings(list(probabilities), [order[i, :counts[i]] for i in range(n)])
 
 
 def popularity_rates(world: World, rows: int, seed: int, chunk: int = 4096) -> np.ndarray:
@@ -165,7 +165,7 @@ def popularity_rates(world: World, rows: int, seed: int, chunk: int = 4096) -> n
 
 
 def rank_popularity(world: World, data: HeldOut, ec: EvalConfig,
-                    config: RankerConfig) -> Ranked:
+                    config: RankerConfig) -> MethodRankings:
     rates = popularity_rates(world, ec.popularity_rows, ec.seed)  # [num_posts, A]
     probabilities = [rates[world.post_index(t.candidate_post_ids)] for t in data.truths]
     return rank_probabilities(probabilities, data.wire, config)
@@ -182,7 +182,7 @@ def zero_runner(config: RankerConfig) -> RankingRunner:
 # ----------------------------------------------------------------------------- metrics
 
 
-def score_method(name: str, ranked: Ranked, data: HeldOut,
+def score_method(name: str, ranked: MethodRankings, data: HeldOut,
                  scoring: ScoringConfig = ScoringConfig()) -> MethodResult:
     probs = np.concatenate(ranked.probabilities)  # [N, A]
     labels = np.concatenate(data.labels)  # [N, A]
@@ -210,7 +210,7 @@ def evaluate(trained: RankingRunner, ec: EvalConfig,
     world = World.create(WorldConfig(seed=ec.world_seed))
     data = held_out(world, ec.requests, ec.seed)
     config = trained.config
-    makers: dict[str, Callable[[], Ranked]] = {
+    makers: dict[str, Callable[[], MethodRankings]] = {
         "trained": lambda: rank_with_runner(trained, data.wire),
         "random": lambda: rank_with_runner(
             RankingRunner.create(config, seed=ec.random_seed), data.wire),

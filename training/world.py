@@ -58,8 +58,9 @@ from typing import Any
 import numpy as np
 
 from phoenix.actions import ACTION_NAMES, NEGATIVE_ACTIONS, NUM_ACTIONS
+from phoenix.hashing import MIX64_MULTIPLIERS, mix64
+from worker.codec import REQUEST_SCHEMA
 
-REQUEST_SCHEMA = "ranking-request.v1"
 TRUTH_SCHEMA = "world-truth.v1"
 
 
@@ -108,8 +109,7 @@ _HISTORY_SELECTIVITY = 3.0  # history posts are picked with weight exp(selectivi
 # Kind codes for ids (top byte of the pre-mix value).
 _USER, _AUTHOR, _POST = 1, 2, 3
 _MASK64 = (1 << 64) - 1
-_M1 = 0xBF58476D1CE4E5B9
-_M2 = 0x94D049BB133111EB
+_M1, _M2 = MIX64_MULTIPLIERS
 _M1_INV = pow(_M1, -1, 1 << 64)
 _M2_INV = pow(_M2, -1, 1 << 64)
 
@@ -209,15 +209,6 @@ def _unshift(y: np.ndarray, shift: int) -> np.ndarray:
     for _ in range(64 // shift + 1):
         x = y ^ (x >> np.uint64(shift))
     return x
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: a bijection on uint64 with _mix64(0) == 0."""
-    x = np.asarray(x, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(_M1)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(_M2)
-    return x ^ (x >> np.uint64(31))
 
 
 def _unmix64(y: np.ndarray) -> np.ndarray:
@@ -331,7 +322,7 @@ class World:
         index = np.asarray(index, dtype=np.uint64)
         pre = (np.uint64(kind << 56) | np.uint64((self.config.seed & 0xFFFF) << 40)
                | (index + np.uint64(1)))
-        return _mix64(pre)
+        return mix64(pre)
 
     def _from_id(self, kind: int, ids: Any, count: int, what: str) -> np.ndarray:
         ids_u = np.asarray(ids, dtype=np.uint64)
