@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo broker produce results bench-model bench soak train eval golden clean
+.PHONY: venv test test-fast demo broker produce results bench-model bench bench-latency soak train eval golden clean
 
 venv: $(STAMP)
 
@@ -52,3 +52,6 @@ soak: venv
 
 bench: venv
 	$(PY) -m bench.e2e
+
+bench-latency: venv
+	$(PY) -m bench.consumer_latency

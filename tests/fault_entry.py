@@ -8,6 +8,9 @@
                       model call or a stalled device would.
 --fault-poison-user   any model call whose batch holds a request of this user id raises
                       `InjectedFault` (the pipeline must isolate it and dead-letter only it).
+--fault-handler-bug ID
+                      the batch step raises `InjectedFault` (a bug, not bad input) for the
+                      batch that holds request ID, after ranking it and before publishing.
 --fault-publish-fail ID[:N]
                       sending the result of request ID raises `InjectedFault` (not a Kafka
                       error) every time, and so do the first N sends of the publish_failed
@@ -44,6 +47,7 @@ class Faults:
     slow_ms: int = 0  # sleep per batch before ranking
     slow_batches: int = 0  # how many batches are slow (0 = all)
     poison_user: int = 0  # user id that makes ranking raise (0 = none)
+    handler_bug_request: str = ""  # request id whose batch makes the handler raise
     publish_fail_request: str = ""  # request id whose result can never be sent ("" = none)
     publish_fail_stand_in: int = 0  # failed sends of its publish_failed dead letter
 
@@ -80,6 +84,18 @@ def install(faults: Faults) -> None:
 
         RankingPipeline._rank = poisoned_rank
 
+    if faults.handler_bug_request:
+        record_breaker = BatchHandler._record_breaker
+
+        def buggy_record_breaker(self: BatchHandler, outcomes) -> None:
+            if any(o.request_id == faults.handler_bug_request for o in outcomes):
+                log.warning("fault: the handler raises for the batch of %s",
+                            faults.handler_bug_request)
+                raise InjectedFault(f"injected fault: a bug around {faults.handler_bug_request}")
+            record_breaker(self, outcomes)
+
+        BatchHandler._record_breaker = buggy_record_breaker
+
     if faults.publish_fail_request:
         send = BatchHandler._send
         stand_in_sends = itertools.count(1)
@@ -101,10 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fault-slow-batches", type=int, default=0)
     parser.add_argument("--fault-poison-user", type=int, default=0)
     parser.add_argument("--fault-publish-fail", default="")
+    parser.add_argument("--fault-handler-bug", default="")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
     request_id, _, times = args.fault_publish_fail.partition(":")
     install(Faults(slow_ms=args.fault_slow_ms, slow_batches=args.fault_slow_batches,
-                   poison_user=args.fault_poison_user, publish_fail_request=request_id,
+                   poison_user=args.fault_poison_user,
+                   handler_bug_request=args.fault_handler_bug, publish_fail_request=request_id,
                    publish_fail_stand_in=int(times or 0)))
     return app.main(rest)
 

@@ -867,3 +867,34 @@ def test_sigterm_ends_the_worker_within_10s(state, own_kafka, spawn):
     if state == "stuck_partition":
         committed = kafka.committed(group, topics.requests)[0]
         assert committed is None or committed <= 3  # nothing past the unanswered record
+
+
+# ---- 12. a bug in the batch step stops the worker instead of skipping the batch, live -------
+
+
+@pytest.mark.timeout(120)
+def test_a_bug_in_the_batch_step_stops_the_worker_and_commits_nothing_past_it(kafka, spawn):
+    """Faust would restart a failed agent and go on acking later records, committing past the
+    unanswered batch. The worker stops instead (exit 1, within the stop deadline), and a
+    restarted worker answers every request."""
+    topics = WorkerTopics.create(kafka)
+    group = f"bug-{uuid.uuid4().hex[:8]}"
+    first_half = valid_requests(seed=97, count=10, prefix="bug-a-")
+    second_half = valid_requests(seed=98, count=10, prefix="bug-b-")
+    victim = first_half[4]
+    worker = spawn(kafka.bootstrap, topics, group_id=group, entry=FAULT_ENTRY, extra_args=(
+        "--fault-handler-bug", victim.request_id)).start()
+    worker.wait_ready()
+    kafka.produce(topics.requests, [(m.key, m.value) for m in first_half])
+    wait_log(worker, "fault: the handler raises", timeout_s=60)
+    kafka.produce(topics.requests, [(m.key, m.value) for m in second_half])
+    code = worker.wait(timeout_s=20)
+    committed = kafka.committed(group, topics.requests)[0]
+    assert code == 1, worker.log()
+    assert "the ranking agent failed (a bug)" in full_log(worker)
+    assert committed is None or committed <= 4, committed  # nothing past the failed batch
+    second = spawn(kafka.bootstrap, topics, group_id=group).start()
+    second.wait_ready()
+    with Collector(kafka.bootstrap, topics) as collector:
+        answers = collector.wait_for_ids(request_ids(first_half + second_half), timeout_s=60)
+    assert not any(a.dead_letter for a in answers)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,6 +23,7 @@ from worker.breaker import BreakerConfig, DeadLetterBreaker
 from worker.kafka_clients import (check_transactions_supported, ensure_topics_with_retry,
                                   faust_credentials)
 from worker.kafka_tuning import ConsumerTuning, TunedApp
+from worker.lifecycle import BoundedStopWorker, stop_for_bug
 from worker.monitoring import HealthServer, WorkerMetrics
 from worker.pipeline import RankingPipeline
 from worker.serving import build_pipeline, configure_jax
@@ -69,8 +68,14 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
                              value_serializer="raw")
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
     decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder")
+    def on_bug(error: BaseException) -> None:
+        if state.failed is None:  # the first report stops the worker; main() then exits 1
+            state.failed = error
+            stop_for_bug(error)
+
     handler = BatchHandler(pipeline, results, dead_letters, metrics, state, executor,
-                           flow_active=app.flow_control.is_active, decode_executor=decoder)
+                           flow_active=app.flow_control.is_active, decode_executor=decoder,
+                           on_bug=on_bug)
     max_wait_s = settings.max_batch_wait_ms / 1000
 
     @app.agent(requests, concurrency=1)
@@ -81,8 +86,8 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
                 await handler.handle(stream, events)  # returns while the batch is ranked
             await handler.flush()
         except Exception as error:  # noqa: BLE001 (CancelledError is not an Exception)
-            state.failed = error
-            await _stop_for_bug(error)
+            on_bug(error)
+            await asyncio.Event().wait()  # no agent restart: held until the stop cancels it
         finally:
             await handler.close()  # stopping: let the batches in flight finish
 
@@ -108,41 +113,6 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         metrics.ready.set(1 if state.readiness()[0] else 0)
 
     return app
-
-
-async def _stop_for_bug(error: Exception) -> None:
-    """The batch step never raises on input or broker trouble, so this is a bug. Restarting
-    the agent (Faust's default) would go on acking later records while the failed batch stays
-    unanswered, and Faust then commits past the gap; instead stop the worker (exit 1) and
-    hold this agent until the stop cancels it: a restart redelivers from the last commit."""
-    log.critical("the ranking agent failed (a bug); stopping the worker so that nothing is "
-                 "committed past the unanswered batch", exc_info=error)
-    os.kill(os.getpid(), signal.SIGTERM)
-    await asyncio.Event().wait()
-
-
-class RankingWorker(faust.Worker):
-    """Faust's worker with a bounded stop: a watchdog ends the process `STOP_DEADLINE_S` after
-    the first SIGTERM/SIGINT whatever the stop waits on (a stuck send, a broker gone, Faust
-    waiting for acks that will never come). What was answered is committed every
-    `broker_commit_interval` before that, so at worst the last moment is delivered again."""
-
-    def _schedule_shutdown(self, signum: signal.Signals) -> None:
-        if not self._signal_stop_time:
-            timer = threading.Timer(STOP_DEADLINE_S, _exit_now, args=(signum,))
-            timer.daemon = True
-            timer.start()
-        super()._schedule_shutdown(signum)
-
-
-STOP_DEADLINE_S = 8.0  # under the 10 s that orchestrators commonly give before SIGKILL
-
-
-def _exit_now(signum: signal.Signals) -> None:
-    log.error("the worker did not stop within %.0f s of %s; exiting now (records not yet "
-              "committed are delivered again)", STOP_DEADLINE_S, signal.Signals(signum).name)
-    logging.shutdown()
-    os._exit(1)
 
 
 def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
@@ -181,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.set_event_loop(loop)
     _prepare_broker(settings, loop)
     app = create_app(settings, pipeline, state, metrics)
-    worker = RankingWorker(app, loglevel=settings.log_level, redirect_stdouts=False,
+    worker = BoundedStopWorker(app, loglevel=settings.log_level, redirect_stdouts=False,
                            quiet=True, loop=loop)
     # At WARNING or above, Faust's terminal spinner sets the root logger to DEBUG, so every
     # aiokafka/Faust debug() call builds a record (~2.6 per message). No spinner, no DEBUG.

@@ -79,7 +79,8 @@ class BatchHandler:
                  metrics: WorkerMetrics, state: WorkerState, executor: Executor,
                  send_retry_delay_s: float = 1.0,
                  flow_active: Callable[[], bool] = lambda: True,
-                 decode_executor: Executor | None = None):
+                 decode_executor: Executor | None = None,
+                 on_bug: Callable[[BaseException], None] = lambda error: None):
         self.pipeline = pipeline
         self.flow_active = flow_active  # False while Faust stops or gives partitions up
         self.results_topic = results_topic
@@ -89,6 +90,9 @@ class BatchHandler:
         self.executor = executor  # ranks (one thread: batches are ranked in handling order)
         self.decode_executor = decode_executor  # None: decoded on `executor` too
         self.send_retry_delay_s = send_retry_delay_s
+        # Called as soon as a batch fails unexpectedly (a bug: input and broker trouble never
+        # raise), before any later batch could be acked past it.
+        self.on_bug = on_bug
         # Batches handled but not yet published and acked, oldest first. Each task waits for
         # the one before it, so results go out in handling order.
         self._in_flight: collections.deque[asyncio.Future] = collections.deque()
@@ -157,6 +161,9 @@ class BatchHandler:
             for event in events:
                 await stream.ack(event)
             self.metrics.stage_time.labels("publish").observe(time.perf_counter() - publish_start)
+        except Exception as error:  # noqa: BLE001 (CancelledError is not an Exception)
+            self.on_bug(error)
+            raise
         finally:
             self.metrics.in_flight.dec(len(records))
         for record in records:

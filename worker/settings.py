@@ -55,9 +55,9 @@ class Settings:
     fetch_max_wait_ms: int = _setting(10, "consumer fetch long-poll wait (Faust hard-codes 1500)")
     max_poll_interval_s: float = _setting(300.0, "max time between polls before eviction")
     processing_guarantee: str = _setting("at_least_once", "at_least_once or exactly_once")
-    # lz4: results shrink ~2.5x for ~8 us of CPU each (demo results, measured); consumers on
-    # aiokafka need cramjam for it, librdkafka and Java clients read it as they are.
-    compression_type: str = _setting("lz4", "codec for results and dead letters: none, gzip, "
+    # none: on one machine (the demo) bytes are free and CPU is what limits throughput; lz4
+    # shrinks demo results ~2.5x for a network between worker and brokers (see README).
+    compression_type: str = _setting("none", "codec for results and dead letters: none, gzip, "
                                      "snappy, lz4 or zstd")
     data_dir: str = _setting(".cache/faust", "Faust's state directory (created if missing)")
     # Security (passed through to the Kafka clients)

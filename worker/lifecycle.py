@@ -1,0 +1,47 @@
+"""How the worker process ends: a bounded stop on SIGTERM/SIGINT, and a stop (not an agent
+restart) when the batch step hits a bug. Knows Faust's worker, nothing of batches or tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+import faust
+
+log = logging.getLogger("worker")
+
+STOP_DEADLINE_S = 8.0  # under the 10 s that orchestrators commonly give before SIGKILL
+
+
+class BoundedStopWorker(faust.Worker):
+    """Faust's worker with a bounded stop: a watchdog ends the process `STOP_DEADLINE_S` after
+    the first SIGTERM/SIGINT whatever the stop waits on (a stuck send, a broker gone, Faust
+    waiting for acks that will never come). What was answered is committed every
+    `broker_commit_interval` before that, so at worst the last moment is delivered again."""
+
+    def _schedule_shutdown(self, signum: signal.Signals) -> None:
+        if not self._signal_stop_time:
+            timer = threading.Timer(STOP_DEADLINE_S, _exit_now, args=(signum,))
+            timer.daemon = True
+            timer.start()
+        super()._schedule_shutdown(signum)
+
+
+def _exit_now(signum: signal.Signals) -> None:
+    log.error("the worker did not stop within %.0f s of %s; exiting now (records not yet "
+              "committed are delivered again)", STOP_DEADLINE_S, signal.Signals(signum).name)
+    logging.shutdown()
+    os._exit(1)
+
+
+def stop_for_bug(error: BaseException) -> None:
+    """The batch step never raises on input or broker trouble, so `error` is a bug. Restarting
+    the agent (Faust's default) would go on acking later records while the failed batch stays
+    unanswered, and Faust then commits past the gap; instead the worker stops (SIGTERM to
+    itself: the bounded stop) and a restart redelivers from the last commit."""
+    log.critical("the ranking agent failed (a bug); stopping the worker so that nothing is "
+                 "committed past the unanswered batch", exc_info=error)
+    os.kill(os.getpid(), signal.SIGTERM)
