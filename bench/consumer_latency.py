@@ -54,6 +54,12 @@ def median_latency_ms(bootstrap: str, topic: str, send: Callable[[bytes], None],
     return statistics.median(latencies)
 
 
+async def _started_producer(bootstrap: str, options: dict) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(**connection(bootstrap), acks="all", **options)
+    await producer.start()
+    return producer
+
+
 def run(bootstrap: str, count: int) -> list[tuple[str, int, float]]:
     topic = f"latency-{uuid.uuid4().hex[:8]}"
     rows = []
@@ -63,8 +69,7 @@ def run(bootstrap: str, count: int) -> list[tuple[str, int, float]]:
     producers: dict[str, Callable[[bytes], None]] = {}
     aiokafka_producers = []
     for name, options in (("aiokafka", {}), ("aiokafka lz4", {"compression_type": "lz4"})):
-        producer = AIOKafkaProducer(**connection(bootstrap), acks="all", **options)
-        loop.run_until_complete(producer.start())
+        producer = loop.run_until_complete(_started_producer(bootstrap, options))
         aiokafka_producers.append(producer)
         producers[name] = (lambda p: lambda value: loop.run_until_complete(
             p.send_and_wait(topic, value)))(producer)
