@@ -27,17 +27,17 @@ def test_round_trip_is_bit_exact(tmp_path):
                                   loaded.rank(batch).probabilities)
 
 
-def test_config_mismatch_names_the_entry(tmp_path):
+def test_config_mismatch_names_the_entry(tmp_path, tiny_runner):
     path = tmp_path / "model.npz"
-    RankingRunner.create(TINY, seed=0).save(path)
+    tiny_runner.save(path)
     other = dataclasses.replace(TINY, history_seq_len=7)
     with pytest.raises(CheckpointError, match=r"config\.history_seq_len is 6 in the file, 7"):
         checkpoint.load(path, expected_config=other)
 
 
-def test_shape_mismatch_names_the_entry(tmp_path):
+def test_shape_mismatch_names_the_entry(tmp_path, tiny_runner):
     path = tmp_path / "model.npz"
-    RankingRunner.create(TINY, seed=0).save(path)
+    tiny_runner.save(path)
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files}
     key = "param:transformer/decoder_layer_0/linear_v:w"
