@@ -1,12 +1,18 @@
 """The Phoenix ranker: tokens from hashed-id embeddings, the transformer, per-action logits.
 
 Shapes: B requests, S history, C candidates, T = 1 + S + C, D width, A actions,
-V product surfaces, nu/ni/na user/post/author hash counts.
+V product surfaces, nu/ni/na user/post/author hash counts, P = 1 + S context positions,
+M candidates scored against one cached context, L layers, Hkv key-value heads, K key size.
+
+Two ways to the same logits with the same parameters: the whole `[user, history, candidates]`
+sequence (`build_model`, the reference layout), or the context `[user, history]` encoded once
+and any number of candidates scored against its cached keys and values (`build_prefix_model`):
+under the recsys mask a candidate sees only the context and itself, so both agree.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import haiku as hk
 import jax.numpy as jnp
@@ -14,7 +20,7 @@ import numpy as np
 
 from phoenix.config import RankerConfig
 from phoenix.mask import make_recsys_attn_mask
-from phoenix.transformer import RMSNorm, Transformer, matmul_precision
+from phoenix.transformer import LayerContext, RMSNorm, Transformer, matmul_precision
 
 
 class RecsysBatch(NamedTuple):
@@ -28,6 +34,18 @@ class RecsysBatch(NamedTuple):
     candidate_post_hashes: jnp.ndarray  # [B, C, ni] int32
     candidate_author_hashes: jnp.ndarray  # [B, C, na] int32
     candidate_product_surface: jnp.ndarray  # [B, C] int32
+
+
+class ContextCache(NamedTuple):
+    """Every layer's keys and values of the context positions `[user, history...]`."""
+
+    keys: jnp.ndarray  # [L, B, P, Hkv, K]
+    values: jnp.ndarray  # [L, B, P, Hkv, K]
+    valid: jnp.ndarray  # [B, P] bool: real user / history positions
+
+    def layers(self) -> list[LayerContext]:
+        return [LayerContext(self.keys[i], self.values[i], self.valid)
+                for i in range(self.keys.shape[0])]
 
 
 class RecsysEmbeddings(NamedTuple):
@@ -45,12 +63,17 @@ def _flatten_hashes(x: jnp.ndarray) -> jnp.ndarray:
     return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
 
 
-def padding_mask(batch: RecsysBatch) -> jnp.ndarray:
-    """[B, T] bool: which token positions hold a real user, history item or candidate."""
+def context_padding_mask(batch: RecsysBatch) -> jnp.ndarray:
+    """[B, P] bool: which context positions hold a real user or history item."""
     user = batch.user_hashes[:, :1] != 0  # [B, 1]
     history = batch.history_post_hashes[:, :, 0] != 0  # [B, S]
+    return jnp.concatenate([user, history], axis=1)  # [B, P]
+
+
+def padding_mask(batch: RecsysBatch) -> jnp.ndarray:
+    """[B, T] bool: which token positions hold a real user, history item or candidate."""
     candidates = batch.candidate_post_hashes[:, :, 0] != 0  # [B, C]
-    return jnp.concatenate([user, history, candidates], axis=1)  # [B, T]
+    return jnp.concatenate([context_padding_mask(batch), candidates], axis=1)  # [B, T]
 
 
 def _dot(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
@@ -74,8 +97,13 @@ class PhoenixModel(hk.Module):
         self.config = config
 
     def __call__(self, batch: RecsysBatch, emb: RecsysEmbeddings, transformer: Transformer,
-                 dtype=jnp.float32) -> jnp.ndarray:
-        """-> float32 logits `[B, C, A]`."""
+                 dtype=jnp.float32, stage: str = "full",
+                 cache: ContextCache | None = None) -> jnp.ndarray | ContextCache:
+        """stage "full": float32 logits `[B, C, A]` of the whole sequence. "context": the
+        `ContextCache` of `[user, history]` (candidate fields unused). "candidates": float32
+        logits `[B, M, A]` of the batch's M candidates against `cache` (history fields
+        unused); candidate j sits at rotary position P + (j mod C), its place in the
+        reference layout."""
         cfg = self.config
         d, a, v = cfg.emb_size, cfg.num_actions, cfg.product_surface_vocab_size
         nu, ni, na = (cfg.hashes.num_user_hashes, cfg.hashes.num_item_hashes,
@@ -87,35 +115,55 @@ class PhoenixModel(hk.Module):
         surface_table = _fan_in_param("product_surface_embedding_table", [v, d])
         unembeddings = _fan_in_param("unembeddings", [d, a])
 
-        user = _dot(_flatten_hashes(emb.user_embeddings)[:, None, :], proj_user)  # [B, 1, D]
+        def context_tokens() -> jnp.ndarray:
+            user = _dot(_flatten_hashes(emb.user_embeddings)[:, None, :], proj_user)  # [B,1,D]
+            actions = batch.history_actions.astype(jnp.float32)  # [B, S, A]
+            action_emb = _dot(2.0 * actions - 1.0, action_projection)  # [B, S, D]
+            action_emb = action_emb * jnp.any(actions != 0, axis=-1, keepdims=True)  # [B,S,D]
+            history = jnp.concatenate([
+                _flatten_hashes(emb.history_post_embeddings),  # [B, S, ni*D]
+                _flatten_hashes(emb.history_author_embeddings),  # [B, S, na*D]
+                action_emb,  # [B, S, D]
+                jnp.take(surface_table, batch.history_product_surface, axis=0),  # [B, S, D]
+            ], axis=-1)
+            history = _dot(history, proj_history)  # [B, S, D]
+            return jnp.concatenate([user, history], axis=1).astype(dtype)  # [B, P, D]
 
-        actions = batch.history_actions.astype(jnp.float32)  # [B, S, A]
-        action_emb = _dot(2.0 * actions - 1.0, action_projection)  # [B, S, D]
-        action_emb = action_emb * jnp.any(actions != 0, axis=-1, keepdims=True)  # [B, S, D]
-        history = jnp.concatenate([
-            _flatten_hashes(emb.history_post_embeddings),  # [B, S, ni*D]
-            _flatten_hashes(emb.history_author_embeddings),  # [B, S, na*D]
-            action_emb,  # [B, S, D]
-            jnp.take(surface_table, batch.history_product_surface, axis=0),  # [B, S, D]
-        ], axis=-1)
-        history = _dot(history, proj_history)  # [B, S, D]
+        def candidate_tokens() -> jnp.ndarray:
+            candidates = jnp.concatenate([
+                _flatten_hashes(emb.candidate_post_embeddings),  # [B, C, ni*D]
+                _flatten_hashes(emb.candidate_author_embeddings),  # [B, C, na*D]
+                jnp.take(surface_table, batch.candidate_product_surface, axis=0),  # [B, C, D]
+            ], axis=-1)
+            return _dot(candidates, proj_candidate).astype(dtype)  # [B, C, D]
 
-        candidates = jnp.concatenate([
-            _flatten_hashes(emb.candidate_post_embeddings),  # [B, C, ni*D]
-            _flatten_hashes(emb.candidate_author_embeddings),  # [B, C, na*D]
-            jnp.take(surface_table, batch.candidate_product_surface, axis=0),  # [B, C, D]
-        ], axis=-1)
-        candidates = _dot(candidates, proj_candidate)  # [B, C, D]
+        def logits_of(h: jnp.ndarray) -> jnp.ndarray:
+            return _dot(RMSNorm()(h).astype(jnp.float32), unembeddings)  # [B, ., A]
 
-        tokens = jnp.concatenate([user, history, candidates], axis=1).astype(dtype)  # [B, T, D]
+        if stage == "context":
+            tokens = context_tokens()  # [B, P, D]
+            p = tokens.shape[1]
+            valid = context_padding_mask(batch)  # [B, P]
+            mask = make_recsys_attn_mask(p, p, jnp.float32)  # [1, 1, P, P]: causal
+            mask = mask * valid[:, None, None, :].astype(jnp.float32)  # [B, 1, P, P]
+            _, layers = transformer(tokens, mask)
+            return ContextCache(jnp.stack([layer.keys for layer in layers]),  # [L,B,P,Hkv,K]
+                                jnp.stack([layer.values for layer in layers]), valid)
+        if stage == "candidates":
+            tokens = candidate_tokens()  # [B, M, D]
+            p = cache.valid.shape[1]
+            positions = p + jnp.arange(tokens.shape[1]) % cfg.candidate_seq_len  # [M]
+            h, _ = transformer(tokens, None, positions, cache.layers())  # [B, M, D]
+            return logits_of(h)  # [B, M, A]
+
+        tokens = jnp.concatenate([context_tokens(), candidate_tokens()], axis=1)  # [B, T, D]
         # S and C come from the batch, not the config: assembly may use a smaller candidate
         # bucket than the configured maximum C, and positions are the same either way.
-        candidate_start = 1 + history.shape[1]
+        candidate_start = 1 + batch.history_post_hashes.shape[1]
         mask = make_recsys_attn_mask(tokens.shape[1], candidate_start, jnp.float32)  # [1,1,T,T]
         mask = mask * padding_mask(batch)[:, None, None, :].astype(jnp.float32)  # [B,1,T,T]
-        h = transformer(tokens, mask)  # [B, T, D]
-        h = RMSNorm()(h)[:, candidate_start:, :].astype(jnp.float32)  # [B, C, D]
-        return _dot(h, unembeddings)  # [B, C, A]
+        h, _ = transformer(tokens, mask)  # [B, T, D]
+        return logits_of(h[:, candidate_start:, :])  # [B, C, A]
 
 
 def phoenix_forward(config: RankerConfig, batch: RecsysBatch, emb: RecsysEmbeddings,
@@ -133,3 +181,23 @@ def build_model(config: RankerConfig, dtype=jnp.float32) -> hk.Transformed:
     """`init(rng, batch, emb)` / `apply(params, batch, emb) -> logits [B, C, A]`."""
     return hk.without_apply_rng(hk.transform(
         lambda batch, emb: phoenix_forward(config, batch, emb, dtype)))
+
+
+class PrefixModel(NamedTuple):
+    """The two stages of the cached path, pure functions of the same parameters as
+    `build_model`'s (transformer built at the top level, as there)."""
+
+    # (params, batch, emb) -> ContextCache of the batch's user and history
+    encode_context: Callable[..., ContextCache]
+    # (params, batch, emb, cache) -> logits [B, M, A] of the batch's M candidates
+    score_candidates: Callable[..., jnp.ndarray]
+
+
+def build_prefix_model(config: RankerConfig, dtype=jnp.float32) -> PrefixModel:
+    def stage(name: str):
+        def forward(batch, emb, cache=None):
+            transformer = Transformer(config.transformer)
+            return PhoenixModel(config)(batch, emb, transformer, dtype, name, cache)
+        return hk.without_apply_rng(hk.transform(forward)).apply
+
+    return PrefixModel(stage("context"), stage("candidates"))

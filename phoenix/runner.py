@@ -5,6 +5,7 @@ Shapes: B requests, C candidates, A actions.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import NamedTuple
 
@@ -15,7 +16,7 @@ import numpy as np
 from phoenix import checkpoint
 from phoenix.config import RankerConfig
 from phoenix.embeddings import HashTables, init_tables, lookup
-from phoenix.model import RecsysBatch, build_model
+from phoenix.model import PrefixModel, RecsysBatch, build_model, build_prefix_model
 from phoenix.params import Params, dummy_batch, init_params
 from phoenix.scoring import ScoringConfig, finalize, weighted_scores
 
@@ -42,6 +43,18 @@ def rank_step(apply_fn, state: ModelState, batch: RecsysBatch):
     probs = jax.nn.sigmoid(apply_fn(state.params, batch, emb))  # [B, C, A]
     valid = batch.candidate_post_hashes[:, :, 0] != 0  # [B, C]
     raw = weighted_scores(probs, state.weights)  # [B, C]
+    scores, order = finalize(raw, batch.candidate_author_hashes, valid, state.diversity)
+    return probs, scores, raw, order
+
+
+def rank_cached_step(prefix: PrefixModel, state: ModelState, batch: RecsysBatch):
+    """Pure, like `rank_step`, but the user and history are encoded once per request and its
+    M candidates `[B, M]` (any M, not tied to C) are scored against that cached context."""
+    emb = lookup(state.tables, batch)  # [B, ., n, D]
+    cache = prefix.encode_context(state.params, batch, emb)
+    probs = jax.nn.sigmoid(prefix.score_candidates(state.params, batch, emb, cache))  # [B,M,A]
+    valid = batch.candidate_post_hashes[:, :, 0] != 0  # [B, M]
+    raw = weighted_scores(probs, state.weights)  # [B, M]
     scores, order = finalize(raw, batch.candidate_author_hashes, valid, state.diversity)
     return probs, scores, raw, order
 
@@ -74,6 +87,8 @@ class RankingRunner:
         self.scoring = scoring
         self._step = jax.jit(self._traced_step)
         self._merge = jax.jit(merge_step)
+        self._cached_step = jax.jit(functools.partial(
+            rank_cached_step, build_prefix_model(config, self.dtype)))
 
     @classmethod
     def create(cls, config: RankerConfig = RankerConfig(), seed: int = 0,
@@ -111,6 +126,11 @@ class RankingRunner:
         """The same computation op by op, without jit: the naive baseline for benchmarks."""
         with jax.disable_jit():
             return RankOutput(*jax.device_get(rank_step(self._model.apply, self.state, batch)))
+
+    def rank_cached(self, batch: RecsysBatch) -> RankOutput:
+        """Blocking `rank_cached_step`: each request's candidates `[B, M]` ranked together
+        against its user and history encoded once. Compiles once per (B, M)."""
+        return RankOutput(*jax.device_get(self._cached_step(self.state, batch)))
 
     def merge(self, raw: np.ndarray, author_hashes: np.ndarray,
               valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
