@@ -1,7 +1,8 @@
 """Check the model against a golden forward pass: `python -m phoenix.golden FILE.npz`.
 
-The file format is described in shared/golden/README.md: a JSON `config`, reference-layout
-`param:` entries, `batch:` inputs, `emb:` looked-up embeddings and the expected `logits`.
+The file (an `.npz`, e.g. tests/data/phoenix_golden_public.npz) holds a JSON `config`,
+reference-layout `param:` entries, `batch:` inputs, `emb:` looked-up embeddings and the
+expected `logits`.
 Exit status 0 when the max abs error is below the tolerance, 1 otherwise.
 """
 
