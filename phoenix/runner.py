@@ -40,11 +40,7 @@ class ModelState(NamedTuple):
 def rank_step(apply_fn, state: ModelState, batch: RecsysBatch):
     """Pure: lookup, model, sigmoid, final score, order: the fields of `RankOutput`."""
     emb = lookup(state.tables, batch)  # [B, ., n, D]
-    probs = jax.nn.sigmoid(apply_fn(state.params, batch, emb))  # [B, C, A]
-    valid = batch.candidate_post_hashes[:, :, 0] != 0  # [B, C]
-    raw = weighted_scores(probs, state.weights)  # [B, C]
-    scores, order = finalize(raw, batch.candidate_author_hashes, valid, state.diversity)
-    return probs, scores, raw, order
+    return _scored(jax.nn.sigmoid(apply_fn(state.params, batch, emb)), state, batch)
 
 
 def rank_cached_step(prefix: PrefixModel, state: ModelState, batch: RecsysBatch):
@@ -52,9 +48,14 @@ def rank_cached_step(prefix: PrefixModel, state: ModelState, batch: RecsysBatch)
     M candidates `[B, M]` (any M, not tied to C) are scored against that cached context."""
     emb = lookup(state.tables, batch)  # [B, ., n, D]
     cache = prefix.encode_context(state.params, batch, emb)
-    probs = jax.nn.sigmoid(prefix.score_candidates(state.params, batch, emb, cache))  # [B,M,A]
-    valid = batch.candidate_post_hashes[:, :, 0] != 0  # [B, M]
-    raw = weighted_scores(probs, state.weights)  # [B, M]
+    logits = prefix.score_candidates(state.params, batch, emb, cache)  # [B, M, A]
+    return _scored(jax.nn.sigmoid(logits), state, batch)
+
+
+def _scored(probs: jnp.ndarray, state: ModelState, batch: RecsysBatch):
+    """probs `[B, C, A]` -> (probs, final scores `[B, C]`, weighted scores `[B, C]`, order)."""
+    valid = batch.candidate_post_hashes[:, :, 0] != 0  # [B, C]
+    raw = weighted_scores(probs, state.weights)  # [B, C]
     scores, order = finalize(raw, batch.candidate_author_hashes, valid, state.diversity)
     return probs, scores, raw, order
 
