@@ -25,9 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from phoenix.runner import RankingRunner
 from bench.stats import bucket_counts, latency_summary, sustained_rate
-from worker.assembly import Buckets
+from worker.assembly import Buckets, widths_for
 from tools.kafka_io import TopicFollower, connection, start_at_beginning
 from worker.pipeline import InputRecord, RankingPipeline
+from worker.validation import ValidationLimits
 from tools.launcher import WorkerProcess
 from tools.producer import Event, send_events_to_kafka
 
@@ -275,18 +276,15 @@ async def run_phase(name: str, events: Sequence[Event], rate: float, bootstrap: 
 
 
 class _EagerRunner:
-    """The runner's surface the pipeline uses, with `rank` applying the model eagerly."""
+    """The runner's surface the pipeline uses, with `rank_cached` applying the model eagerly."""
 
     def __init__(self, runner: RankingRunner):
         self._runner = runner
-        self.config, self.scoring = runner.config, runner.scoring
+        self.config, self.scoring, self.dtype = runner.config, runner.scoring, runner.dtype
         self.model_version = runner.model_version
 
-    def rank(self, batch):
+    def rank_cached(self, batch):
         return self._runner.rank_eager(batch)
-
-    def merge(self, raw, author_hashes, valid):
-        return self._runner.merge(raw, author_hashes, valid)
 
 
 async def run_naive(bootstrap: str, events: Sequence[Event], requests_topic: str,
@@ -296,8 +294,9 @@ async def run_naive(bootstrap: str, events: Sequence[Event], requests_topic: str
     and validate it exactly like the worker, rank it alone with the eager model, publish
     the result and wait for its ack, next. Returns its throughput."""
     runner = RankingRunner.from_checkpoint(checkpoint)
-    pipeline = RankingPipeline.create(_EagerRunner(runner), Buckets(batch_sizes=(1,)),
-                                      worker_id="naive")
+    widths = widths_for(runner.config.candidate_seq_len, ValidationLimits().max_candidates)
+    pipeline = RankingPipeline.create(_EagerRunner(runner),
+                                      Buckets(batch_sizes=(1,), widths=widths), worker_id="naive")
     warm = events[0]  # the first eager calls fill JAX's op caches: not part of the loop's rate
     warm_record = InputRecord(warm.encode(0), warm.key, requests_topic, 0, 0)
     pipeline.process(pipeline.decode([warm_record]))

@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 import jax
 
 from bench.model import median_seconds
-from phoenix.model import build_model
-from phoenix.runner import RankingRunner, RankOutput, rank_step
+from phoenix.model import build_prefix_model
+from phoenix.runner import RankingRunner, RankOutput, rank_cached_step
 from worker import codec
 from worker.pipeline import InputRecord, RankingPipeline
 from tools.producer import generate_events
@@ -45,8 +45,8 @@ def assembly_ratio(pipeline: RankingPipeline, records: Sequence[InputRecord],
     assembler, runner = pipeline.assembler, pipeline.runner
     assembly = assembler.assemble(requests)
     assemble_s = median_seconds(lambda: assembler.assemble(requests), repeats, min_time)
-    model_s = median_seconds(lambda: [runner.rank(c.batch) for c in assembly.calls], repeats,
-                             min_time)
+    model_s = median_seconds(lambda: [runner.rank_cached(c.batch) for c in assembly.calls],
+                             repeats, min_time)
     return {"requests": len(requests), "model_calls": len(assembly.calls),
             "call_rows": [int(c.batch.user_hashes.shape[0]) for c in assembly.calls],
             "assemble_ms": assemble_s * 1e3, "model_ms": model_s * 1e3,
@@ -67,7 +67,8 @@ def profile_batch_path(pipeline: RankingPipeline, records: Sequence[InputRecord]
     function, same state), so host-to-device, compute and device-to-host are timed apart.
     """
     runner: RankingRunner = pipeline.runner
-    step = jax.jit(functools.partial(rank_step, build_model(runner.config, runner.dtype).apply))
+    step = jax.jit(functools.partial(rank_cached_step,
+                                     build_prefix_model(runner.config, runner.dtype)))
     batches = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
     batches = [b for b in batches if len(b) == batch_size]
     samples: dict[str, list[float]] = {}
@@ -88,8 +89,7 @@ def profile_batch_path(pipeline: RankingPipeline, records: Sequence[InputRecord]
         outputs, model_ms = _timed(lambda: jax.block_until_ready(
             [step(runner.state, b) for b in on_device]))
         host, d2h_ms = _timed(lambda: [RankOutput(*jax.device_get(o)) for o in outputs])
-        _, map_ms = _timed(lambda: pipeline.assembler.rankings(requests, assembly, host,
-                                                               runner.merge))
+        _, map_ms = _timed(lambda: pipeline.assembler.rankings(requests, assembly, host))
         if i == 0:
             continue
         add("decode (msgpack)", decode_ms)

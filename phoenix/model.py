@@ -48,6 +48,13 @@ class ContextCache(NamedTuple):
                 for i in range(self.keys.shape[0])]
 
 
+def context_cache_bytes(config: RankerConfig, itemsize: int = 4) -> int:
+    """Bytes of one request's `ContextCache`: keys and values `[L, P, Hkv, K]` of `itemsize`
+    bytes each (4 for float32), plus the `[P]` validity mask."""
+    t, p = config.transformer, config.candidate_start
+    return 2 * t.num_layers * p * t.num_kv_heads * t.key_size * itemsize + p
+
+
 class RecsysEmbeddings(NamedTuple):
     """One looked-up row per hash, not yet concatenated."""
 
@@ -153,7 +160,8 @@ class PhoenixModel(hk.Module):
             tokens = candidate_tokens()  # [B, M, D]
             p = cache.valid.shape[1]
             positions = p + jnp.arange(tokens.shape[1]) % cfg.candidate_seq_len  # [M]
-            h, _ = transformer(tokens, None, positions, cache.layers())  # [B, M, D]
+            real = batch.candidate_post_hashes[:, :, 0] != 0  # [B, M]
+            h, _ = transformer(tokens, real, positions, cache.layers())  # [B, M, D]
             return logits_of(h)  # [B, M, A]
 
         tokens = jnp.concatenate([context_tokens(), candidate_tokens()], axis=1)  # [B, T, D]

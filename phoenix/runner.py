@@ -60,17 +60,9 @@ def _scored(probs: jnp.ndarray, state: ModelState, batch: RecsysBatch):
     return probs, scores, raw, order
 
 
-def merge_step(state: ModelState, raw: jnp.ndarray, author_hashes: jnp.ndarray,
-               valid: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Pure: final scores and order of candidates that were scored in several model rows.
-
-    raw `[B, W]` weighted scores, author_hashes `[B, W, na]`, valid `[B, W]` -> `[B, W]` each.
-    """
-    return finalize(raw, author_hashes, valid, state.diversity)
-
-
 class RankingRunner:
-    """`rank(batch) -> RankOutput` with one jitted call: lookup, model, sigmoid, score, order."""
+    """`rank_cached(batch) -> RankOutput` (what the worker serves) and `rank(batch)` (the
+    reference layout), each one jitted call: lookup, model, sigmoid, score, order."""
 
     def __init__(self, config: RankerConfig, params: Params, tables: HashTables,
                  scoring: ScoringConfig = ScoringConfig(), dtype=jnp.float32,
@@ -86,10 +78,10 @@ class RankingRunner:
             weights=jnp.asarray(scoring.weight_vector()),
             diversity=jnp.asarray(scoring.diversity_params()))
         self.scoring = scoring
-        self._step = jax.jit(self._traced_step)
-        self._merge = jax.jit(merge_step)
-        self._cached_step = jax.jit(functools.partial(
-            rank_cached_step, build_prefix_model(config, self.dtype)))
+        self._step = jax.jit(self._counted(functools.partial(rank_step, self._model.apply)))
+        self._prefix = build_prefix_model(config, self.dtype)
+        self._cached_step = jax.jit(self._counted(functools.partial(rank_cached_step,
+                                                                    self._prefix)))
 
     @classmethod
     def create(cls, config: RankerConfig = RankerConfig(), seed: int = 0,
@@ -109,14 +101,16 @@ class RankingRunner:
         checkpoint.save(path, self.config, jax.device_get(self.params),
                         jax.device_get(self.tables), self.model_version)
 
-    def _traced_step(self, state: ModelState, batch: RecsysBatch):
-        with self._lock:  # runs only while tracing: one increment per compilation
-            self._compilations += 1
-        return rank_step(self._model.apply, state, batch)
+    def _counted(self, step):
+        def traced(state: ModelState, batch: RecsysBatch):
+            with self._lock:  # runs only while tracing: one increment per compilation
+                self._compilations += 1
+            return step(state, batch)
+        return traced
 
     @property
     def compile_count(self) -> int:
-        """How many times the step was traced and compiled (once per distinct input shape)."""
+        """How many times a step was traced and compiled (once per step and input shape)."""
         return self._compilations
 
     def rank(self, batch: RecsysBatch) -> RankOutput:
@@ -124,32 +118,22 @@ class RankingRunner:
         return RankOutput(*jax.device_get(self._step(self.state, batch)))
 
     def rank_eager(self, batch: RecsysBatch) -> RankOutput:
-        """The same computation op by op, without jit: the naive baseline for benchmarks."""
+        """`rank_cached`'s computation op by op, without jit: the naive baseline for
+        benchmarks."""
         with jax.disable_jit():
-            return RankOutput(*jax.device_get(rank_step(self._model.apply, self.state, batch)))
+            return RankOutput(*jax.device_get(rank_cached_step(self._prefix, self.state, batch)))
 
     def rank_cached(self, batch: RecsysBatch) -> RankOutput:
         """Blocking `rank_cached_step`: each request's candidates `[B, M]` ranked together
-        against its user and history encoded once. Compiles once per (B, M)."""
+        against its user and history encoded once. Compiles once per (B, M). Equals `rank`
+        to float rounding for M <= C, and the reference layout's ceil(M / C) rows for more."""
         return RankOutput(*jax.device_get(self._cached_step(self.state, batch)))
 
-    def merge(self, raw: np.ndarray, author_hashes: np.ndarray,
-              valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Blocking `merge_step`: (final scores `[B, W]`, order `[B, W]`) as host arrays.
-
-        Compiles once per width W: callers pad W to a few fixed widths."""
-        scores, order = jax.device_get(self._merge(self.state, raw, author_hashes, valid))
-        return scores, order
-
-    def warmup(self, shapes: list[tuple[int, int]], merge_widths: tuple[int, ...] = ()) -> None:
-        """Compile every (rows, candidates) shape and every merge width now, not in the first
+    def warmup(self, shapes: list[tuple[int, int]]) -> None:
+        """Compile `rank_cached` for every (requests, candidates) shape now, not in the first
         requests' latency."""
         for rows, candidates in shapes:
-            self.rank(dummy_batch(self.config, rows, candidates))
-        na = self.config.hashes.num_author_hashes
-        for width in merge_widths:
-            self.merge(np.zeros((1, width), np.float32), np.zeros((1, width, na), np.int32),
-                       np.zeros((1, width), bool))
+            self.rank_cached(dummy_batch(self.config, rows, candidates))
 
     @property
     def params(self) -> Params:

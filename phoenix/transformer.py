@@ -99,8 +99,9 @@ class MultiHeadAttention(hk.Module):
         layer's keys and values of x).
 
         Without `context`: x attends to x under `mask` `[B, 1, T, T]` (1 = may attend). With
-        it: each token attends to the valid context positions and to itself only (`mask`
-        unused), exactly what a candidate sees under the recsys mask.
+        it: each token attends to the valid context positions and to itself, where `mask`
+        `[B, T]` bool says it is real (a padding token attends to the context only): exactly
+        what a candidate sees under the recsys mask and the padding mask.
         """
         cfg = self.config
         batch, seq_len, width = x.shape
@@ -124,7 +125,8 @@ class MultiHeadAttention(hk.Module):
             logits = jnp.concatenate([to_context, to_self[..., None]], axis=-1)  # [..., P+1]
             allowed = jnp.concatenate([
                 jnp.broadcast_to(context.valid[:, None, None, None, :], to_context.shape),
-                jnp.ones(to_self.shape + (1,), bool)], axis=-1)  # [B, Hkv, G, T, P+1]
+                jnp.broadcast_to(mask[:, None, None, :, None], to_self.shape + (1,))],
+                axis=-1)  # [B, Hkv, G, T, P+1]
             weights = _attention_weights(logits, allowed, cfg.attn_output_multiplier, x.dtype)
             out = jnp.einsum("bngtp,bpnk->btngk", weights[..., :-1],
                              context.values.astype(x.dtype), precision=precision)
@@ -177,8 +179,8 @@ class Transformer(hk.Module):
                  contexts: list[LayerContext] | None = None
                  ) -> tuple[jnp.ndarray, list[LayerContext]]:
         """h `[B, T, D]`, mask `[B, 1, T, T]` -> (`[B, T, D]`, each layer's keys and values of
-        h, `L x LayerContext`). With `contexts` (one per layer), h attends to those instead
-        (see `MultiHeadAttention`)."""
+        h, `L x LayerContext`). With `contexts` (one per layer), h attends to those and to
+        itself, and mask is `[B, T]` bool, the real tokens (see `MultiHeadAttention`)."""
         own = []
         for i in range(self.config.num_layers):
             context = None if contexts is None else contexts[i]

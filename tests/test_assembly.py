@@ -7,9 +7,11 @@ from phoenix.config import ConfigError
 from phoenix.hashing import Hasher
 from tests.phoenix_helpers import TINY
 from tests.request_helpers import make_request
-from worker.assembly import Assembler, Buckets
+from worker.assembly import MIB, Assembler, Buckets, widths_for
+from phoenix.model import context_cache_bytes
 
-BUCKETS = Buckets(batch_sizes=(1, 2, 4, 8), candidate_counts=(2, 4))  # TINY has C=4, S=6
+# TINY has C=4, S=6. A call holds at most 32 candidate slots: 8 requests of 4, 2 of 16.
+BUCKETS = Buckets(batch_sizes=(1, 2, 4, 8), widths=(2, 4, 8, 16, 32), call_candidates=32)
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +20,7 @@ def runner(tiny_runner):
 
 
 def rank(runner, assembler, requests):
-    assembly = assembler.assemble(requests)
-    outputs = [runner.rank(call.batch) for call in assembly.calls]
-    return assembler.rankings(requests, assembly, outputs, runner.merge)
+    return assembler.rank(requests, runner.rank_cached)
 
 
 def test_batch_and_candidate_counts_round_up_to_buckets():
@@ -94,9 +94,13 @@ def test_rankings_map_back_to_own_candidates(runner):
         np.testing.assert_array_equal(ranking.order, alone.order)
 
 
-def test_more_candidates_than_c_are_merged(runner):
+def test_more_candidates_than_c_rank_in_one_row_as_in_the_reference_layout(runner):
+    """Candidate j keeps its reference-layout position (j mod C): each chunk of C ranked
+    alone gives the same probabilities as its place in the whole request."""
     assembler = Assembler(TINY, BUCKETS)
-    big = make_request(7, 5, 10)  # C = 4: three rows (4 + 4 + 2)
+    big = make_request(7, 5, 10)  # C = 4: the reference layout's rows 4 + 4 + 2
+    call, = assembler.assemble([big]).calls
+    assert call.batch.candidate_post_hashes.shape[:2] == (1, 16)
     ranking, = rank(runner, assembler, [big])
     assert sorted(ranking.order.tolist()) == list(range(10))
     for start in range(0, 10, 4):  # each chunk scored alone as its own request
@@ -113,5 +117,46 @@ def test_more_candidates_than_c_are_merged(runner):
 def test_bucket_config_errors():
     with pytest.raises(ConfigError, match="ascending"):
         Buckets(batch_sizes=(4, 2))
-    with pytest.raises(ConfigError, match=r"must equal the model's candidate_seq_len C \(4\)"):
-        Assembler(TINY, Buckets(candidate_counts=(8,)))
+    with pytest.raises(ConfigError, match=r"widest candidate bucket \(32\) is below the 33 "):
+        BUCKETS.check(TINY, max_candidates=33, cache_budget_mb=1.0)
+    per_request = context_cache_bytes(TINY)
+    with pytest.raises(ConfigError, match=r"largest model call \(8 requests x .* over the "
+                                          r"context cache budget of 0.001 MiB"):
+        BUCKETS.check(TINY, max_candidates=32, cache_budget_mb=0.001)
+    BUCKETS.check(TINY, max_candidates=32, cache_budget_mb=8 * per_request / MIB)  # just fits
+
+
+def test_wide_requests_share_a_call_with_fewer_and_map_back_in_order(runner):
+    """Requests are grouped by width; a call holds at most `call_candidates` slots; rankings
+    come back in request order whatever call each request took."""
+    assembler = Assembler(TINY, BUCKETS)
+    counts = [3, 20, 1, 9, 17, 4, 30, 2]
+    requests = [make_request(i, 3, n) for i, n in enumerate(counts)]
+    assembly = assembler.assemble(requests)
+    shapes = [(c.batch.candidate_post_hashes.shape[:2], c.requests.tolist())
+              for c in assembly.calls]
+    assert shapes == [((2, 2), [2, 7]), ((2, 4), [0, 5]), ((1, 16), [3]),
+                      ((1, 32), [1]), ((1, 32), [4]), ((1, 32), [6])]
+    rankings = rank(runner, assembler, requests)
+    for request, ranking in zip(requests, rankings):
+        alone, = rank(runner, assembler, [request])
+        assert ranking.request is request
+        np.testing.assert_allclose(ranking.probabilities, alone.probabilities, atol=1e-5)
+        np.testing.assert_array_equal(ranking.order, alone.order)
+
+
+def test_padding_to_a_wider_bucket_changes_nothing(runner):
+    request = make_request(5, 6, 13)
+    narrow, = rank(runner, Assembler(TINY, Buckets(widths=(13,))), [request])
+    wide, = rank(runner, Assembler(TINY, Buckets(widths=(64,))), [request])
+    np.testing.assert_allclose(wide.probabilities, narrow.probabilities, atol=1e-5)
+    np.testing.assert_allclose(wide.scores, narrow.scores, atol=1e-5)
+    np.testing.assert_array_equal(wide.order, narrow.order)
+
+
+def test_widths_double_from_c_up_to_the_cap():
+    assert widths_for(8, 1024) == (8, 16, 32, 64, 128, 256, 512, 1024)
+    assert widths_for(32, 1000) == (32, 64, 128, 256, 512, 1024)
+    assert widths_for(4, 3, small=(1, 2)) == (1, 2, 4)
+    assert BUCKETS.shapes() == [(b, 2) for b in (1, 2, 4, 8)] + [(b, 4) for b in (1, 2, 4, 8)] + [
+        (1, 8), (2, 8), (4, 8), (1, 16), (2, 16), (1, 32)]

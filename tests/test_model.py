@@ -11,7 +11,7 @@ import pytest
 from phoenix.checkpoint import load_params, param_shapes
 from phoenix.config import RankerConfig
 from phoenix.embeddings import init_tables
-from phoenix.golden import config_from_golden, golden_error
+from phoenix.golden import config_from_golden, golden_errors
 from phoenix.runner import RankingRunner
 from tests.phoenix_helpers import TINY, random_batch
 
@@ -53,7 +53,9 @@ def golden_config() -> RankerConfig:
 
 
 def test_golden_parity():
-    assert golden_error(str(GOLDEN)) < 1e-4
+    errors = golden_errors(str(GOLDEN))
+    assert set(errors) == {"full", "cached"}
+    assert max(errors.values()) < 1e-4, errors
 
 
 @pytest.mark.slow
@@ -106,43 +108,52 @@ def runner():
     return golden_runner()
 
 
-def test_candidate_isolation(runner):
+@pytest.fixture(params=["rank", "rank_cached"])
+def path(request):
+    """The reference layout (`rank`) and the served cached-context path must both hold."""
+    return request.param
+
+
+def test_candidate_isolation(runner, path):
+    rank = getattr(runner, path)
     config = runner.config
     base = random_batch(config, 1, seed=1)
     other = random_batch(config, 1, seed=2)
-    reference = runner.rank(base).probabilities[0]  # [C, A]
+    reference = rank(base).probabilities[0]  # [C, A]
     c = config.candidate_seq_len
 
     altered = _swap(base, other, [(i, i) for i in range(1, c)])  # keep only candidate 0
-    np.testing.assert_allclose(runner.rank(altered).probabilities[0, 0], reference[0], atol=1e-5)
+    np.testing.assert_allclose(rank(altered).probabilities[0, 0], reference[0], atol=1e-5)
 
     # Reorder the others around candidate 0. (A candidate's own slot does matter: rotary
     # positions run over the whole sequence, as in the reference.)
     permutation = 1 + np.random.default_rng(0).permutation(c - 1)
     permuted = _swap(base, base, [(dst + 1, src) for dst, src in enumerate(permutation)])
-    np.testing.assert_allclose(runner.rank(permuted).probabilities[0, 0], reference[0],
+    np.testing.assert_allclose(rank(permuted).probabilities[0, 0], reference[0],
                                atol=1e-5)
 
     removed = base._replace(candidate_post_hashes=np.array(base.candidate_post_hashes))
     removed.candidate_post_hashes[0, 3:] = 0  # candidates 3.. become padding
-    np.testing.assert_allclose(runner.rank(removed).probabilities[0, :3], reference[:3],
+    np.testing.assert_allclose(rank(removed).probabilities[0, :3], reference[:3],
                                atol=1e-5)
 
     fewer = random_batch(config, 1, seed=1, num_candidates=2)
     added = _swap(fewer, other, [(2, 2), (3, 3)])  # two more candidates appear
-    np.testing.assert_allclose(runner.rank(added).probabilities[0, :2],
-                               runner.rank(fewer).probabilities[0, :2], atol=1e-5)
+    np.testing.assert_allclose(rank(added).probabilities[0, :2],
+                               rank(fewer).probabilities[0, :2], atol=1e-5)
 
 
-def test_other_candidates_do_change_with_the_user(runner):
+def test_other_candidates_do_change_with_the_user(runner, path):
     """Guards the isolation test: the model is not trivially constant."""
+    rank = getattr(runner, path)
     base = random_batch(runner.config, 1, seed=1)
     moved = base._replace(user_hashes=random_batch(runner.config, 1, seed=9).user_hashes)
-    diff = np.abs(runner.rank(base).probabilities - runner.rank(moved).probabilities).max()
+    diff = np.abs(rank(base).probabilities - rank(moved).probabilities).max()
     assert diff > 1e-3
 
 
-def test_padding_content_is_ignored(runner):
+def test_padding_content_is_ignored(runner, path):
+    rank = getattr(runner, path)
     config = runner.config
     base = random_batch(config, 2, seed=4, history_len=5, num_candidates=3)
     noise = random_batch(config, 2, seed=5)
@@ -159,31 +170,32 @@ def test_padding_content_is_ignored(runner):
         candidate_product_surface=np.concatenate(
             [base.candidate_product_surface[:, :c], noise.candidate_product_surface[:, c:]], 1),
     )
-    np.testing.assert_allclose(runner.rank(garbage).probabilities[:, :c],
-                               runner.rank(base).probabilities[:, :c], atol=1e-5)
+    np.testing.assert_allclose(rank(garbage).probabilities[:, :c],
+                               rank(base).probabilities[:, :c], atol=1e-5)
 
 
-def test_padded_history_slots_are_ignored_with_tiny_gqa_config():
+def test_padded_history_slots_are_ignored_with_tiny_gqa_config(path):
     runner = RankingRunner.create(TINY, seed=2)
+    rank = getattr(runner, path)
     batch = random_batch(TINY, 2, seed=6, history_len=3)
     noisy = batch._replace(history_actions=np.ones_like(batch.history_actions),
                            history_product_surface=np.full_like(
                                batch.history_product_surface, TINY.product_surface_vocab_size - 1))
     noisy.history_actions[:, :3] = batch.history_actions[:, :3]
     noisy.history_product_surface[:, :3] = batch.history_product_surface[:, :3]
-    np.testing.assert_allclose(runner.rank(noisy).probabilities,
-                               runner.rank(batch).probabilities, atol=1e-5)
+    np.testing.assert_allclose(rank(noisy).probabilities,
+                               rank(batch).probabilities, atol=1e-5)
     # ...while the same change on a valid slot does move the scores.
     touched = batch._replace(history_actions=np.ones_like(batch.history_actions))
-    assert np.abs(runner.rank(touched).probabilities
-                  - runner.rank(batch).probabilities).max() > 1e-4
+    assert np.abs(rank(touched).probabilities
+                  - rank(batch).probabilities).max() > 1e-4
 
 
-def test_bfloat16_forward_close_to_float32():
+def test_bfloat16_forward_close_to_float32(path):
     f32 = golden_runner()
     bf16 = RankingRunner(f32.config, f32.params, f32.tables, dtype=jnp.bfloat16)
     batch = random_batch(f32.config, 2, seed=8)
-    p32, p16 = f32.rank(batch).probabilities, bf16.rank(batch).probabilities
+    p32, p16 = (getattr(r, path)(batch).probabilities for r in (f32, bf16))
     assert p16.dtype == np.float32
     assert np.abs(p32 - p16).max() < 0.05
     assert jax.tree_util.tree_leaves(bf16.params)[0].dtype == jnp.float32

@@ -12,12 +12,12 @@ from phoenix.actions import ACTION_NAMES
 from phoenix.runner import RankingRunner
 from tests.phoenix_helpers import TINY
 from worker import codec
-from worker.assembly import Assembler, Buckets, merge_widths
+from worker.assembly import Assembler, Buckets, widths_for
 from worker.pipeline import InputRecord, RankingPipeline, publish_failed
 from tools.producer import BAD_EVENT_KINDS, generate_events
 from worker.validation import ValidationLimits, parse_request
 
-BUCKETS = Buckets(batch_sizes=(1, 4, 16), candidate_counts=(8,))
+BUCKETS = Buckets(batch_sizes=(1, 4, 16), widths=widths_for(8, 1024))
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,12 @@ def test_results_match_the_runner_called_directly(pipeline, runner):
     assert [o.request_id for o in batch.outcomes] == [e.request_id for e in events]
     assert all(o.is_result for o in batch.outcomes)
     limits = ValidationLimits.from_config(runner.config)
-    assembler = Assembler(runner.config, Buckets(batch_sizes=(1,), candidate_counts=(8,)))
+    assembler = Assembler(runner.config, Buckets(batch_sizes=(1,), widths=(8,)))
     for record, outcome in zip(records, batch.outcomes):
         result = codec.decode_message(outcome.value)
         request = parse_request(record.value, limits)
-        assembly = assembler.assemble([request])
-        ranking, = assembler.rankings([request], assembly,
-                                      [runner.rank(c.batch) for c in assembly.calls],
-                                      runner.merge)
+        # The reference layout (`rank`): the worker's cached path must agree with it.
+        ranking, = assembler.rank([request], runner.rank)
         assert [c["post_id"] for c in result["ranked"]] == \
             request.candidate_post_ids[ranking.order].tolist()
         got = np.array([[c["probabilities"][a] for a in ACTION_NAMES] for c in result["ranked"]])
@@ -106,10 +104,10 @@ class PoisonRunner(RankingRunner):
 
     poison_user_hash: int = -1
 
-    def rank(self, batch):
+    def rank_cached(self, batch):
         if (np.asarray(batch.user_hashes)[:, 0] == self.poison_user_hash).any():
             raise FloatingPointError("poisoned row")
-        return super().rank(batch)
+        return super().rank_cached(batch)
 
 
 def test_poison_request_is_isolated(runner):
@@ -129,12 +127,12 @@ def test_poison_request_is_isolated(runner):
 
 def test_tiny_config_pipeline_smoke(tiny_runner):
     """The shrunken-config path (Flax style): tiny model, one batch, every stage runs."""
-    pipeline = RankingPipeline.create(tiny_runner, Buckets(batch_sizes=(2,), candidate_counts=(4,)),
+    pipeline = RankingPipeline.create(tiny_runner, Buckets(batch_sizes=(2,), widths=(4, 8, 16)),
                                       "w", max_history=64, max_candidates=16)
     events = list(generate_events(seed=3, count=2, source="random"))
     batch = pipeline.process(pipeline.decode(records_for(events)))
     assert all(o.is_result for o in batch.outcomes)
-    assert batch.model_rows == 4  # 8 candidates per request, C = 4: two rows each
+    assert batch.candidates == 16  # 8 candidates per request, each request one row
 
 
 def test_unexpected_error_dead_letters_the_batch_instead_of_raising(runner, monkeypatch):
@@ -206,8 +204,8 @@ def test_distinct_candidate_counts_compile_nothing_after_warmup(tiny_runner):
     """Every count from 1 to the cap ranks without a compilation once warm-up is done (the
     live test in test_foreign_client.py does the same up to 1024 on the demo model)."""
     runner = tiny_runner
-    buckets = Buckets(batch_sizes=(1, 4, 16), candidate_counts=(2, 4),
-                      merge_widths=merge_widths(TINY.candidate_seq_len, 200))
+    buckets = Buckets(batch_sizes=(1, 4, 16),
+                      widths=widths_for(TINY.candidate_seq_len, 200, small=(2,)))
     pipeline = RankingPipeline.create(runner, buckets, "w", max_candidates=200)
     pipeline.warmup()
     counts = [1, 2, 3, 4, 5, 8, 9, 17, 33, 64, 65, 99, 128, 129, 150, 199, 200]
@@ -220,14 +218,33 @@ def test_distinct_candidate_counts_compile_nothing_after_warmup(tiny_runner):
     assert compilations.count() == before, compilations.last_function()
 
 
-def test_the_merged_ranking_equals_ranking_the_candidates_in_one_row(tiny_runner):
-    """A request over C candidates is ranked across its rows exactly as if its candidates'
-    raw scores had come from one row: the padded merge width changes nothing."""
-    runner = tiny_runner
-    raw = np.random.default_rng(1).normal(size=(1, 37)).astype(np.float32)
-    authors = np.random.default_rng(2).integers(1, 4, size=(1, 37, 2)).astype(np.int32)
-    expected_scores, expected_order = runner.merge(raw, authors, np.ones((1, 37), bool))
-    assembler = Assembler(TINY, Buckets(candidate_counts=(4,), merge_widths=(64,)))
-    scores, order = assembler._merge_rows(runner.merge, raw[0], authors[0])
-    np.testing.assert_array_equal(order, expected_order[0])
-    np.testing.assert_allclose(scores, expected_scores[0])
+@pytest.mark.slow
+def test_random_mixes_of_candidate_counts_compile_nothing_after_warmup(tiny_runner):
+    """Batches mixing any counts up to the cap, in any number, stay on the warmed shapes;
+    every request gets its own full ranking back in order."""
+    buckets = Buckets(batch_sizes=(1, 4, 16), widths=widths_for(TINY.candidate_seq_len, 300),
+                      call_candidates=16 * TINY.candidate_seq_len)
+    pipeline = RankingPipeline.create(tiny_runner, buckets, "w", max_candidates=300)
+    pipeline.warmup()
+    rng = np.random.default_rng(17)
+    before = compilations.count()
+    for trial in range(12):
+        counts = rng.choice([1, 3, 4, 5, 40, 130, 300], size=int(rng.integers(1, 40)))
+        records = [InputRecord(wire_request(f"t{trial}-{i}", int(n), user_id=i + 1), None,
+                               "t", 0, i) for i, n in enumerate(counts)]
+        outcomes = pipeline.process(pipeline.decode(records)).outcomes
+        results = [codec.decode_message(o.value) for o in outcomes]
+        assert [r["request_id"] for r in results] == [f"t{trial}-{i}" for i in range(len(counts))]
+        assert [len(r["ranked"]) for r in results] == counts.tolist()
+    assert compilations.count() == before, compilations.last_function()
+
+
+def test_buckets_over_the_cache_budget_stop_the_start_with_a_clear_error(tiny_runner):
+    from phoenix.config import ConfigError
+    wide = Buckets(batch_sizes=(1, 64), widths=widths_for(TINY.candidate_seq_len, 1024))
+    with pytest.raises(ConfigError, match=r"largest model call \(64 requests x .* KiB of cached "
+                                          r"context each .* over the context cache budget of "
+                                          r"0.01 MiB; lower the largest batch bucket"):
+        RankingPipeline.create(tiny_runner, wide, "w", cache_budget_mb=0.01)
+    with pytest.raises(ConfigError, match=r"widest candidate bucket \(8\) is below the 1024"):
+        RankingPipeline.create(tiny_runner, Buckets(widths=(4, 8)), "w")

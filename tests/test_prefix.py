@@ -11,6 +11,7 @@ from phoenix.config import HashConfig, RankerConfig, TransformerConfig
 from phoenix.embeddings import init_tables, lookup
 from phoenix.model import RecsysBatch, build_model, build_prefix_model
 from phoenix.params import init_params
+from phoenix.scoring import finalize
 from tests.phoenix_helpers import random_batch
 
 DEMO = RankerConfig(
@@ -76,26 +77,20 @@ def test_cached_context_equals_the_multi_row_path(config):
 
 
 def test_cached_step_ranks_a_request_like_the_multi_row_path(tiny_runner):
-    """Scores, probabilities and order of a 37-candidate request (TINY: C=4, so 10 rows
-    merged) from `rank_cached` equal those of assembly + `rank` + `merge`."""
-    from tests.request_helpers import make_request
-    from worker.assembly import Assembler, Buckets, merge_widths
-
+    """Probabilities, scores and order of a 37-candidate request (TINY: C=4, so 10 rows in
+    the reference layout) from `rank_cached` equal the reference layout's rows ranked by
+    `rank`, their weighted scores re-ranked together with the same scoring functions."""
     runner = tiny_runner
-    c = runner.config.candidate_seq_len
-    assembler = Assembler(runner.config, Buckets(batch_sizes=(1, 16), candidate_counts=(c,),
-                                                 merge_widths=merge_widths(c, 64)))
-    request = make_request(3, num_history=5, num_candidates=37)
-    assembly = assembler.assemble([request])
-    expected, = assembler.rankings([request], assembly,
-                                   [runner.rank(call.batch) for call in assembly.calls],
-                                   runner.merge)
-    row = assembly.calls[0].batch
-    one = RecsysBatch(*(np.asarray(x)[:1] for x in row[:5]),
-                      assembler.hasher.posts(request.candidate_post_ids)[None],
-                      assembler.hasher.authors(request.candidate_author_ids)[None],
-                      request.candidate_surfaces[None].astype(np.int32))
-    got = runner.rank_cached(one)
-    np.testing.assert_allclose(got.probabilities[0], expected.probabilities, atol=1e-5)
-    np.testing.assert_allclose(got.scores[0], expected.scores, atol=1e-5)
-    np.testing.assert_array_equal(got.order[0], expected.order)
+    config = runner.config
+    batch = request(config, 37, config.history_seq_len - 2, seed=11)
+    rows = runner.rank(as_rows(batch, config.candidate_seq_len))
+    raw = rows.raw_scores.reshape(1, -1)[:, :37]  # [1, 37]
+    authors = batch.candidate_author_hashes  # [1, 37, na]
+    scores, order = jax.jit(finalize)(raw, authors, np.ones((1, 37), bool),
+                                      runner.state.diversity)
+    got = runner.rank_cached(batch)
+    np.testing.assert_allclose(got.probabilities[0],
+                               rows.probabilities.reshape(-1, config.num_actions)[:37],
+                               atol=1e-5)
+    np.testing.assert_allclose(got.scores[0], scores[0], atol=1e-5)
+    np.testing.assert_array_equal(got.order[0], order[0])

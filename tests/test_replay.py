@@ -15,7 +15,7 @@ from tests.phoenix_helpers import TINY
 from tools.pacing import Pace, PaceError
 from tools import replay
 from worker import codec
-from worker.assembly import Buckets
+from worker.assembly import Buckets, widths_for
 from worker.pipeline import RankingPipeline
 from tools.producer import generate_events, write_events_to_file
 from tools.recordfile import Record, read_records, write_records
@@ -23,7 +23,7 @@ from worker.settings import Settings
 from worker.topics import DEAD_LETTER_TOPIC, REQUESTS_TOPIC, RESULTS_TOPIC
 
 BUCKET_FLAGS = ["--batch-buckets", "1,4,16"]
-BUCKETS = Buckets(batch_sizes=(1, 4, 16), candidate_counts=(TINY.candidate_seq_len,))
+BUCKETS = Buckets(batch_sizes=(1, 4, 16), widths=widths_for(TINY.candidate_seq_len, 1024))
 STAMP_MS = 1_700_000_000_000
 
 

@@ -310,7 +310,7 @@ def test_real_pipeline_outputs_validate_for_every_outcome_kind(tiny_runner, monk
     """Results and a dead letter of every code, as the pipeline builds them, against the
     published schemas (not dicts built by the test)."""
     runner = tiny_runner
-    pipeline = RankingPipeline.create(runner, Buckets(batch_sizes=(1, 8), candidate_counts=(4,)),
+    pipeline = RankingPipeline.create(runner, Buckets(batch_sizes=(1, 8), widths=(4, 8, 16)),
                                       "w-schema", max_history=64, max_candidates=16)
     events = list(generate_events(seed=5, count=4 * len(BAD_EVENT_KINDS), bad_fraction=0.5,
                                   source="random"))
@@ -323,7 +323,7 @@ def test_real_pipeline_outputs_validate_for_every_outcome_kind(tiny_runner, monk
     def always_fails(batch):
         raise FloatingPointError("injected")
 
-    monkeypatch.setattr(runner, "rank", always_fails)
+    monkeypatch.setattr(runner, "rank_cached", always_fails)
     valid = next(r for r, o in zip(records, outcomes) if o.is_result)
     outcomes += pipeline.process(pipeline.decode([valid])).outcomes  # model_error
     outcomes.append(publish_failed(outcomes[-1], RuntimeError("refused")))

@@ -39,10 +39,8 @@ def test_n_requests_in_n_results_out_matching_the_runner(kafka, worker_factory):
     by_id = {r["request_id"]: r for r in results}
     for value in values:
         request = parse_request(value, limits)
-        assembly = assembler.assemble([request])
-        ranking, = assembler.rankings([request], assembly,
-                                      [runner.rank(c.batch) for c in assembly.calls],
-                                      runner.merge)
+        # The reference layout (`rank`): the worker's cached path must agree with it.
+        ranking, = assembler.rank([request], runner.rank)
         result = by_id[request.request_id]
         assert [c["post_id"] for c in result["ranked"]] == \
             request.candidate_post_ids[ranking.order].tolist()

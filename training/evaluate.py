@@ -52,7 +52,7 @@ from phoenix.scoring import ScoringConfig, finalize, weighted_scores
 from training import ranking_metrics
 from training.world import RequestTruth, World, WorldConfig
 from worker import codec
-from worker.assembly import Assembler, Buckets
+from worker.assembly import Assembler, Buckets, widths_for
 from worker.validation import ValidationLimits, parse_request
 
 _LABEL_STREAM = 0x1ABE1  # separates the label draws from the request draws of a seed
@@ -114,14 +114,12 @@ def held_out(world: World, n: int, seed: int) -> HeldOut:
 def rank_with_runner(runner: RankingRunner, wire: Sequence[dict[str, Any]]) -> MethodRankings:
     """The worker's path: encode, parse + validate, assemble, jitted rank, per-request rankings."""
     limits = ValidationLimits.from_config(runner.config)
-    assembler = Assembler(runner.config, Buckets())
+    widths = widths_for(runner.config.candidate_seq_len, limits.max_candidates)
+    assembler = Assembler(runner.config, Buckets(widths=widths))
     requests = [parse_request(codec.encode_request(w), limits) for w in wire]
     probabilities, orders = [], []
     for start in range(0, len(requests), _CHUNK):
-        chunk = requests[start:start + _CHUNK]
-        assembly = assembler.assemble(chunk)
-        outputs = [runner.rank(call.batch) for call in assembly.calls]
-        for ranking in assembler.rankings(chunk, assembly, outputs, runner.merge):
+        for ranking in assembler.rank(requests[start:start + _CHUNK], runner.rank_cached):
             probabilities.append(ranking.probabilities)
             orders.append(ranking.order)
     return MethodRankings(probabilities, orders)

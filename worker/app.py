@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import faust
 
 from phoenix import compilations
+from phoenix.config import ConfigError
 from worker import codec
 from worker.handler import BatchHandler, WorkerState
 from worker.breaker import BreakerConfig, DeadLetterBreaker
@@ -26,7 +27,7 @@ from worker.kafka_tuning import ConsumerTuning, TunedApp
 from worker.lifecycle import BoundedStopWorker, stop_for_bug
 from worker.monitoring import HealthServer, WorkerMetrics
 from worker.pipeline import RankingPipeline
-from worker.serving import build_pipeline, configure_jax
+from worker.serving import build_pipeline, cache_summary, configure_jax
 from worker.settings import Settings
 
 log = logging.getLogger("worker")
@@ -138,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         health = HealthServer(metrics, state.readiness, settings.metrics_port).start()
         log.info("metrics and readiness on :%d (/metrics, /ready)", health.port)
 
-    pipeline = build_pipeline(settings)
+    try:
+        pipeline = build_pipeline(settings)
+    except ConfigError as error:  # buckets the model or the caps cannot run with
+        log.error("cannot start: %s", error)
+        return 2
+    log.info("%s", cache_summary(pipeline, settings.cache_budget_mb))
     pipeline.warmup()
     state.compiled = True
     metrics.compilations.set(compilations.count())

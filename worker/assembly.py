@@ -1,9 +1,10 @@
 """Validated requests -> padded model batches in a few fixed shapes, and scores -> rankings.
 
-Letters: n requests, R model rows (a request with more than C candidates takes several rows
-sharing its user and history), N candidates over all requests, S history slots, Cb the
-candidate bucket of a call (<= C), A actions. Everything is vectorised over candidates and
-history items; Python loops run over requests or model calls only.
+Letters: n requests, N candidates over all requests, b requests in one model call, W the
+candidate width of a call (any width, not tied to the model's C: the user and history are
+encoded once per request and every candidate is scored against that cached context), S
+history slots, A actions. Everything is vectorised over candidates and history items; Python
+loops run over model calls only.
 """
 
 from __future__ import annotations
@@ -15,70 +16,85 @@ import numpy as np
 
 from phoenix.config import ConfigError, RankerConfig
 from phoenix.hashing import Hasher
-from phoenix.model import RecsysBatch
+from phoenix.model import RecsysBatch, context_cache_bytes
 from phoenix.runner import RankOutput
 from worker.request import RankingRequest
+
+MIB = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
 class Buckets:
-    """The shapes the jitted model is compiled for; every batch is padded up to one of them."""
+    """The shapes the jitted model is compiled for; every call is padded up to one of them."""
 
-    # Model rows per call, ascending. Larger batches are split into calls of the largest.
+    # Requests per call, ascending. More requests of one width are split into several calls.
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-    # Candidate slots per row, ascending, the last equal to the model's C. (C,) compiles least.
-    candidate_counts: tuple[int, ...] = (8,)
-    # Widths, ascending and all > C, to which a request of more than C candidates is padded
-    # when its rows are ranked together (see `merge_widths`). Empty: no request has > C.
-    merge_widths: tuple[int, ...] = ()
+    # Candidate slots per request, ascending; a request is padded to the first that holds
+    # it, so the last must hold the most candidates a request may have (see `widths_for`).
+    widths: tuple[int, ...] = (8,)
+    # Most candidate slots in one call: wide requests share a call with fewer others, so a
+    # call costs about the same whatever its width (one request always fits).
+    call_candidates: int = 512
 
     def __post_init__(self) -> None:
-        for name in ("batch_sizes", "candidate_counts", "merge_widths"):
+        for name in ("batch_sizes", "widths"):
             values = getattr(self, name)
-            empty_ok = name == "merge_widths"
-            if ((not values and not empty_ok) or list(values) != sorted(set(values))
-                    or (values and values[0] < 1)):
+            if not values or list(values) != sorted(set(values)) or values[0] < 1:
                 raise ConfigError(f"Buckets.{name} must be distinct ascending positive ints, "
                                   f"got {values!r}")
+        if self.call_candidates < 1:
+            raise ConfigError(f"Buckets.call_candidates must be >= 1, got {self.call_candidates}")
 
-    def check(self, config: RankerConfig) -> None:
-        c = config.candidate_seq_len
-        if self.candidate_counts[-1] != c:
-            raise ConfigError(
-                f"the largest candidate bucket ({self.candidate_counts[-1]}) must equal the "
-                f"model's candidate_seq_len C ({c})")
-        if self.merge_widths and self.merge_widths[0] <= c:
-            raise ConfigError(f"merge widths must all exceed C ({c}), got {self.merge_widths}")
-
-    def merge_width(self, num_candidates: int) -> int:
-        """The padded width for ranking `num_candidates` (> C) together."""
-        for width in self.merge_widths:
+    def width(self, num_candidates: int) -> int:
+        """The padded width of a request with `num_candidates`."""
+        for width in self.widths:
             if width >= num_candidates:
                 return width
-        # Beyond the widths compiled at start (the caps should make this unreachable): the
-        # next power of two, so even then only a few shapes ever compile.
-        return 1 << (num_candidates - 1).bit_length()
+        raise ValueError(f"{num_candidates} candidates exceed the widest bucket "
+                         f"({self.widths[-1]}); validation caps requests below it")
 
-    @property
-    def max_rows(self) -> int:
-        return self.batch_sizes[-1]
+    def batch_sizes_for(self, width: int) -> tuple[int, ...]:
+        """Call sizes for requests of `width`: those within `call_candidates` (at least 1)."""
+        fitting = tuple(b for b in self.batch_sizes if b * width <= self.call_candidates)
+        return fitting or self.batch_sizes[:1]
 
     def shapes(self) -> list[tuple[int, int]]:
-        """Every (rows, candidates) shape a call can have: what warm-up compiles."""
-        return [(b, c) for b in self.batch_sizes for c in self.candidate_counts]
+        """Every (requests, width) shape a call can have: what warm-up compiles."""
+        return [(b, w) for w in self.widths for b in self.batch_sizes_for(w)]
+
+    def cache_bytes(self, config: RankerConfig, itemsize: int = 4) -> int:
+        """The largest call's context cache (keys and values of every request's context)."""
+        return max(b for b, _ in self.shapes()) * context_cache_bytes(config, itemsize)
+
+    def check(self, config: RankerConfig, max_candidates: int, cache_budget_mb: float,
+              itemsize: int = 4) -> None:
+        """Refuses buckets that leave requests the caps allow without a shape, or whose
+        largest call would hold more context cache than the budget."""
+        if self.widths[-1] < max_candidates:
+            raise ConfigError(
+                f"the widest candidate bucket ({self.widths[-1]}) is below the "
+                f"{max_candidates} candidates a request may have; add a width >= "
+                f"{max_candidates} to the candidate buckets or lower max_candidates")
+        per_request = context_cache_bytes(config, itemsize)
+        rows = max(b for b, _ in self.shapes())
+        if rows * per_request > cache_budget_mb * MIB:
+            raise ConfigError(
+                f"the largest model call ({rows} requests x {per_request / 1024:.1f} KiB of "
+                f"cached context each = {rows * per_request / MIB:.1f} MiB) is over the "
+                f"context cache budget of {cache_budget_mb:g} MiB; lower the largest batch "
+                "bucket or raise the budget")
 
 
-def merge_widths(candidate_seq_len: int, max_candidates: int) -> tuple[int, ...]:
-    """C*2, C*4, ... up to the first width >= `max_candidates`: every request the caps allow
-    is ranked across its rows at one of these widths (padding at most doubles the work of a
-    step that is tiny next to the model)."""
-    widths, width = [], 2 * candidate_seq_len
-    while max_candidates > candidate_seq_len:
-        widths.append(width)
+def widths_for(candidate_seq_len: int, max_candidates: int,
+               small: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """`small` widths, then C, 2C, 4C, ... up to the first width >= `max_candidates`: padding
+    at most doubles a request's candidate slots, and a dozen widths cover any cap."""
+    widths, width = set(small), candidate_seq_len
+    while True:
+        widths.add(width)
         if width >= max_candidates:
-            break
+            return tuple(sorted(widths))
         width *= 2
-    return tuple(widths)
 
 
 def _round_up(value: int, buckets: tuple[int, ...]) -> int:
@@ -86,23 +102,23 @@ def _round_up(value: int, buckets: tuple[int, ...]) -> int:
 
 
 class ModelCall(NamedTuple):
-    batch: RecsysBatch  # [bucket rows, ...] numpy, zero-padded
-    num_rows: int  # real rows at the front of the batch
+    batch: RecsysBatch  # [b, ...] numpy, zero-padded; candidates [b, W]
+    requests: np.ndarray  # [real rows] index of each real row's request; rows after are padding
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.requests)
 
 
 class Assembly(NamedTuple):
-    """One or more padded model calls for a list of requests, and where each candidate sits."""
+    """Padded model calls for a list of requests: each request is one row of one call."""
 
     calls: list[ModelCall]
-    candidate_row: np.ndarray  # [N] global row of each candidate
-    candidate_slot: np.ndarray  # [N] slot within that row
-    candidate_offsets: np.ndarray  # [n + 1] candidates of request j are [off[j], off[j+1])
-    rows_per_request: np.ndarray  # [n]
-    candidate_author_hashes: np.ndarray  # [N, na], for re-ranking a request's merged rows
+    num_candidates: np.ndarray  # [n] candidates of each request
 
 
-# (raw scores [1, W], author hashes [1, W, na], valid [1, W]) -> (scores [1, W], order [1, W])
-MergeFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# batch -> RankOutput (host arrays): the runner's `rank_cached`
+RankFn = Callable[[RecsysBatch], RankOutput]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -130,7 +146,6 @@ class Assembler:
     """Turns validated requests into model calls for one model configuration."""
 
     def __init__(self, config: RankerConfig, buckets: Buckets):
-        buckets.check(config)
         self.config = config
         self.buckets = buckets
         self.hasher = Hasher(config.hashes)
@@ -159,90 +174,72 @@ class Assembler:
             out["history_product_surface"][owner, pos] = _concat(kept, "history_surfaces")
         return out
 
+    def _widths(self, counts: np.ndarray) -> np.ndarray:
+        """[n] the bucket width of each request."""
+        widths = np.asarray(self.buckets.widths)
+        index = np.searchsorted(widths, counts)  # first width >= count
+        if (index == len(widths)).any():
+            self.buckets.width(int(counts.max()))  # raises, naming the count
+        return widths[index]
+
     def assemble(self, requests: Sequence[RankingRequest]) -> Assembly:
+        """Requests grouped by width bucket, each group cut into calls of at most the
+        largest batch size that width allows."""
         if not requests:
             raise ValueError("assemble() needs at least one request")
-        cfg, h = self.config, self.config.hashes
-        c_max = cfg.candidate_seq_len
         counts = np.array([r.num_candidates for r in requests], np.int64)  # [n]
-        rows_per_request = -(-counts // c_max)  # [n] ceil
-        row_start = np.concatenate([[0], np.cumsum(rows_per_request)[:-1]])  # [n]
-        total_rows = int(rows_per_request.sum())
-        row_request = np.repeat(np.arange(len(requests)), rows_per_request)  # [R]
-
-        owner, local = _ragged_positions(counts)  # [N]
-        candidate_row = row_start[owner] + local // c_max  # [N]
-        candidate_slot = local % c_max  # [N]
-        width = _round_up(int(min(counts.max(), c_max)), self.buckets.candidate_counts)
-
-        post = np.zeros((total_rows, width, h.num_item_hashes), np.int32)  # [R, Cb, ni]
-        author = np.zeros((total_rows, width, h.num_author_hashes), np.int32)  # [R, Cb, na]
-        surface = np.zeros((total_rows, width), np.int32)  # [R, Cb]
-        author_hashes = self.hasher.authors(_concat(requests, "candidate_author_ids"))  # [N, na]
-        post[candidate_row, candidate_slot] = self.hasher.posts(
-            _concat(requests, "candidate_post_ids"))
-        author[candidate_row, candidate_slot] = author_hashes
-        surface[candidate_row, candidate_slot] = _concat(requests, "candidate_surfaces")
-
+        offsets = np.concatenate([[0], np.cumsum(counts)])  # [n + 1]
         users = self.hasher.users(np.array([r.user_id for r in requests], np.uint64))  # [n, nu]
-        per_request = {"user_hashes": users, **self._history(requests)}
-        rows = {name: value[row_request] for name, value in per_request.items()}  # [R, ...]
-        rows.update(candidate_post_hashes=post, candidate_author_hashes=author,
-                    candidate_product_surface=surface)
+        context = {"user_hashes": users, **self._history(requests)}  # [n, ...]
+        candidates = {  # [N, ...]
+            "candidate_post_hashes": self.hasher.posts(_concat(requests, "candidate_post_ids")),
+            "candidate_author_hashes": self.hasher.authors(
+                _concat(requests, "candidate_author_ids")),
+            "candidate_product_surface": _concat(requests, "candidate_surfaces").astype(np.int32),
+        }
+        width_of = self._widths(counts)  # [n]
+        calls = []
+        for width in np.unique(width_of).tolist():
+            members = np.flatnonzero(width_of == width)
+            step = self.buckets.batch_sizes_for(width)[-1]
+            calls += [self._call(members[start:start + step], width, counts, offsets, context,
+                                 candidates) for start in range(0, len(members), step)]
+        return Assembly(calls, counts)
 
-        calls = [self._call(rows, start, min(start + self.buckets.max_rows, total_rows))
-                 for start in range(0, total_rows, self.buckets.max_rows)]
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        return Assembly(calls, candidate_row, candidate_slot, offsets, rows_per_request,
-                        author_hashes)
-
-    def _call(self, rows: dict[str, np.ndarray], start: int, end: int) -> ModelCall:
-        size = _round_up(end - start, self.buckets.batch_sizes)
+    def _call(self, members: np.ndarray, width: int, counts: np.ndarray, offsets: np.ndarray,
+              context: dict[str, np.ndarray], candidates: dict[str, np.ndarray]) -> ModelCall:
+        """One call: the `members` requests' context rows and candidates, zero-padded to
+        (batch bucket, `width`)."""
+        size = _round_up(len(members), self.buckets.batch_sizes_for(width))
         padded = {}
-        for name, value in rows.items():
+        for name, value in context.items():  # [n, ...] -> [b, ...]
             block = np.zeros((size,) + value.shape[1:], value.dtype)
-            block[: end - start] = value[start:end]
+            block[: len(members)] = value[members]
             padded[name] = block
-        return ModelCall(RecsysBatch(**padded), end - start)
+        row, slot = _ragged_positions(counts[members])  # [m] each
+        source = offsets[members][row] + slot  # [m] index into the batch's candidates
+        for name, value in candidates.items():  # [N, ...] -> [b, W, ...]
+            block = np.zeros((size, width) + value.shape[1:], value.dtype)
+            block[row, slot] = value[source]
+            padded[name] = block
+        return ModelCall(RecsysBatch(**padded), members)
 
     def rankings(self, requests: Sequence[RankingRequest], assembly: Assembly,
-                 outputs: Sequence[RankOutput], merge: MergeFn) -> list[Ranking]:
-        """Maps per-row model outputs back to each request's own candidates. `merge` ranks
-        the candidates of a request that took several rows together (the runner's `merge`)."""
-        def real_rows(field):
-            return np.concatenate([getattr(o, field)[: c.num_rows]
-                                   for o, c in zip(outputs, assembly.calls)])
-
-        probs, scores, raw, order = (real_rows(f) for f in
-                                     ("probabilities", "scores", "raw_scores", "order"))
-        row, slot = assembly.candidate_row, assembly.candidate_slot
-        cand_probs, cand_scores, cand_raw = probs[row, slot], scores[row, slot], raw[row, slot]
-        result = []
-        for j, request in enumerate(requests):
-            lo, hi = assembly.candidate_offsets[j], assembly.candidate_offsets[j + 1]
-            if assembly.rows_per_request[j] == 1:
-                own_order = order[row[lo], : hi - lo]  # padding sorts last
-                own_scores = cand_scores[lo:hi]
-            else:  # ranked across its rows together, with the same scoring code
-                own_scores, own_order = self._merge_rows(
-                    merge, cand_raw[lo:hi], assembly.candidate_author_hashes[lo:hi])
-            result.append(Ranking(request, cand_probs[lo:hi], own_scores, own_order))
+                 outputs: Sequence[RankOutput]) -> list[Ranking]:
+        """Maps each call's outputs back to its requests' own candidates, in request order."""
+        result: list[Ranking | None] = [None] * len(requests)
+        for call, output in zip(assembly.calls, outputs):
+            for row, j in enumerate(call.requests.tolist()):
+                c = int(assembly.num_candidates[j])
+                # Padding sorts last, so the first c of the order are the real candidates.
+                result[j] = Ranking(requests[j], output.probabilities[row, :c],
+                                    output.scores[row, :c], output.order[row, :c])
         return result
 
-
-    def _merge_rows(self, merge: MergeFn, raw: np.ndarray,
-                    author_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One request's candidates `[c]` ranked together at a fixed padded width W."""
-        c = len(raw)
-        width = self.buckets.merge_width(c)
-        padded_raw = np.zeros((1, width), np.float32)  # [1, W]
-        padded_raw[0, :c] = raw
-        padded_authors = np.zeros((1, width) + author_hashes.shape[1:], np.int32)  # [1, W, na]
-        padded_authors[0, :c] = author_hashes
-        valid = np.zeros((1, width), bool)  # [1, W]
-        valid[0, :c] = True
-        scores, order = merge(padded_raw, padded_authors, valid)
-        return scores[0, :c], order[0, :c]  # padding sorts last, so order[:c] are real
+    def rank(self, requests: Sequence[RankingRequest], rank_fn: RankFn) -> list[Ranking]:
+        """assemble, `rank_fn` on every call, rankings: the whole path for offline callers."""
+        assembly = self.assemble(requests)
+        return self.rankings(requests, assembly, [rank_fn(call.batch) for call in assembly.calls])
 
 
 def _trim_history(request: RankingRequest, keep: int) -> RankingRequest:

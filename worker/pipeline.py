@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from typing import NamedTuple, Sequence
 
@@ -65,7 +66,7 @@ class StageTimes(NamedTuple):
 class ProcessedBatch(NamedTuple):
     outcomes: list[Outcome]  # one per input record, in input order
     times: StageTimes
-    model_rows: int  # real rows ranked (requests with > C candidates take several)
+    candidates: int  # real candidates ranked
     started_ms: float  # epoch ms when the batch formed (end of its queue wait)
 
 
@@ -116,14 +117,18 @@ class RankingPipeline:
 
     @classmethod
     def create(cls, runner: RankingRunner, buckets: Buckets, worker_id: str,
-               max_age_ms: int | None = None, **limit_overrides: int) -> "RankingPipeline":
+               max_age_ms: int | None = None, cache_budget_mb: float = math.inf,
+               **limit_overrides: int) -> "RankingPipeline":
+        """Raises ConfigError when the buckets leave allowed requests without a shape or
+        their largest call is over `cache_budget_mb` of cached context."""
         limits = ValidationLimits.from_config(runner.config, **limit_overrides)
+        buckets.check(runner.config, limits.max_candidates, cache_budget_mb,
+                      runner.dtype.itemsize)
         return cls(runner, Assembler(runner.config, buckets), limits, worker_id, max_age_ms)
 
     def warmup(self) -> None:
-        """Compile every bucket shape and merge width before the worker takes traffic."""
-        buckets = self.assembler.buckets
-        self.runner.warmup(buckets.shapes(), buckets.merge_widths)
+        """Compile every bucket shape before the worker takes traffic."""
+        self.runner.warmup(self.assembler.buckets.shapes())
 
     # -- the stages ------------------------------------------------------------------------
 
@@ -176,9 +181,8 @@ class RankingPipeline:
         start = _now_ms()
         assembly = self.assembler.assemble(requests)
         assemble_ms = _now_ms() - start
-        outputs = [self.runner.rank(call.batch) for call in assembly.calls]
-        return (self.assembler.rankings(requests, assembly, outputs, self.runner.merge),
-                assemble_ms)
+        outputs = [self.runner.rank_cached(call.batch) for call in assembly.calls]
+        return self.assembler.rankings(requests, assembly, outputs), assemble_ms
 
     def _rank_isolating(self, requests: list[RankingRequest]
                         ) -> tuple[list[Ranking | ModelError], float]:
@@ -263,7 +267,5 @@ class RankingPipeline:
             sent = item.request.timestamp_ms or record.timestamp_ms or start
             outcomes[i] = self._result(item, record, max(0.0, start - sent), model_ms)
         end = _now_ms()
-        rows = sum(-(-r.num_candidates // self.runner.config.candidate_seq_len)
-                   for r in requests)
         times = StageTimes(decoded.decode_ms, assemble_ms, model_ms, end - after_model)
-        return ProcessedBatch(outcomes, times, rows, start)
+        return ProcessedBatch(outcomes, times, sum(r.num_candidates for r in requests), start)

@@ -11,7 +11,8 @@ import os
 import jax
 
 from phoenix.runner import RankingRunner
-from worker.assembly import Buckets, merge_widths
+from phoenix.model import context_cache_bytes
+from worker.assembly import MIB, Buckets, widths_for
 from worker.pipeline import RankingPipeline
 from worker.settings import Settings, SettingsError
 
@@ -45,12 +46,12 @@ def load_runner(checkpoint: str) -> RankingRunner:
 
 
 def buckets_for(settings: Settings, runner: RankingRunner) -> Buckets:
-    # A batch with more rows than the largest bucket is split into several model calls; a
-    # request with more than C candidates is ranked across its rows at one of `merge_widths`.
+    """Requests of one width take calls of up to the largest batch bucket; a call holds at
+    most that many times C candidate slots, so a wide request shares its call with fewer."""
     c = runner.config.candidate_seq_len
-    return Buckets(batch_sizes=settings.batch_buckets,
-                   candidate_counts=settings.candidate_buckets or (c,),
-                   merge_widths=merge_widths(c, settings.max_candidates))
+    widths = settings.candidate_buckets or widths_for(c, settings.max_candidates)
+    return Buckets(batch_sizes=settings.batch_buckets, widths=widths,
+                   call_candidates=settings.batch_buckets[-1] * c)
 
 
 def build_pipeline(settings: Settings, checkpoint: str | None = None,
@@ -61,5 +62,15 @@ def build_pipeline(settings: Settings, checkpoint: str | None = None,
     return RankingPipeline.create(
         runner, buckets_for(settings, runner), worker_id or settings.resolved_worker_id,
         max_age_ms=(settings.max_age_ms or None) if apply_max_age else None,
+        cache_budget_mb=settings.cache_budget_mb,
         max_message_bytes=settings.max_message_bytes, max_history=settings.max_history,
         max_candidates=settings.max_candidates)
+
+
+def cache_summary(pipeline: RankingPipeline, budget_mb: float) -> str:
+    """One line for the start-up log: cached context per request and per largest call."""
+    buckets, runner = pipeline.assembler.buckets, pipeline.runner
+    itemsize = runner.dtype.itemsize
+    return (f"context cache {context_cache_bytes(runner.config, itemsize) / 1024:.1f} KiB per "
+            f"request, {buckets.cache_bytes(runner.config, itemsize) / MIB:.1f} MiB in the "
+            f"largest of {len(buckets.shapes())} call shapes (budget {budget_mb:g} MiB)")

@@ -72,8 +72,11 @@ class Settings:
     max_batch_size: int = _setting(64, "most records taken from Kafka per batch")
     max_batch_wait_ms: float = _setting(5.0, "longest wait to fill a batch")
     batch_buckets: tuple[int, ...] = _setting((1, 2, 4, 8, 16, 32, 64),
-                                              "model row counts compiled at start")
-    candidate_buckets: tuple[int, ...] = _setting((), "candidate slots compiled (default: C)")
+                                              "requests per model call compiled at start")
+    candidate_buckets: tuple[int, ...] = _setting(
+        (), "candidate widths compiled (default: C, 2C, 4C, ... up to max_candidates)")
+    cache_budget_mb: float = _setting(256.0, "most cached user+history keys/values one model "
+                                      "call may hold, MiB (start-up fails if over)")
     checkpoint: str = _setting("checkpoints/demo.npz", "model checkpoint; 'random' = fresh model")
     device: str = _setting("auto", "auto, cpu or gpu")
     jax_cache_dir: str = _setting(".cache/jax", "persistent compilation cache ('' = off)")
