@@ -107,6 +107,31 @@ def test_world_source_carries_truth_of_its_candidates():
         np.testing.assert_allclose(truth.probabilities, expected)
 
 
+@pytest.mark.parametrize("source", ["world", "random"])
+def test_candidates_range_draws_every_count_and_keeps_truth_aligned(source):
+    world = World.create(CONFIG)
+    events = list(generate_events(6, 300, source=source, candidates=(1, 12)))
+    counts = collections.Counter()
+    for event in events:
+        request = parse_request(event.encode(TS))  # valid under the worker's own rules
+        counts[request.num_candidates] += 1
+        if source == "world":
+            post_ids = request.candidate_post_ids
+            assert event.truth.candidate_post_ids.tolist() == post_ids.tolist()
+            expected = world.true_probabilities(request.user_id, post_ids,
+                                                request.candidate_surfaces)
+            np.testing.assert_allclose(event.truth.probabilities, expected)
+    assert sorted(counts) == list(range(1, 13))  # both ends and everything between
+
+
+def test_the_contract_s_largest_candidate_set_comes_from_the_demo_world():
+    event, = generate_events(2, 1, candidates=(1024, 1024))
+    request = parse_request(event.encode(TS))
+    assert request.num_candidates == 1024 and len(set(request.candidate_post_ids)) == 1024
+    fixed = list(generate_events(3, 5, candidates=(7, 7), bad_fraction=0.4))
+    assert all(len(_unpack(e.encode(TS))["candidates"]) == 7 for e in fixed if e.kind == VALID)
+
+
 def test_bad_fraction_is_roughly_honoured_and_covers_every_kind():
     count, fraction = 2000, 0.2
     events = list(generate_events(5, count, source="random", bad_fraction=fraction,
@@ -205,6 +230,11 @@ def test_cli_stamps_send_time_and_nothing_else_differs(tmp_path):
     pytest.param(["--bad-fraction", "2"], "--bad-fraction must be in [0, 1]", id="fraction"),
     pytest.param(["--rate", "-1"], "--rate must be", id="rate"),
     pytest.param(["--count", "-5"], "--count must be >= 0", id="count"),
+    pytest.param(["--candidates", "1025"], "1 <= MIN <= MAX <= 1024, got '1025'",
+                 id="candidates-over-the-contract"),
+    pytest.param(["--candidates", "9:3"], "got '9:3'", id="candidates-reversed"),
+    pytest.param(["--candidates", "lots"], "candidates must be N or MIN:MAX, got 'lots'",
+                 id="candidates-not-a-number"),
 ])
 def test_cli_argument_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

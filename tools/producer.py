@@ -2,7 +2,7 @@
 
     python -m tools.producer --count 1000 --rate 200 --seed 7 --bad-fraction 0.05 \
         [--source world|random] [--truth truth.jsonl] [--out requests.rec] \
-        [--bootstrap 127.0.0.1:9092] [--topic ranking-requests]
+        [--bootstrap 127.0.0.1:9092] [--topic ranking-requests] [--candidates N|MIN:MAX]
 
 Generation is pure and separate from sending: `generate_events(seed, count, ...)` yields
 `Event`s, the same ones for the same arguments (prefix-stable: the first n events do not depend
@@ -21,6 +21,9 @@ The `--truth` file has one JSON line per valid world request, never one for a ma
    "candidates": [{"post_id": int, "relevant": bool,
                    "probabilities": [19 floats, in phoenix.actions.ACTION_NAMES order]}, ...]}
 `read_truth(path)` loads it as {request_id: RequestTruth}.
+
+`--candidates N` gives every request N candidates, `MIN:MAX` a count drawn uniformly per
+request (up to the wire contract's 1024); by default C = 8, as the demo model was trained.
 
 `--bad-fraction` replaces that share of events by malformed ones, cycling through
 `BAD_EVENT_KINDS` (kind -> the dead-letter code the worker must give it).
@@ -240,17 +243,44 @@ if set(_MUTATIONS) != set(BAD_EVENT_KINDS):  # import-time guard: catalogue and 
 # ----------------------------------------------------------------------------- generation
 
 
+def parse_candidates(text: str) -> tuple[int, int]:
+    """"N" or "MIN:MAX" -> (MIN, MAX): candidates per request, within the wire contract."""
+    low, _, high = text.partition(":")
+    try:
+        bounds = (int(low), int(high or low))
+    except ValueError:
+        raise ProducerError(f"candidates must be N or MIN:MAX, got {text!r}") from None
+    if not 1 <= bounds[0] <= bounds[1] <= DEFAULT_LIMITS.max_candidates:
+        raise ProducerError(f"candidates must satisfy 1 <= MIN <= MAX <= "
+                            f"{DEFAULT_LIMITS.max_candidates}, got {text!r}")
+    return bounds
+
+
+def _cut_candidates(request: dict[str, Any], truth: RequestTruth | None,
+                    keep: int) -> tuple[dict[str, Any], RequestTruth | None]:
+    """The request's first `keep` candidates (their order is random) and the same truth."""
+    request = _with(request, candidates=request["candidates"][:keep])
+    if truth is not None:
+        truth = dataclasses.replace(truth, candidate_post_ids=truth.candidate_post_ids[:keep],
+                                    probabilities=truth.probabilities[:keep],
+                                    relevant=truth.relevant[:keep])
+    return request, truth
+
+
 def generate_events(seed: int, count: int, *, source: str = "world", bad_fraction: float = 0.0,
                     world_config: WorldConfig = WorldConfig(),
                     bad_kinds: Sequence[str] | None = None,
-                    too_large_bytes: int = DEFAULT_TOO_LARGE_BYTES) -> Iterator[Event]:
+                    too_large_bytes: int = DEFAULT_TOO_LARGE_BYTES,
+                    candidates: tuple[int, int] | None = None) -> Iterator[Event]:
     """The event stream for `seed`: pure, deterministic, prefix-stable.
 
     Each event is malformed with probability `bad_fraction`; malformed events cycle through
     `bad_kinds` (default: every kind of `BAD_EVENT_KINDS`) in a seed-shuffled order, so
     count * bad_fraction >= len(kinds) covers every kind. World requests come from the world
     of `world_config` (its seed, not `seed`, fixes users and posts: use the world the model was
-    trained on); `seed` fixes which users, posts and actions are drawn.
+    trained on); `seed` fixes which users, posts and actions are drawn. `candidates`
+    (MIN, MAX) draws each request's candidate count uniformly (malformed events keep at
+    least 2); None keeps `world_config.num_candidates`, the same events as before it existed.
     """
     if source not in SOURCES:
         raise ProducerError(f"source must be one of {SOURCES}, got {source!r}")
@@ -263,8 +293,14 @@ def generate_events(seed: int, count: int, *, source: str = "world", bad_fractio
     if unknown or (bad_fraction > 0 and not kinds):
         raise ProducerError(f"bad_kinds must be a non-empty subset of {list(BAD_EVENT_KINDS)}; "
                             f"unknown: {unknown}")
+    if candidates is not None:
+        low, high = parse_candidates(f"{candidates[0]}:{candidates[1]}")
+        world_config = dataclasses.replace(
+            world_config, num_candidates=max(high, 2),
+            candidate_pool=max(world_config.candidate_pool, 4 * high))
     if world_config.num_candidates < 2:
         raise ProducerError("the producer needs num_candidates >= 2 (duplicate_candidates)")
+    counts_rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
     ctx = _BadContext(num_surfaces=world_config.num_surfaces, too_large_bytes=too_large_bytes)
     requests_rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     bad_rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
@@ -284,7 +320,12 @@ def generate_events(seed: int, count: int, *, source: str = "world", bad_fractio
             if index >= count:
                 return
             key = user_key(request["user_id"])
-            if bad_rng.random() >= bad_fraction:
+            is_valid = bad_rng.random() >= bad_fraction
+            if candidates is not None:
+                keep = int(counts_rng.integers(low, high + 1))
+                request, truth = _cut_candidates(request, truth, keep if is_valid else
+                                                 max(keep, 2))
+            if is_valid:
                 yield Event(index=index, kind=VALID, key=key, request_id=request["request_id"],
                             truth=truth, request=request)
             else:
@@ -411,8 +452,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--too-large-bytes", type=int, default=DEFAULT_TOO_LARGE_BYTES,
                    help=f"size of too_large events (default {DEFAULT_TOO_LARGE_BYTES}); "
                         "the broker must accept messages this large")
+    p.add_argument("--candidates", type=_candidates_arg, default=None, metavar="N|MIN:MAX",
+                   help="candidates per request: N, or drawn uniformly in MIN:MAX "
+                        f"(at most {DEFAULT_LIMITS.max_candidates}; default "
+                        f"{WorldConfig().num_candidates})")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
+
+
+def _candidates_arg(text: str) -> tuple[int, int]:
+    try:
+        return parse_candidates(text)
+    except ProducerError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -432,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = generate_events(args.seed, args.count, source=args.source,
                              bad_fraction=args.bad_fraction,
                              world_config=WorldConfig(seed=args.world_seed),
-                             too_large_bytes=args.too_large_bytes)
+                             too_large_bytes=args.too_large_bytes, candidates=args.candidates)
     truth_out = open(args.truth, "w", encoding="utf-8") if args.truth else None
     progress = tqdm(total=args.count, unit="req", desc="produce",
                     disable=True if args.no_progress else None)

@@ -145,7 +145,9 @@ class WorldConfig:
         if self.candidate_pool < 2 * self.num_candidates:
             raise WorldError(f"candidate_pool ({self.candidate_pool}) must be at least "
                              f"2 * num_candidates ({2 * self.num_candidates})")
-        needed = 4 * (self.history_len + self.num_candidates)
+        # Room for a history and a candidate set of distinct posts (sampling checks the rest):
+        # the default 4000 posts hold any candidate count up to the wire's 1024.
+        needed = 2 * (self.history_len + self.num_candidates)
         if self.num_posts < max(needed, self.history_pool // 2):
             raise WorldError(f"num_posts ({self.num_posts}) is too small for history_len + "
                              f"num_candidates; use at least {max(needed, self.history_pool // 2)}")
