@@ -1,7 +1,7 @@
 """End-to-end benchmark: `python -m bench.e2e` (or `make bench`). A benchmark, never a test.
 
 In one run, on this machine, with the embedded broker:
-  1. the model alone (jitted `RankingRunner.rank`), requests/s at batch 1 and at the worker's
+  1. the model alone (jitted `RankingRunner.rank_cached`, what the worker serves), requests/s at batch 1 and at the worker's
      max batch, demo config (S=32, C=8) and reference default (S=128, C=32); and assembly of
      256 demo requests into tensors vs the jitted model time for the same requests;
   2. the worker end to end (`python -m worker.app`, demo checkpoint) through Kafka: the mock
@@ -10,6 +10,9 @@ In one run, on this machine, with the embedded broker:
      consumer (p50/p90/p99/max), batch sizes, compilations (must stay flat after ready);
   3. a naive baseline: one aiokafka loop, one request at a time, the model applied eagerly;
   4. where the time goes: the batch path split into stages, in process and in the worker;
+  5. large candidate sets (`bench.candidates`): the reference layout's rows vs the cached
+     context at N = 8, 64, 256, 1024 on both configs, and one phase through Kafka with
+     256-candidate requests;
 then checks the targets and writes `bench/results.json` and `bench/results.md`.
 Ratios are meaningful within one run; absolute figures depend on the machine and its load.
 """
@@ -31,6 +34,7 @@ from typing import Callable
 
 import numpy as np
 
+from bench.candidates import run as run_candidates, table as candidates_table
 from bench.model import CONFIGS, bench_batch, bench_config, environment
 from phoenix.config import RankerConfig
 from phoenix.runner import RankingRunner
@@ -58,6 +62,8 @@ class BenchConfig:
     light_rate: float = 20.0  # requests/s of the light-load phase
     light_seconds: float = 12.0
     naive_requests: int = 200
+    wide_requests: int = 600  # the 256-candidate phase
+    wide_candidates: int = 256
     assembly_requests: int = 256
     model_repeats: int = 5
     model_min_time_s: float = 0.2
@@ -116,8 +122,8 @@ async def run_kafka(settings: Settings, cfg: BenchConfig,
         try:
             at_ready = worker.snapshot()
             async with ResultCollector(bootstrap, names["results"]) as collector:
-                async def phase(name, seed, count, rate):
-                    events = list(generate_events(seed, count))
+                async def phase(name, seed, count, rate, candidates=None):
+                    events = list(generate_events(seed, count, candidates=candidates))
                     result = await run_phase(name, events, rate, bootstrap, names["requests"],
                                              collector, worker, broker.pid)
                     print(_phase_line(result), flush=True)
@@ -134,7 +140,9 @@ async def run_kafka(settings: Settings, cfg: BenchConfig,
                           await phase("half max", 102, int(half_rate * cfg.half_seconds),
                                       half_rate),
                           await phase("light", 103, int(cfg.light_rate * cfg.light_seconds),
-                                      cfg.light_rate)]
+                                      cfg.light_rate),
+                          await phase(f"N={cfg.wide_candidates}", 105, cfg.wide_requests, 0.0,
+                                      (cfg.wide_candidates, cfg.wide_candidates))]
                 duplicates = collector.duplicates
             at_end = worker.snapshot()
         finally:
@@ -184,6 +192,22 @@ def path_breakdown(profile: dict, max_phase: dict, batch_size: int) -> dict:
     return shares(stages)
 
 
+def candidate_targets(rows: list[dict]) -> list[Target]:
+    """The cached context against the reference layout's rows, from `bench.candidates`."""
+    by = {(r["config"].split()[0], r["N"]): r for r in rows}
+    out = []
+    for config, at_1024 in (("demo", 4.0), ("reference", 3.0)):
+        out += [Target(f"{config}: cand/s cached / multi-row, N=1024",
+                       by[config, 1024]["throughput_ratio"], at_1024, True, "x"),
+                Target(f"{config}: cand/s cached / multi-row, N=256",
+                       by[config, 256]["throughput_ratio"], 3.0, True, "x"),
+                Target(f"{config}: req/s cached / multi-row, N=8 (no regression)",
+                       by[config, 8]["throughput_ratio"], 0.95, True, "x")]
+    out.append(Target("demo: one 1024-candidate request, cached / multi-row latency",
+                      by["demo", 1024]["latency_ratio"], 0.25, False, "x"))
+    return out
+
+
 def targets(kafka: dict, assembly: dict, max_batch: int) -> list[Target]:
     by_phase = {p["phase"]: p for p in kafka["phases"]}
     e2e = by_phase["max"]["results_req_per_s"]
@@ -215,7 +239,7 @@ def report(results: dict) -> str:
            f"{results['settings']['fetch_max_wait_ms']} ms. `make bench`, "
            f"{results['duration_s']:.0f} s; load average "
            f"{env['load_average_at_start'][0]:.2f} at start.", "",
-           "## Model alone (jitted `RankingRunner.rank`, numpy in and out)", ""]
+           "## Model alone (jitted `RankingRunner.rank_cached`, numpy in and out)", ""]
     out.append(markdown_table(
         ["config", "batch", "ms per call", "requests/s"],
         [[r["config"], r["batch"], r["jit_ms"], r["jit_req_per_s"]]
@@ -273,6 +297,22 @@ def report(results: dict) -> str:
             "", markdown_table(["load", "to batch", "in worker", "to consumer"],
                                [[p["phase"], *p["latency_segments_ms"].values()]
                                 for p in kafka["phases"]])]
+    out += ["", "## Large candidate sets", "",
+            "Per request of N candidates: the reference layout's ceil(N/C) rows, each with the "
+            "user and history again, in calls of up to 64 rows, plus the step that ranked a "
+            "request's rows together (multi-row), vs the user and history encoded once and "
+            "every candidate scored against the cached keys and values (cached). K: requests "
+            "per batch, the most the worker puts in one cached call at that width; alone: "
+            "one request, batch of 1. Same run, jitted, host numpy in and out.", ""]
+    out.append(candidates_table(results["large_candidates"]))
+    wide = next((p for p in kafka["phases"] if p["phase"].startswith("N=")), None)
+    if wide is not None:
+        n = int(wide["phase"][2:])
+        out += ["", f"Through Kafka with {n}-candidate requests ({wide['requests']} requests, "
+                    f"as fast as possible): {wide['results_req_per_s']:.0f} requests/s = "
+                    f"{wide['results_req_per_s'] * n:.0f} candidates/s, p50 "
+                    f"{wide['latency_ms']['p50_ms']:.1f} ms, p99 "
+                    f"{wide['latency_ms']['p99_ms']:.1f} ms (in the table above)."]
     out += ["", "## Targets", ""]
     out.append(markdown_table(["target", "measured", "result"],
                               [[t["name"], _describe(t), "PASS" if t["passed"] else "MISS"]
@@ -312,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{assembly['model_ms']:.2f} ms ({assembly['ratio']:.1%})", flush=True)
     profile = profile_batch_path(pipeline, records, settings.max_batch_size)
     del pipeline  # its JAX buffers and threads are not needed while the worker runs
+    print("== large candidate sets", flush=True)
+    large = run_candidates(repeats=cfg.model_repeats, min_time=cfg.model_min_time_s)
 
     print("== worker end to end", flush=True)
     kafka = asyncio.run(run_kafka(settings, cfg, model_probe(settings, cfg)))
@@ -322,11 +364,13 @@ def main(argv: list[str] | None = None) -> int:
             "max_batch_size", "max_batch_wait_ms", "fetch_max_wait_ms", "batch_buckets",
             "partitions")},
         "model_alone": model_rows, "assembly": assembly, "profile": profile,
+        "large_candidates": large,
         "end_to_end": kafka, "worker_breakdown": worker_breakdown(max_phase),
         "path_breakdown": path_breakdown(profile, max_phase, settings.max_batch_size),
     }
     results["targets"] = [t.to_json() for t in targets(kafka, assembly,
-                                                        settings.max_batch_size)]
+                                                        settings.max_batch_size)
+                          + candidate_targets(large)]
     results["duration_s"] = time.time() - started
     table = report(results)
     print("\n" + table)

@@ -97,7 +97,7 @@ class BenchWorker(WorkerProcess):
                          extra_args=("--log-level", "WARNING", *extra_args),
                          log_prefix="bench-worker-")
 
-    def start(self, timeout_s: float = 120.0) -> "BenchWorker":
+    def start(self, timeout_s: float = 300.0) -> "BenchWorker":
         super().start()
         self.wait_ready(timeout_s)
         return self

@@ -1,6 +1,6 @@
 """Model-alone benchmark: `python -m bench.model` (or `make bench-model`).
 
-Requests/s of the ranking step for the demo config (S=32, C=8) and the reference default
+Requests/s of the ranking step the worker serves (`rank_cached`) for the demo config (S=32, C=8) and the reference default
 (S=128, C=32), at batch 1 and at larger batches, jitted vs the same step applied eagerly.
 A benchmark, not a test: numbers depend on the machine; compare ratios from one run.
 """
@@ -70,9 +70,10 @@ def bench_config(name: str, config: RankerConfig, batch_sizes: list[int], eager:
 
 def bench_batch(runner: RankingRunner, batch_size: int, eager: bool, repeats: int,
                 min_time: float) -> dict:
-    """Jitted `runner.rank` (host numpy in, host numpy out) on a full batch of `batch_size`."""
+    """Jitted `runner.rank_cached`, the step the worker serves (host numpy in, host numpy
+    out), on a full batch of `batch_size`."""
     batch = filled_batch(runner.config, batch_size)
-    jitted = median_seconds(lambda: runner.rank(batch), repeats, min_time)
+    jitted = median_seconds(lambda: runner.rank_cached(batch), repeats, min_time)
     row = {"batch": batch_size, "jit_ms": jitted * 1e3, "jit_req_per_s": batch_size / jitted}
     if eager:
         slow = median_seconds(lambda: runner.rank_eager(batch), max(3, repeats // 2), min_time)

@@ -160,3 +160,13 @@ def test_widths_double_from_c_up_to_the_cap():
     assert widths_for(4, 3, small=(1, 2)) == (1, 2, 4)
     assert BUCKETS.shapes() == [(b, 2) for b in (1, 2, 4, 8)] + [(b, 4) for b in (1, 2, 4, 8)] + [
         (1, 8), (2, 8), (4, 8), (1, 16), (2, 16), (1, 32)]
+
+
+def test_widths_above_full_widths_compile_every_other_batch_size():
+    buckets = Buckets(batch_sizes=(1, 2, 4, 8, 16, 32, 64), widths=(8, 16, 256, 1024),
+                      call_candidates=2624, full_widths=8)
+    assert buckets.batch_sizes_for(8) == (1, 2, 4, 8, 16, 32, 64)
+    assert buckets.batch_sizes_for(16) == (1, 4, 16, 64)  # the largest always kept, and 1
+    assert buckets.batch_sizes_for(256) == (1, 2, 8)
+    assert buckets.batch_sizes_for(1024) == (1, 2)
+    assert len(buckets.shapes()) == 7 + 4 + 3 + 2

@@ -1,9 +1,11 @@
+import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from phoenix.config import ConfigError
 from phoenix.runner import RankingRunner
-from phoenix.scoring import ScoringConfig
+from phoenix.scoring import ScoringConfig, diversify
 from tests.phoenix_helpers import TINY, random_batch
 
 
@@ -69,3 +71,33 @@ def test_author_diversity_pushes_repeated_author_down():
 def test_scoring_config_rejects_unknown_action():
     with pytest.raises(ConfigError, match="unknown action.*'favourite'"):
         ScoringConfig(action_weights={"favourite": 1.0})
+
+
+def _repeats_by_definition(scores, authors, valid):
+    """For each valid candidate: valid candidates of the same author (every hash equal)
+    ranked above it by score (ties: the earlier index first), counted pair by pair."""
+    b, c = scores.shape
+    out = np.zeros((b, c), np.int64)
+    for row in range(b):
+        order = np.argsort(-np.where(valid[row], scores[row], -np.inf), kind="stable")
+        rank = np.argsort(order)
+        for i in range(c):
+            out[row, i] = sum(valid[row, i] and valid[row, j] and rank[j] < rank[i]
+                              and (authors[row, j] == authors[row, i]).all() for j in range(c))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_author_repeats_match_the_pairwise_definition(b, c, na, seed):
+    """`diversify` counts repeats by sorting; the definition compares every pair."""
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(size=(b, c)), 1).astype(np.float32)  # ties included
+    authors = rng.integers(0, 4, size=(b, c, na)).astype(np.int32)
+    valid = rng.random((b, c)) < 0.8
+    decay, floor = 0.7, 0.3
+    got = np.asarray(jax.jit(diversify)(scores, authors, valid, np.array([decay, floor],
+                                                                          np.float32)))
+    factor = np.maximum(decay ** _repeats_by_definition(scores, authors, valid), floor)
+    expected = np.where(scores >= 0, scores * factor, scores / factor)
+    np.testing.assert_allclose(got[valid], expected[valid], rtol=1e-6)

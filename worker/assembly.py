@@ -35,6 +35,9 @@ class Buckets:
     # Most candidate slots in one call: wide requests share a call with fewer others, so a
     # call costs about the same whatever its width (one request always fits).
     call_candidates: int = 512
+    # Widths up to this get every batch size, wider ones every other (see batch_sizes_for);
+    # None: every width gets every size.
+    full_widths: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_sizes", "widths"):
@@ -54,9 +57,14 @@ class Buckets:
                          f"({self.widths[-1]}); validation caps requests below it")
 
     def batch_sizes_for(self, width: int) -> tuple[int, ...]:
-        """Call sizes for requests of `width`: those within `call_candidates` (at least 1)."""
+        """Call sizes for requests of `width`: those within `call_candidates` (at least 1).
+        Above `full_widths`, every other size from the largest down, and 1: each shape costs
+        seconds of compilation at start, and a wide call is rarely short of requests."""
         fitting = tuple(b for b in self.batch_sizes if b * width <= self.call_candidates)
-        return fitting or self.batch_sizes[:1]
+        fitting = fitting or self.batch_sizes[:1]
+        if self.full_widths is None or width <= self.full_widths:
+            return fitting
+        return tuple(sorted(set(fitting[::-1][::2]) | {fitting[0]}))
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every (requests, width) shape a call can have: what warm-up compiles."""

@@ -46,12 +46,15 @@ def load_runner(checkpoint: str) -> RankingRunner:
 
 
 def buckets_for(settings: Settings, runner: RankingRunner) -> Buckets:
-    """Requests of one width take calls of up to the largest batch bucket; a call holds at
-    most that many times C candidate slots, so a wide request shares its call with fewer."""
-    c = runner.config.candidate_seq_len
-    widths = settings.candidate_buckets or widths_for(c, settings.max_candidates)
+    """Requests of one width take calls of up to the largest batch bucket, and a call holds
+    at most as many candidate slots as the reference layout's largest call had tokens
+    (rows x (1+S+C)): a call costs about the same whatever its width."""
+    config = runner.config
+    widths = settings.candidate_buckets or widths_for(config.candidate_seq_len,
+                                                      settings.max_candidates)
     return Buckets(batch_sizes=settings.batch_buckets, widths=widths,
-                   call_candidates=settings.batch_buckets[-1] * c)
+                   call_candidates=settings.batch_buckets[-1] * config.seq_len,
+                   full_widths=config.candidate_seq_len)
 
 
 def build_pipeline(settings: Settings, checkpoint: str | None = None,
