@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo broker produce results bench-model bench bench-latency soak train eval golden clean
+.PHONY: venv test test-fast demo broker produce results bench-model bench bench-decode bench-latency soak train eval golden clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,9 @@ golden: venv
 
 bench-model: venv
 	$(PY) -m bench.model --out bench/model.json
+
+bench-decode: venv
+	$(PY) -m bench.decode
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,8 +1,10 @@
-"""Property tests: hostile input only ever yields ValidationError; codecs round-trip."""
+"""Property tests: hostile input only ever yields ValidationError; the typed and untyped
+decoders agree; codecs round-trip."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import pathlib
 
@@ -17,7 +19,7 @@ from phoenix.actions import ACTION_NAMES, NUM_ACTIONS
 from worker import codec
 from worker.errors import DEAD_LETTER_CODES, ValidationError
 from worker.request import RankingRequest
-from worker.validation import ValidationLimits, parse_request, validate_request
+from worker.validation import ValidationLimits, parse_request, parse_typed, validate_request
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -198,6 +200,76 @@ def test_truncated_and_corrupted_requests(obj, cut, flips):
         data[position % len(data)] = value
     check_outcome(bytes(data[: cut % (len(data) + 1)]), LIMITS)
     check_outcome(bytes(data), SMALL)
+
+
+# ------------------------------------------------- typed decoder vs the untyped validator
+
+def untyped(data: bytes, limits: ValidationLimits) -> RankingRequest | None:
+    """The request as msgpack's decode + validate_request build it, or None if they refuse."""
+    try:
+        return validate_request(codec.decode_request_bytes(data, limits), limits)
+    except ValidationError:
+        return None
+
+
+def assert_same_request(got: RankingRequest, want: RankingRequest) -> None:
+    for field in dataclasses.fields(RankingRequest):
+        a, b = getattr(got, field.name), getattr(want, field.name)
+        if isinstance(b, np.ndarray):
+            assert a.dtype == b.dtype and a.shape == b.shape, field.name
+            np.testing.assert_array_equal(a, b, err_msg=field.name)
+        else:
+            assert type(a) is type(b) and a == b, field.name
+
+
+def check_paths_agree(data: bytes, limits: ValidationLimits, shortest: bool) -> None:
+    """The typed path accepts only what the untyped one accepts, and builds the same request;
+    on bytes in msgpack's shortest encoding (`shortest`) it takes every valid request."""
+    typed, slow = parse_typed(data, limits), untyped(data, limits)
+    if typed is None:
+        assert not (shortest and slow is not None), "a valid request missed the typed path"
+        return
+    assert slow is not None, "the typed path accepted what the validator refuses"
+    assert_same_request(typed, slow)
+
+
+@FUZZ
+@given(obj=REQUEST)
+def test_typed_and_untyped_paths_agree_on_near_valid_requests(obj):
+    data = msgpack.packb(obj, use_bin_type=True)  # msgpack-python writes the shortest form
+    check_paths_agree(data, LIMITS, shortest=True)
+    check_paths_agree(data, SMALL, shortest=True)
+
+
+@FUZZ
+@given(obj=VALID_REQUEST, nils=st.booleans())
+def test_typed_path_takes_every_valid_request(obj, nils):
+    if nils:  # Explicit nil and absent optional fields both mean "not given".
+        obj = {"top_k": None, "timestamp_ms": None, "deadline_ms": None, **obj}
+    data = msgpack.packb(obj, use_bin_type=True)
+    assert parse_typed(data, LIMITS) is not None
+    check_paths_agree(data, LIMITS, shortest=True)
+    check_paths_agree(data, SMALL, shortest=True)
+
+
+@FUZZ
+@given(obj=STRUCTURES)
+def test_typed_and_untyped_paths_agree_on_arbitrary_structures(obj):
+    data = msgpack.packb(obj, use_bin_type=True)
+    check_paths_agree(data, LIMITS, shortest=True)
+    check_paths_agree(data, SMALL, shortest=True)
+
+
+@FUZZ
+@given(obj=REQUEST, cut=st.integers(min_value=0), flips=st.lists(
+    st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4))
+def test_typed_and_untyped_paths_agree_on_corrupted_bytes(obj, cut, flips):
+    # Flipped bytes make longer-than-shortest encodings and repeated keys, among others.
+    data = bytearray(msgpack.packb(obj, use_bin_type=True))
+    for position, value in flips:
+        data[position % len(data)] = value
+    check_paths_agree(bytes(data[: cut % (len(data) + 1)]), LIMITS, shortest=False)
+    check_paths_agree(bytes(data), SMALL, shortest=False)
 
 
 # -------------------------------------------------------------------------- round trips

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 import math
 import pathlib
@@ -11,11 +12,12 @@ import random
 import time
 
 import jsonschema
+import msgspec
 import pytest
 
 from phoenix.actions import ACTION_NAMES
 from tools.producer import BAD_EVENT_KINDS, generate_events
-from worker import codec
+from worker import codec, wire
 from worker.assembly import Buckets
 from worker.pipeline import InputRecord, RankingPipeline, publish_failed
 from worker.errors import DEAD_LETTER_CODES, ValidationError
@@ -88,6 +90,78 @@ def test_request_schema_matches_the_constants():
     assert props["top_k"]["maximum"] == TOP_K_MAX
     assert sorted(schema["required"]) == sorted(
         ["schema", "request_id", "user_id", "history", "candidates"])
+
+
+def _as_schema(info: msgspec.inspect.Type) -> dict:
+    """A msgspec type, written the way schemas/ranking-request.v1.json writes its rules."""
+    if isinstance(info, msgspec.inspect.StructType):
+        return {"type": "object", "additionalProperties": not info.forbid_unknown_fields,
+                "required": [f.name for f in info.fields if f.required],
+                "properties": {f.name: _as_schema(f.type) for f in info.fields}}
+    if isinstance(info, msgspec.inspect.UnionType):  # optional: "or nil"
+        (value,) = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        node = _as_schema(value)
+        return {**node, "type": [node["type"], "null"]}
+    if isinstance(info, msgspec.inspect.IntType):
+        # msgspec cannot state a bound above int64; a msgpack int stops at 2**64-1 anyway.
+        return {"type": "integer", "minimum": info.ge,
+                "maximum": codec.U64_MAX if info.le is None else info.le}
+    if isinstance(info, msgspec.inspect.StrType):
+        return {"type": "string", "minLength": info.min_length, "maxLength": info.max_length}
+    if isinstance(info, msgspec.inspect.LiteralType):
+        values = sorted(info.values)  # msgspec reports a Literal's values sorted
+        return {"const": values[0]} if len(values) == 1 else {"enum": values}
+    if isinstance(info, msgspec.inspect.ListType):
+        node = {"type": "array", "items": _as_schema(info.item_type)}
+        if info.min_length:
+            node["minItems"] = info.min_length
+        if info.max_length is not None:
+            node["maxItems"] = info.max_length
+        return node
+    raise AssertionError(f"no schema form for {info!r}")
+
+
+def _schema_rules(node: dict, defs: dict) -> dict:
+    """The schema file's rules at `node`: $refs resolved, prose dropped, enums sorted."""
+    if "$ref" in node:
+        node = defs[node["$ref"].removeprefix("#/$defs/")]
+    rules = {key: value for key, value in node.items()
+             if key not in ("description", "$schema", "$id", "title", "$defs")}
+    if "properties" in rules:
+        rules["properties"] = {key: _schema_rules(value, defs)
+                               for key, value in rules["properties"].items()}
+        # In field order, as the Struct lists them (the check below is on the set of names).
+        rules["required"] = [key for key in rules["properties"] if key in rules["required"]]
+    if "items" in rules:
+        rules["items"] = _schema_rules(rules["items"], defs)
+    if "enum" in rules:
+        rules["enum"] = sorted(rules["enum"])
+    return rules
+
+
+def test_typed_decoder_types_match_the_request_schema_both_ways():
+    # Every schema property is a Struct field with the same required-ness, type and bounds,
+    # and every Struct field is a schema property, at every level: one contract, two spellings.
+    schema = load("ranking-request.v1")
+    written = _schema_rules(schema, schema["$defs"])
+    typed = _as_schema(msgspec.inspect.type_info(wire.request_type(LIMITS)))
+    # The one rule a type cannot state; parse_typed checks it after decoding.
+    typed["properties"]["history"]["items"]["properties"]["actions"]["uniqueItems"] = True
+    assert typed == written
+    assert written["properties"]["history"]["items"]["required"] == [
+        "post_id", "author_id", "actions", "surface"]  # The comparison reached the items.
+
+
+def test_typed_decoder_bounds_follow_the_limits():
+    limits = ValidationLimits(max_history=4, history_keep=2, max_candidates=3, num_surfaces=5,
+                              max_request_id_len=9)
+    props = _as_schema(msgspec.inspect.type_info(wire.request_type(limits)))["properties"]
+    assert props["history"]["maxItems"] == 4 and props["candidates"]["maxItems"] == 3
+    assert props["request_id"]["maxLength"] == 9
+    assert props["candidates"]["items"]["properties"]["surface"]["maximum"] == 4
+    # Never looser than the untyped decoder's list cap (the larger of the two list caps).
+    assert props["history"]["items"]["properties"]["actions"]["maxItems"] == 4
+    assert wire.decoder(limits) is wire.decoder(ValidationLimits(**dataclasses.asdict(limits)))
 
 
 def test_result_and_dead_letter_schemas_match_the_constants():

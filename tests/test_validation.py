@@ -14,7 +14,7 @@ from phoenix.config import RankerConfig
 from worker.codec import encode_request
 from worker.errors import ValidationError
 from worker.request import RankingRequest
-from worker.validation import ValidationLimits, parse_request, validate_request
+from worker.validation import ValidationLimits, parse_request, parse_typed, validate_request
 
 LIMITS = ValidationLimits()
 
@@ -427,3 +427,75 @@ def test_messages_do_not_quote_huge_values():
     with pytest.raises(ValidationError, match="got an array of 100000 items") as info:
         validate_request(raw, LIMITS)
     assert len(str(info.value)) < 400
+
+
+# ---------------------------------------------------------------------- the typed decoder
+
+def _same_arrays(a: RankingRequest, b: RankingRequest) -> bool:
+    return all(np.array_equal(getattr(a, name), getattr(b, name)) for name in (
+        "history_post_ids", "history_author_ids", "history_actions", "history_surfaces",
+        "candidate_post_ids", "candidate_author_ids", "candidate_surfaces"))
+
+
+def test_typed_path_takes_valid_requests_and_builds_what_the_validator_builds():
+    raw = make_request(seed=4, n_history=40, n_candidates=6, top_k=3, deadline_ms=None)
+    typed = parse_typed(encode_request(raw), LIMITS)
+    assert typed is not None and _same_arrays(typed, validate_request(raw, LIMITS))
+    assert (typed.top_k, typed.timestamp_ms, typed.deadline_ms) == (3, None, None)
+
+
+def _repeat_candidate_key(data: bytes) -> bytes:
+    return data.replace(b"\x83\xa7post_id", b"\x84\xa7surface\x01\xa7post_id", 1)
+
+
+def _repeat_top_level_key(data: bytes) -> bytes:
+    assert data[0] == 0x85  # fixmap of the 5 required keys
+    return b"\x86" + data[1:] + b"\xa7user_id\x05"
+
+
+@pytest.mark.parametrize("repeat, key", [
+    pytest.param(_repeat_candidate_key, "'surface'", id="candidate"),
+    pytest.param(_repeat_top_level_key, "'user_id'", id="top-level"),
+])
+def test_repeated_keys_never_pass_the_typed_path(repeat, key):
+    # msgspec keeps the last of a repeated key; the length check sends these to the validator.
+    data = repeat(encode_request(make_request(n_candidates=1)))
+    assert parse_typed(data, LIMITS) is None
+    with pytest.raises(ValidationError, match=f"has the key {key} more than once") as info:
+        parse_request(data, LIMITS)
+    assert info.value.code == "invalid"
+
+
+def test_repeated_actions_never_pass_the_typed_path():
+    raw = make_request()
+    raw["history"][1]["actions"] = ["reply", "favorite", "reply"]
+    assert parse_typed(encode_request(raw), LIMITS) is None
+
+
+def test_valid_requests_in_a_longer_encoding_are_accepted_by_the_validator():
+    raw = make_request(n_history=2, n_candidates=1, user_id=5)
+    data = encode_request(raw)
+    wide = data.replace(b"\xa7user_id\x05", b"\xa7user_id\xcf" + (5).to_bytes(8, "big"), 1)
+    assert wide != data and parse_typed(wide, LIMITS) is None
+    request = parse_request(wide, LIMITS)
+    assert request.user_id == 5 and _same_arrays(request, parse_request(data, LIMITS))
+
+
+def test_typed_path_respects_the_configured_caps():
+    limits = ValidationLimits(max_history=4, history_keep=2, max_candidates=3, num_surfaces=4,
+                              max_request_id_len=5, max_message_bytes=4096)
+    ok = make_request(n_history=4, n_candidates=3, request_id="abcde")
+    for item in ok["history"] + ok["candidates"]:
+        item["surface"] %= 4
+    for item in ok["history"]:  # The untyped decoder caps every list at 4 items here.
+        item["actions"] = item["actions"][:4]
+    assert parse_typed(encode_request(ok), limits).num_history == 2
+    five_actions = list(ACTION_NAMES[:5])
+    for path, value in [(("request_id",), "abcdef"), (("candidates", 0, "surface"), 4),
+                        (("history",), ok["history"] * 2),
+                        (("history", 0, "actions"), five_actions)]:
+        raw = copy.deepcopy(ok)
+        set_at(raw, path, value)
+        assert parse_typed(encode_request(raw), limits) is None
+    big = make_request(n_history=60)
+    assert len(encode_request(big)) > 4096 and parse_typed(encode_request(big), limits) is None

@@ -2,10 +2,15 @@
 
 Letters: n history items on the wire, s = min(n, history_keep) kept, c candidates, A actions.
 
-Each list is checked twice over only when it is bad: a fast path tests the whole column at once
-(C-level `set(map(type, ...))`, `min`/`max`, set sizes for repeats); only when it fails does a
-slow path walk the items in order to name the first offending field. Both apply the same rules,
-which are written out in schemas/README.md and schemas/ranking-request.v1.json.
+`parse_request` first tries the typed decoder (`parse_typed`: msgspec Structs of `worker.wire`,
+then column checks for the rules a type cannot state). It only ever accepts; anything it does
+not take whole goes to `validate_request` on msgpack's untyped decode, which decides and names
+the first broken rule, so every error's code, field and message come from one place.
+
+`validate_request` checks each list twice over only when it is bad: a fast path tests the whole
+column at once (C-level `set(map(type, ...))`, `min`/`max`, counts for repeats); only when it
+fails does a slow path walk the items in order to name the first offending field. All paths
+apply the rules written out in schemas/README.md and schemas/ranking-request.v1.json.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ import difflib
 import itertools
 from collections.abc import Sequence
 
+import msgspec
 import numpy as np
 
 from phoenix.actions import ACTION_INDEX, ACTION_NAMES, NUM_ACTIONS
 from phoenix.config import RankerConfig
-from worker import codec
+from worker import codec, wire
 from worker.codec import REQUEST_SCHEMA, U64_MAX
 from worker.errors import (
     INVALID,
@@ -39,9 +45,7 @@ from worker.errors import (
     describe,
 )
 from worker.request import RankingRequest
-
-TOP_K_MAX = 2**31 - 1  # top_k above the candidate count means "all"; int32 keeps it portable.
-EPOCH_MS_MAX = 2**63 - 1  # timestamp_ms / deadline_ms: non-negative signed 64-bit.
+from worker.wire import EPOCH_MS_MAX, TOP_K_MAX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,26 +250,30 @@ def _columns(items: list, keys: Sequence[str]) -> list[list] | None:
         return None
 
 
+_ACTION_BIT = {name: 1 << i for name, i in ACTION_INDEX.items()}
+
+
+def _multi_hot(action_lists: Sequence[Sequence[str]], start: int) -> np.ndarray | None:
+    """[n - start, A] float32 multi-hot of the lists from `start` on, or None if any list (kept
+    or not) names an action twice. Every name must already be a known action."""
+    # One bit mask per list, summed in C (no Python frame per list or name); a repeated name
+    # sets fewer bits than the list has names.
+    masks = list(map(sum, map(map, itertools.repeat(_ACTION_BIT.__getitem__), action_lists)))
+    if sum(map(int.bit_count, masks)) != sum(map(len, action_lists)):
+        return None
+    kept = np.array(masks[start:], dtype="<u4").view(np.uint8).reshape(-1, 4)  # [s, 4] bytes
+    return np.unpackbits(kept, axis=1, count=NUM_ACTIONS, bitorder="little").astype(np.float32)
+
+
 def _actions_multi_hot(action_lists: list, start: int) -> np.ndarray | None:
-    """[n - start, A] float32 multi-hot of the items from `start` on, or None if any list breaks
-    a rule (not a list, not str, unknown name, repeated name) anywhere in `action_lists`."""
-    n = len(action_lists)
-    if n and set(map(type, action_lists)) != {list}:
+    """`_multi_hot`, or None if any list breaks a rule (not a list, not str, unknown name,
+    repeated name) anywhere in `action_lists`."""
+    if action_lists and set(map(type, action_lists)) != {list}:
         return None
     flat = list(itertools.chain.from_iterable(action_lists))
     if flat and (set(map(type, flat)) != {str} or not _ACTION_SET.issuperset(flat)):
         return None
-    # Some item names an action twice iff its set is shorter than its list. (For lists this
-    # short, sets beat np.unique's fixed overhead several times over.)
-    if sum(map(len, map(frozenset, action_lists))) != len(flat):
-        return None
-    index = np.fromiter(map(ACTION_INDEX.__getitem__, flat), dtype=np.int64, count=len(flat))
-    lengths = np.fromiter(map(len, action_lists), dtype=np.int64, count=n)
-    rows = np.repeat(np.arange(n, dtype=np.int64), lengths)  # [sum lengths] item of each name
-    multi_hot = np.zeros((n - start, NUM_ACTIONS), dtype=np.float32)  # [s, A]
-    kept = rows >= start
-    multi_hot[rows[kept] - start, index[kept]] = 1.0
-    return multi_hot
+    return _multi_hot(action_lists, start)
 
 
 # --------------------------------------------------------------------------------- the fields
@@ -395,6 +403,58 @@ def _validate(obj: dict, limits: ValidationLimits) -> RankingRequest:
         top_k=top_k, timestamp_ms=timestamp_ms, deadline_ms=deadline_ms)
 
 
+_NO_ITEMS = ((), (), (), ())
+
+
+def _given(value: object) -> object:
+    return None if value is msgspec.UNSET else value
+
+
+def parse_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS
+                ) -> RankingRequest | None:
+    """The request if the typed decoder takes `data` whole, else None: then `validate_request`
+    must decide, and name what is wrong. It never accepts what `validate_request` refuses.
+
+    Requests that are valid but not in msgpack's shortest encoding (say, a small id written as
+    uint64) also get None: the length check below cannot tell them from repeated keys.
+    """
+    if not isinstance(data, (bytes, bytearray)) or len(data) > limits.max_message_bytes:
+        return None
+    try:
+        typed = wire.decoder(limits).decode(data)
+    except msgspec.MsgspecError:
+        return None
+    # msgspec keeps the last of a repeated key silently. Any repeat makes the message longer
+    # than the shortest encoding of what was decoded, and no encoding is shorter than that.
+    if len(wire.ENCODER.encode(typed)) != len(data):
+        return None
+    # Columns in one C pass each: astuple gives an item's fields in declaration order.
+    c_posts, c_authors, c_surfaces = zip(*map(msgspec.structs.astuple, typed.candidates))
+    if len(set(c_posts)) != len(c_posts):
+        return None
+    history = typed.history
+    h_posts, h_authors, h_actions, h_surfaces = (
+        zip(*map(msgspec.structs.astuple, history)) if history else _NO_ITEMS)
+    start = max(0, len(history) - limits.history_keep)  # Most recent last: keep the tail.
+    multi_hot = _multi_hot(h_actions, start)  # [s, A]
+    if multi_hot is None:
+        return None
+    return RankingRequest(
+        request_id=typed.request_id, user_id=typed.user_id,
+        history_post_ids=np.array(h_posts[start:], dtype=np.uint64),  # [s]
+        history_author_ids=np.array(h_authors[start:], dtype=np.uint64),  # [s]
+        history_actions=multi_hot,
+        history_surfaces=np.array(h_surfaces[start:], dtype=np.int32),  # [s]
+        candidate_post_ids=np.array(c_posts, dtype=np.uint64),  # [c]
+        candidate_author_ids=np.array(c_authors, dtype=np.uint64),  # [c]
+        candidate_surfaces=np.array(c_surfaces, dtype=np.int32),  # [c]
+        top_k=_given(typed.top_k), timestamp_ms=_given(typed.timestamp_ms),
+        deadline_ms=_given(typed.deadline_ms))
+
+
 def parse_request(data: bytes, limits: ValidationLimits = DEFAULT_LIMITS) -> RankingRequest:
     """Decode and validate one request message. Raises only ValidationError."""
-    return validate_request(codec.decode_request_bytes(data, limits), limits)
+    request = parse_typed(data, limits)
+    if request is None:
+        request = validate_request(codec.decode_request_bytes(data, limits), limits)
+    return request

@@ -1,0 +1,100 @@
+"""Decode + validate micro-benchmark: `python -m bench.decode` (or `make bench-decode`).
+
+Median microseconds per call on one demo-size request (the first world request of the
+producer's stream with a full history: S=32 history items, C=8 candidates), for:
+
+- `msgpack.unpackb` alone (the yardstick: decoding only, nothing checked);
+- the untyped path: `codec.decode_request_bytes` + `validate_request` (what every error takes);
+- `parse_typed`, the typed decoder alone;
+- `parse_request`, what the worker calls;
+- and, for the result side, `build_result` + `encode_result` of an answer to that request.
+
+The functions are timed in interleaved rounds so that a busy machine slows them alike; compare
+the ratios, not the absolute numbers, across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import msgpack
+import numpy as np
+
+from phoenix.actions import NUM_ACTIONS
+from tools.producer import generate_events
+from training.world import WorldConfig
+from worker import codec
+from worker.validation import DEFAULT_LIMITS, parse_request, parse_typed, validate_request
+
+
+def demo_request(seed: int = 7) -> bytes:
+    """The first world request with a full history, encoded as a producer sends it."""
+    full = WorldConfig().history_len
+    event = next(e for e in generate_events(seed, 10_000)
+                 if len(e.request["history"]) == full)
+    return event.encode(1_700_000_000_000)
+
+
+def _per_call_us(fn: Callable[[], object], number: int) -> float:
+    # CPU time of this thread: on a shared machine, time spent descheduled is not ours.
+    start = time.thread_time()
+    for _ in range(number):
+        fn()
+    return (time.thread_time() - start) / number * 1e6
+
+
+def median_us(fns: dict[str, Callable[[], object]], rounds: int, number: int
+              ) -> dict[str, float]:
+    """Median microseconds per call of each function over `rounds` interleaved rounds."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm caches (and the decoder cache per limits)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(_per_call_us(fn, number))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _encode_answer(data: bytes) -> Callable[[], bytes]:
+    request = parse_request(data)
+    c = request.num_candidates
+    rng = np.random.default_rng(0)
+    order = np.argsort(-rng.random(c))  # [c]
+    scores = rng.random(c).astype(np.float32)  # [c]
+    probabilities = rng.random((c, NUM_ACTIONS)).astype(np.float32)  # [c, A]
+    return lambda: codec.encode_result(codec.build_result(
+        request, order, scores, probabilities, model_version="bench", worker_id="w-bench",
+        timings={"queue_wait_ms": 1.25, "model_ms": 3.5}, produced_at_ms=1_700_000_000_000))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=31, help="interleaved rounds (median)")
+    parser.add_argument("--number", type=int, default=200, help="calls per function a round")
+    args = parser.parse_args(argv)
+    data, limits = demo_request(), DEFAULT_LIMITS
+    if parse_typed(data, limits) is None:
+        raise SystemExit("the demo request does not take the typed path: a bug")
+    shape = msgpack.unpackb(data)
+    print(f"demo request: {len(data)} bytes, {len(shape['history'])} history items, "
+          f"{len(shape['candidates'])} candidates; median of {args.rounds} rounds x "
+          f"{args.number} calls")
+    times = median_us({
+        "msgpack.unpackb alone": lambda: msgpack.unpackb(data),
+        "untyped decode + validate": lambda: validate_request(
+            codec.decode_request_bytes(data, limits), limits),
+        "parse_typed": lambda: parse_typed(data, limits),
+        "parse_request": lambda: parse_request(data, limits),
+        "build_result + encode_result": _encode_answer(data),
+    }, args.rounds, args.number)
+    base = times["msgpack.unpackb alone"]
+    for name, us in times.items():
+        print(f"  {name:30s} {us:8.1f} us  {us / base:5.2f}x unpackb")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
