@@ -116,15 +116,20 @@ def test_exactly_once_fails_fast_with_a_clear_message(kafka, worker_factory):
 
 
 def test_offline_replay_equals_the_live_worker(kafka, worker_factory, tmp_path):
-    """Same file + same checkpoint: the offline replay ranks exactly as the live worker."""
+    """Same file + same checkpoint: the offline replay ranks exactly as the live worker, for
+    traffic mixing candidate counts (1 to 300: every width from C to 512), batched
+    differently on each side."""
     from tools import replay
     from tools.producer import write_events_to_file
     from tools.recordfile import read_records
     from worker.settings import Settings
 
     path = tmp_path / "requests.rec"
-    write_events_to_file(generate_events(seed=31, count=60, bad_fraction=0.1), path)
+    events = list(generate_events(seed=31, count=60, bad_fraction=0.1, candidates=(1, 300)))
+    write_events_to_file(events, path)
     records = list(read_records(path))
+    counts = {len(e.request["candidates"]) for e in events if e.expected_code is None}
+    assert min(counts) <= 8 < 64 < max(counts), counts  # narrow and wide in the mix
 
     settings = Settings.load([], environ={}, checkpoint=str(DEMO_CHECKPOINT))
     offline = replay.rank_records(records, replay.build_pipeline(settings), batch_size=16)
