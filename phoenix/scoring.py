@@ -77,30 +77,26 @@ def diversify(scores: jnp.ndarray, author_hashes: jnp.ndarray, valid: jnp.ndarra
     """Attenuate repeated authors, in the order of the raw scores.
 
     scores `[B, C]`, author_hashes `[B, C, na]`, valid `[B, C]`, diversity `[2]` -> `[B, C]`.
-    A candidate's repeat count is how many candidates of the same author (all na hashes
-    equal) rank above it by raw score. Sorting by (author, raw rank) puts each author's
-    candidates next to each other in rank order, so the count is the position within that
-    run: O(C log C), where comparing every pair would be O(C^2) (4 ms at C = 1024 on a CPU).
-    Padding ranks after every valid candidate, so it never counts against one.
+    A candidate's repeat count is how many valid candidates of the same author (all na
+    hashes equal) rank above it by raw score, ties going to the lower index. One sort by
+    (author, score descending, index) lines each author's candidates up in rank order, so
+    the count is the position within that run: O(C log C), where comparing every pair would
+    be O(C^2). Padding sorts after every valid candidate, so it never counts against one.
     """
     decay, floor = diversity[0], diversity[1]
-    c = scores.shape[-1]
-    raw_order = jnp.argsort(-jnp.where(valid, scores, -jnp.inf), axis=-1)  # [B, C]
-    ranked_authors = jnp.take_along_axis(author_hashes, raw_order[..., None], axis=1)  # [B,C,na]
-    position = jnp.broadcast_to(jnp.arange(c), scores.shape)  # [B, C] raw rank
-    *sorted_authors, rank_of = jax.lax.sort(
-        [ranked_authors[..., k] for k in range(author_hashes.shape[-1])] + [position],
-        dimension=-1, num_keys=author_hashes.shape[-1] + 1)  # na x [B, C], [B, C]
-    sorted_authors = jnp.stack(sorted_authors, axis=-1)  # [B, C, na]
+    c, na = scores.shape[-1], author_hashes.shape[-1]
+    descending = -jnp.where(valid, scores, -jnp.inf)  # [B, C]
+    position = jnp.broadcast_to(jnp.arange(c), scores.shape)  # [B, C]
+    *authors, _, candidate = jax.lax.sort(
+        [author_hashes[..., k] for k in range(na)] + [descending, position],
+        dimension=-1, num_keys=na + 2)  # na x [B, C] sorted authors, [B, C] their candidate
+    authors = jnp.stack(authors, axis=-1)  # [B, C, na]
     starts = jnp.concatenate([
         jnp.ones(scores.shape[:-1] + (1,), bool),
-        jnp.any(sorted_authors[:, 1:] != sorted_authors[:, :-1], axis=-1)], axis=-1)  # [B, C]
+        jnp.any(authors[:, 1:] != authors[:, :-1], axis=-1)], axis=-1)  # [B, C] new author
     run_start = jax.lax.cummax(jnp.where(starts, position, 0), axis=scores.ndim - 1)  # [B, C]
     rows = jnp.arange(scores.shape[0])[:, None]  # [B, 1]
-    # Back from (author, rank) order to candidate order: two scatters, no more sorting.
-    repeats_by_rank = jnp.zeros_like(position).at[rows, rank_of].set(
-        position - run_start)  # [B, C]
-    repeats = jnp.zeros_like(position).at[rows, raw_order].set(repeats_by_rank)  # [B, C]
+    repeats = jnp.zeros_like(position).at[rows, candidate].set(position - run_start)  # [B, C]
     factor = jnp.maximum(decay ** repeats.astype(jnp.float32), floor)  # [B, C]
     return _attenuate(scores, factor)
 
