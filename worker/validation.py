@@ -53,7 +53,7 @@ class ValidationLimits:
     max_message_bytes: int = 1 << 20  # Byte cap checked before decoding (1 MiB).
     max_history: int = 512  # Most history items accepted on the wire.
     history_keep: int = 32  # S: longer histories keep only their most recent S items.
-    max_candidates: int = 1024  # Most candidates accepted (scored in chunks of C by assembly).
+    max_candidates: int = 1024  # Most candidates accepted (all ranked in one row by assembly).
     num_surfaces: int = 16  # V: product surfaces are ints in [0, V).
     max_request_id_len: int = 128  # request_id length in characters (code points).
 
