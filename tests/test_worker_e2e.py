@@ -135,7 +135,7 @@ def test_offline_replay_equals_the_live_worker(kafka, worker_factory, tmp_path):
     offline = replay.rank_records(records, replay.build_pipeline(settings), batch_size=16)
 
     topics = WorkerTopics.create(kafka)
-    worker = worker_factory(topics).start()
+    worker = worker_factory(topics, extra_args=("--max-candidates", "300")).start()
     worker.wait_ready()
     kafka.produce(topics.requests, [(r.key, r.value) for r in records])
     expected_results = [o for o in offline if o.is_result]

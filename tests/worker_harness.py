@@ -17,7 +17,10 @@ from tools.launcher import ROOT
 
 DEMO_CHECKPOINT = ROOT / "checkpoints" / "demo.npz"
 # Few shapes keep the start fast; the persistent JAX cache makes later starts faster still.
+# Test traffic has 8 candidates per request unless a test says otherwise (and raises the cap):
+# a cap of 64 compiles widths 8..64 only.
 TEST_BUCKETS = "1,8,64"
+TEST_MAX_CANDIDATES = "64"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +49,8 @@ class WorkerProcess(worker_process.WorkerProcess):
             dead_letters=topics.dead_letters,
             group_id=group_id or f"group-{uuid.uuid4().hex[:8]}", checkpoint=DEMO_CHECKPOINT,
             partitions=partitions, entry=entry,
-            extra_args=("--batch-buckets", TEST_BUCKETS, "--session-timeout-s", "2",
+            extra_args=("--batch-buckets", TEST_BUCKETS, "--max-candidates", TEST_MAX_CANDIDATES,
+                        "--session-timeout-s", "2",
                         "--max-batch-wait-ms", "5", *extra_args),
             env={"RANKER_JAX_CACHE_DIR": str(ROOT / ".cache" / "jax"), **(env or {})})
         self.bootstrap = bootstrap
