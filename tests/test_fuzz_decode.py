@@ -191,13 +191,19 @@ def test_near_valid_requests(obj):
         assert SCHEMA.is_valid(obj)  # Accepted: the schema accepts it too.
 
 
+def corrupted(obj, flips: list[tuple[int, int]]) -> bytearray:
+    """`obj` packed, then each (position, value) written over one of its bytes."""
+    data = bytearray(msgpack.packb(obj, use_bin_type=True))
+    for position, value in flips:
+        data[position % len(data)] = value
+    return data
+
+
 @FUZZ
 @given(obj=REQUEST, cut=st.integers(min_value=0), flips=st.lists(
     st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4))
 def test_truncated_and_corrupted_requests(obj, cut, flips):
-    data = bytearray(msgpack.packb(obj, use_bin_type=True))
-    for position, value in flips:
-        data[position % len(data)] = value
+    data = corrupted(obj, flips)
     check_outcome(bytes(data[: cut % (len(data) + 1)]), LIMITS)
     check_outcome(bytes(data), SMALL)
 
@@ -265,9 +271,7 @@ def test_typed_and_untyped_paths_agree_on_arbitrary_structures(obj):
     st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4))
 def test_typed_and_untyped_paths_agree_on_corrupted_bytes(obj, cut, flips):
     # Flipped bytes make longer-than-shortest encodings and repeated keys, among others.
-    data = bytearray(msgpack.packb(obj, use_bin_type=True))
-    for position, value in flips:
-        data[position % len(data)] = value
+    data = corrupted(obj, flips)
     check_paths_agree(bytes(data[: cut % (len(data) + 1)]), LIMITS, shortest=False)
     check_paths_agree(bytes(data), SMALL, shortest=False)
 
