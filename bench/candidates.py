@@ -49,6 +49,14 @@ def requests_batch(config: RankerConfig, requests: int, width: int, seed: int) -
         for name, value in batch._asdict().items() if value.dtype == np.int32})
 
 
+def padded(batch: RecsysBatch, width: int) -> RecsysBatch:
+    """The same requests with their candidates zero-padded to `width`: [K, N] -> [K, W]."""
+    def pad(x):
+        return np.pad(x, [(0, 0), (0, width - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+    return batch._replace(**{name: pad(value) for name, value in batch._asdict().items()
+                             if name.startswith("candidate_")})
+
+
 def as_rows(batch: RecsysBatch, c: int) -> RecsysBatch:
     """The reference layout: each request's [N] candidates as ceil(N / C) rows of C, every
     row repeating the request's user and history. [K, W] -> [K * ceil(W / C), C]."""
@@ -117,14 +125,7 @@ def measure(runner: RankingRunner, n: int, repeats: int, min_time: float) -> dic
     out = {"N": n, "requests_per_batch": k}
     for label, requests in (("batch", k), ("alone", 1)):
         batch = requests_batch(config, requests, n, seed=n)
-        cached = requests_batch(config, requests, buckets.width(n), seed=n)
-        cached = cached._replace(**{  # the same n real candidates, padding after
-            f: np.where(np.arange(cached.candidate_post_hashes.shape[1]).reshape(
-                (1, -1) + (1,) * (getattr(cached, f).ndim - 2)) < n,
-                np.pad(getattr(batch, f), [(0, 0), (0, getattr(cached, f).shape[1] - n)]
-                       + [(0, 0)] * (getattr(cached, f).ndim - 2)), 0)
-            for f in ("candidate_post_hashes", "candidate_author_hashes",
-                      "candidate_product_surface")})
+        cached = padded(batch, buckets.width(n))
         multi_row = _multi_row(runner, batch)
         multi_s = median_seconds(multi_row, repeats, min_time)
         cached_s = median_seconds(lambda: runner.rank_cached(cached), repeats, min_time)

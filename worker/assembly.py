@@ -84,11 +84,12 @@ class Buckets:
                 f"{max_candidates} candidates a request may have; add a width >= "
                 f"{max_candidates} to the candidate buckets or lower max_candidates")
         per_request = context_cache_bytes(config, itemsize)
-        rows = max(b for b, _ in self.shapes())
-        if rows * per_request > cache_budget_mb * MIB:
+        largest = self.cache_bytes(config, itemsize)
+        if largest > cache_budget_mb * MIB:
             raise ConfigError(
-                f"the largest model call ({rows} requests x {per_request / 1024:.1f} KiB of "
-                f"cached context each = {rows * per_request / MIB:.1f} MiB) is over the "
+                f"the largest model call ({largest // per_request} requests x "
+                f"{per_request / 1024:.1f} KiB of cached context each = {largest / MIB:.1f} "
+                "MiB) is over the "
                 f"context cache budget of {cache_budget_mb:g} MiB; lower the largest batch "
                 "bucket or raise the budget")
 
