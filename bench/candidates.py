@@ -24,11 +24,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bench.model import CONFIGS, environment, median_seconds
+from bench.model import CONFIGS, environment, filled_batch, median_seconds
 from bench.stats import markdown_table
-from phoenix.config import RankerConfig
 from phoenix.model import RecsysBatch, context_cache_bytes
-from phoenix.params import dummy_batch
 from phoenix.runner import RankingRunner
 from phoenix.scoring import finalize
 from worker.assembly import Buckets
@@ -37,16 +35,6 @@ from worker.settings import Settings
 
 COUNTS = (8, 64, 256, 1024)
 MAX_ROWS = Settings().batch_buckets[-1]  # rows in the multi-row worker's largest call
-
-
-def requests_batch(config: RankerConfig, requests: int, width: int, seed: int) -> RecsysBatch:
-    """`requests` full requests with `width` real candidates each: [K, S] history, [K, W]."""
-    rng = np.random.default_rng(seed)
-    batch = dummy_batch(config, requests, width)
-    return batch._replace(**{
-        name: (rng.integers(1, 1000, size=value.shape).astype(np.int32)
-               if "surface" not in name else np.zeros_like(value))
-        for name, value in batch._asdict().items() if value.dtype == np.int32})
 
 
 def padded(batch: RecsysBatch, width: int) -> RecsysBatch:
@@ -124,7 +112,7 @@ def measure(runner: RankingRunner, n: int, repeats: int, min_time: float) -> dic
     k = buckets.batch_sizes_for(buckets.width(n))[-1]
     out = {"N": n, "requests_per_batch": k}
     for label, requests in (("batch", k), ("alone", 1)):
-        batch = requests_batch(config, requests, n, seed=n)
+        batch = filled_batch(config, requests, n, seed=n)
         cached = padded(batch, buckets.width(n))
         multi_row = _multi_row(runner, batch)
         multi_s = median_seconds(multi_row, repeats, min_time)

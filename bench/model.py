@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import jax
+import numpy as np
 
 from phoenix.config import RankerConfig
 from phoenix.params import dummy_batch
@@ -44,12 +45,13 @@ def median_seconds(fn: Callable[[], object], repeats: int, min_time: float) -> f
     return statistics.median(samples)
 
 
-def filled_batch(config: RankerConfig, batch_size: int):
+def filled_batch(config: RankerConfig, batch_size: int, num_candidates: int | None = None,
+                 seed: int = 0):
     """A batch whose every slot is real (padding would let the model skip nothing anyway,
-    but real hashes keep the gather honest)."""
-    import numpy as np
-    rng = np.random.default_rng(0)
-    batch = dummy_batch(config, batch_size)
+    but real hashes keep the gather honest): `[batch_size, S]` history, `[batch_size, C]`
+    candidates (C = `num_candidates`, default the config's)."""
+    rng = np.random.default_rng(seed)
+    batch = dummy_batch(config, batch_size, num_candidates)
     return batch._replace(**{
         name: rng.integers(1, 64, size=np.shape(value)).astype(np.int32)
         if np.asarray(value).dtype == np.int32 and "surface" not in name else value

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from bench.candidates import as_rows
 from phoenix.config import HashConfig, RankerConfig, TransformerConfig
 from phoenix.embeddings import init_tables, lookup
 from phoenix.model import RecsysBatch, build_model, build_prefix_model
@@ -31,26 +32,6 @@ def request(config: RankerConfig, n: int, history_len: int, seed: int) -> Recsys
     """One request with `n` candidates as a [1, n] batch (its own user and history)."""
     wide = dataclasses.replace(config, candidate_seq_len=n)
     return random_batch(wide, 1, seed=seed, history_len=history_len, num_candidates=n)
-
-
-def as_rows(batch: RecsysBatch, c: int) -> RecsysBatch:
-    """The reference layout: ceil(n / C) rows sharing user and history, C candidates each."""
-    n = batch.candidate_post_hashes.shape[1]
-    rows = -(-n // c)
-
-    def candidates(x):  # [1, n, ...] -> [rows, C, ...], zero-padded
-        padded = np.zeros((rows * c,) + x.shape[2:], x.dtype)
-        padded[:n] = x[0]
-        return padded.reshape((rows, c) + x.shape[2:])
-
-    def context(x):  # [1, ...] -> [rows, ...]
-        return np.repeat(x, rows, axis=0)
-
-    return RecsysBatch(
-        context(batch.user_hashes), context(batch.history_post_hashes),
-        context(batch.history_author_hashes), context(batch.history_actions),
-        context(batch.history_product_surface), candidates(batch.candidate_post_hashes),
-        candidates(batch.candidate_author_hashes), candidates(batch.candidate_product_surface))
 
 
 @pytest.mark.slow
