@@ -90,11 +90,12 @@ class BenchWorker(WorkerProcess):
     `start()` returns once it is ready."""
 
     def __init__(self, bootstrap: str, requests: str, results: str, dead_letters: str,
-                 checkpoint: str, partitions: int, extra_args: Sequence[str] = ()):
+                 checkpoint: str, partitions: int, extra_args: Sequence[str] = (),
+                 entry: Sequence[str] = ("-m", "worker.app")):
         super().__init__(bootstrap, requests=requests, results=results,
                          dead_letters=dead_letters, checkpoint=checkpoint, partitions=partitions,
                          group_id=f"bench-{os.getpid()}-{time.time_ns()}",
-                         extra_args=("--log-level", "WARNING", *extra_args),
+                         extra_args=("--log-level", "WARNING", *extra_args), entry=entry,
                          log_prefix="bench-worker-")
 
     def start(self, timeout_s: float = 300.0) -> "BenchWorker":

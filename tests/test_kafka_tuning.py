@@ -252,3 +252,115 @@ def test_fetch_wait_reaches_the_running_consumer(kafka: Kafka, tmp_path: Path) -
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# ---- inline delivery: the fetch loop's per-message wait_first -----------------------------
+
+
+def test_faust_fetch_loop_still_delivers_through_wait_first_with_suspend_flow() -> None:
+    # TunedConsumer.wait_first recognises exactly this call; if Faust changes it, the inline
+    # path silently stops applying (and this test says where to look).
+    source = inspect.getsource(faust_consumer.Consumer._drain_messages)
+    assert "await self.wait_first(" in source
+    assert "callback(message), self.suspend_flow.wait()" in " ".join(source.split())
+    assert isinstance(_consumer().suspend_flow, asyncio.Event)
+    assert kafka_tuning.WaitResults._fields == ("done", "results", "stopped")
+
+
+def _consumer() -> TunedConsumer:
+    app = TunedApp("inline-unit", broker="kafka://127.0.0.1:1", **_APP_OPTIONS)
+    return app.consumer
+
+
+def test_a_delivery_that_does_not_block_runs_inline_in_the_fetch_loops_task() -> None:
+    async def scenario():
+        consumer = _consumer()
+        seen = []
+
+        async def delivery():
+            seen.append(asyncio.current_task())
+            return "delivered"
+
+        results = await consumer.wait_first(delivery(), consumer.suspend_flow.wait())
+        return results, seen, asyncio.current_task(), consumer
+
+    results, seen, task, consumer = asyncio.run(scenario())
+    assert results.results == ["delivered"] and not results.stopped
+    assert seen == [task]  # no task was created for it
+    assert (consumer.inline_deliveries, consumer.waited_deliveries) == (1, 0)
+
+
+def test_a_blocked_delivery_is_interrupted_by_flow_suspension_as_in_faust() -> None:
+    async def scenario():
+        consumer = _consumer()
+        space = asyncio.get_running_loop().create_future()  # a full buffer making room
+        steps = []
+
+        async def delivery():
+            steps.append("started")
+            try:
+                steps.append(await space)
+            finally:
+                steps.append("unwound")
+
+        waiting = asyncio.ensure_future(
+            consumer.wait_first(delivery(), consumer.suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        assert not waiting.done() and steps == ["started"]
+        consumer.suspend_flow.set()  # a rebalance: the fetch loop must not stay stuck
+        await asyncio.wait_for(waiting, 1.0)
+        # Faust's wait_first cancels the loser: the record is fetched again after the
+        # rebalance from the committed offset, exactly as without the inline path.
+        return steps, space.cancelled(), consumer
+
+    steps, cancelled, consumer = asyncio.run(scenario())
+    assert steps == ["started", "unwound"] and cancelled
+    assert (consumer.inline_deliveries, consumer.waited_deliveries) == (0, 1)
+
+
+def test_while_flow_is_suspended_delivery_goes_through_fausts_wait_first() -> None:
+    async def scenario():
+        consumer = _consumer()
+        consumer.suspend_flow.set()
+        seen = []
+
+        async def delivery():
+            seen.append(asyncio.current_task())
+
+        await consumer.wait_first(delivery(), consumer.suspend_flow.wait())
+        return seen, asyncio.current_task(), consumer
+
+    seen, task, consumer = asyncio.run(scenario())
+    assert len(seen) == 1 and seen[0] is not task  # Faust ran it as its own task
+    assert (consumer.inline_deliveries, consumer.waited_deliveries) == (0, 0)
+
+
+def test_resume_raises_a_delivery_error_and_cancellation_unwinds_the_delivery() -> None:
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        failing, blocked = loop.create_future(), loop.create_future()
+        unwound = []
+
+        async def fails():
+            await failing
+
+        async def stuck():
+            try:
+                await blocked
+            finally:
+                unwound.append(True)
+
+        first = fails()
+        resumed = asyncio.ensure_future(kafka_tuning._resume(first, first.send(None)))
+        failing.set_exception(ValueError("bad record"))
+        with pytest.raises(ValueError, match="bad record"):
+            await resumed
+        second = stuck()
+        resumed = asyncio.ensure_future(kafka_tuning._resume(second, second.send(None)))
+        await asyncio.sleep(0)
+        resumed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await resumed
+        return unwound, blocked.cancelled()
+
+    assert asyncio.run(scenario()) == ([True], True)

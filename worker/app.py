@@ -13,8 +13,10 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import faust
+import uvloop
 
 from phoenix import compilations
 from phoenix.config import ConfigError
@@ -35,8 +37,14 @@ log = logging.getLogger("worker")
 _PRODUCER_BATCH_BYTES = 256 * 1024
 
 
-def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState,
-               metrics: WorkerMetrics) -> faust.App:
+class AppTopics(NamedTuple):
+    requests: Any
+    results: Any
+    dead_letters: Any
+
+
+def new_app(settings: Settings) -> tuple[faust.App, AppTopics]:
+    """The worker's Faust app and its three raw-bytes topics, no agent yet."""
     app = TunedApp(
         settings.group_id,
         consumer_tuning=ConsumerTuning(fetch_max_wait_ms=settings.fetch_max_wait_ms),
@@ -63,10 +71,14 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         producer_max_batch_size=_PRODUCER_BATCH_BYTES,
         processing_guarantee=settings.processing_guarantee,
     )
-    requests = app.topic(settings.requests_topic, key_serializer="raw", value_serializer="raw")
-    results = app.topic(settings.results_topic, key_serializer="raw", value_serializer="raw")
-    dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw",
-                             value_serializer="raw")
+    return app, AppTopics(*(app.topic(name, key_serializer="raw", value_serializer="raw")
+                            for name in (settings.requests_topic, settings.results_topic,
+                                         settings.dead_letter_topic)))
+
+
+def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState,
+               metrics: WorkerMetrics) -> faust.App:
+    app, (requests, results, dead_letters) = new_app(settings)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
     decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder")
     def on_bug(error: BaseException) -> None:
@@ -111,6 +123,8 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
             last = state.last_offsets.get((tp.topic, tp.partition))
             if highwater is not None and last is not None:
                 metrics.consumer_lag.labels(str(tp.partition)).set(max(0, highwater - last - 1))
+        metrics.fetch_deliveries.labels("inline").set(consumer.inline_deliveries)
+        metrics.fetch_deliveries.labels("waited").set(consumer.waited_deliveries)
         metrics.ready.set(1 if state.readiness()[0] else 0)
 
     return app
@@ -152,25 +166,36 @@ def main(argv: list[str] | None = None) -> int:
              pipeline.runner.model_version, backend, compilations.count(),
              compilations.seconds(), time.monotonic() - started)
 
-    os.makedirs(settings.data_dir, exist_ok=True)  # Faust creates only the last level
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    loop = new_event_loop(settings)
     _prepare_broker(settings, loop)
-    app = create_app(settings, pipeline, state, metrics)
-    worker = BoundedStopWorker(app, loglevel=settings.log_level, redirect_stdouts=False,
-                           quiet=True, loop=loop)
-    # At WARNING or above, Faust's terminal spinner sets the root logger to DEBUG, so every
-    # aiokafka/Faust debug() call builds a record (~2.6 per message). No spinner, no DEBUG.
-    worker.spinner = None
     try:
-        worker.execute_from_commandline()  # handles SIGTERM/SIGINT: drain, commit, exit
-    except SystemExit as exit_:
-        if exit_.code not in (0, None):
-            raise
+        serve(create_app(settings, pipeline, state, metrics), settings, loop)
     finally:
         if health is not None:
             health.stop()
     return 1 if state.failed is not None else 0
+
+
+def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
+    """The worker's event loop (uvloop unless settings say asyncio), set as current."""
+    loop = uvloop.new_event_loop() if settings.event_loop == "uvloop" else asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
+
+
+def serve(app: faust.App, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    """Runs `app` until SIGTERM/SIGINT (drain, commit, exit) or a stop for a bug."""
+    os.makedirs(settings.data_dir, exist_ok=True)  # Faust creates only the last level
+    worker = BoundedStopWorker(app, loglevel=settings.log_level, redirect_stdouts=False,
+                               quiet=True, loop=loop)
+    # At WARNING or above, Faust's terminal spinner sets the root logger to DEBUG, so every
+    # aiokafka/Faust debug() call builds a record (~2.6 per message). No spinner, no DEBUG.
+    worker.spinner = None
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            raise
 
 
 if __name__ == "__main__":

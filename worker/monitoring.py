@@ -44,6 +44,10 @@ class WorkerMetrics:
         self.consumer_lag = Gauge("ranker_consumer_lag", "Consumer lag per partition "
                                   "(where the broker reports end offsets)", ["partition"],
                                   registry=r)
+        self.fetch_deliveries = Gauge(
+            "ranker_fetch_deliveries", "Records handed from the fetch loop to the stream so far, "
+            "by path: inline (no task) or waited (blocked, interruptible by a rebalance)",
+            ["path"], registry=r)
         self.ready = Gauge("ranker_ready", "1 when compiled and assigned", registry=r)
         self.breaker_open = Gauge("ranker_breaker_open",
                                   "1 while the dead-letter circuit breaker has stopped "

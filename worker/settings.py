@@ -17,6 +17,7 @@ from worker.topics import DEAD_LETTER_TOPIC, REQUESTS_TOPIC, RESULTS_TOPIC
 
 ENV_PREFIX = "RANKER_"
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def _setting(default: Any, help: str, secret: bool = False) -> Any:
@@ -59,6 +60,7 @@ class Settings:
     # shrinks demo results ~2.5x for a network between worker and brokers (see README).
     compression_type: str = _setting("none", "codec for results and dead letters: none, gzip, "
                                      "snappy, lz4 or zstd")
+    event_loop: str = _setting("uvloop", "the worker's asyncio event loop: uvloop or asyncio")
     data_dir: str = _setting(".cache/faust", "Faust's state directory (created if missing)")
     # Security (passed through to the Kafka clients)
     security_protocol: str = _setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
@@ -105,6 +107,7 @@ class Settings:
             (self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
              "sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
             (self.device in ("auto", "cpu", "gpu"), "device must be auto, cpu or gpu"),
+            (self.event_loop in EVENT_LOOPS, "event_loop must be uvloop or asyncio"),
             (self.compression_type in COMPRESSION_TYPES,
              f"compression_type must be one of {', '.join(COMPRESSION_TYPES)}"),
             (0 < self.breaker_threshold <= 1, "breaker_threshold must be in (0, 1]"),
