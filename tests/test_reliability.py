@@ -573,6 +573,49 @@ def test_rebalance_churn_loses_nothing(kafka, spawn):
     assert gap_s < 30.0  # "no partition without an owner for long"
 
 
+INLINE = 'ranker_fetch_deliveries{path="inline"}'
+
+
+@pytest.mark.timeout(300)
+def test_a_rebalance_while_the_inline_fetch_path_delivers_under_load_loses_nothing(kafka, spawn):
+    """Records reach the agent without a task per message while flow is active (worker/
+    kafka_tuning.py); a join and a leave in the middle of a backlog must still lose nothing:
+    the suspension during each rebalance interrupts a blocked delivery exactly as in Faust."""
+    topics = WorkerTopics.create(kafka, partitions=4)
+    group = f"inline-{uuid.uuid4().hex[:6]}"
+    steady = spawn(kafka.bootstrap, topics, group_id=group, partitions=4,
+                   extra_args=("--worker-id", "steady")).start()
+    steady.wait_ready()
+    messages = valid_requests(seed=91, count=6000)  # 12 s at 500/s, near the worker's max here
+    with Collector(kafka.bootstrap, topics) as collector:
+        load = Load(kafka.bootstrap, topics.requests, messages, rate=500).start()
+        time.sleep(1.0)
+        joiner = spawn(kafka.bootstrap, topics, group_id=group, partitions=4,
+                       extra_args=("--worker-id", "joiner")).start()
+        joiner.wait_ready(90)
+        time.sleep(1.0)
+        joiner.terminate()
+        exit_code = joiner.wait(60)
+        load.join()
+        assert not load.failed, load.failed[:3]
+        sent = {s.message.request_id for s in load.acked}
+        answers = collector.wait_for_ids(sent, timeout_s=120)
+    deadline = time.monotonic() + 15  # the gauge is refreshed every 5 s
+    while steady.metric(INLINE) < len(messages) / 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    inline, waited = steady.metric(INLINE), steady.metric(INLINE.replace("inline", "waited"))
+    by_worker = {w: sum(a.message["worker_id"] == w for a in answers)
+                 for w in ("steady", "joiner")}
+    print(f"\ninline path under a rebalance: {len(sent)} requests, {duplicates(answers)} "
+          f"duplicates, 0 lost; answered by {by_worker}; steady worker's deliveries: "
+          f"{inline:.0f} inline, {waited:.0f} waited")
+    assert exit_code == 0
+    assert by_worker["joiner"] > 0  # the group really changed while the load flowed
+    assert {a.request_id for a in answers} == sent
+    assert inline >= len(messages) / 2  # the fast path really carried the load
+    assert steady.proc.poll() is None
+
+
 # ---- 5. slow model call -----------------------------------------------------------------------
 
 

@@ -202,8 +202,7 @@ class BatchHandler:
         producer = await self.results_topic.app.maybe_start_producer()
         while pending:
             attempt += 1
-            results = await asyncio.gather(*[self._send(producer, o) for o in pending],
-                                           return_exceptions=True)
+            results = await self._send_all(producer, pending)
             retry: list[Outcome] = []
             wait = False
             for outcome, result in zip(pending, results):
@@ -225,12 +224,26 @@ class BatchHandler:
                 await asyncio.sleep(self.send_retry_delay_s)
             pending = retry
 
-    async def _send(self, producer: Any, outcome: Outcome) -> Any:
-        """One send, awaited to the broker's ack; errors raised by `send` itself (a record
-        over the producer's size cap) and by the ack alike."""
-        future = await producer.send(self._topic_for(outcome).get_topic_name(), outcome.key,
-                                     outcome.value, None, None, None)
-        return await future
+    async def _send_all(self, producer: Any, outcomes: Sequence[Outcome]) -> list[Any]:
+        """Sends every outcome, then waits for all the broker's acks: per outcome, its ack or
+        the error raised by `send` itself (a record over the producer's size cap) or by the
+        ack. One await per send and one gather of the acks, with no task per outcome."""
+        results: list[Any] = [None] * len(outcomes)
+        acks, sent = [], []
+        for i, outcome in enumerate(outcomes):
+            try:
+                acks.append(await self._send(producer, outcome))
+                sent.append(i)
+            except Exception as error:  # noqa: BLE001 (CancelledError is not an Exception)
+                results[i] = error
+        for i, ack in zip(sent, await asyncio.gather(*acks, return_exceptions=True)):
+            results[i] = ack
+        return results
+
+    async def _send(self, producer: Any, outcome: Outcome) -> asyncio.Future:
+        """Queues one outcome on the producer; returns the future of the broker's ack."""
+        return await producer.send(self._topic_for(outcome).get_topic_name(), outcome.key,
+                                   outcome.value, None, None, None)
 
     def _observe(self, processed: ProcessedBatch) -> None:
         m, outcomes = self.metrics, processed.outcomes
