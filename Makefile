@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo broker produce results bench-model bench bench-decode bench-latency soak train eval golden clean
+.PHONY: venv test test-fast demo broker produce results bench-model bench bench-decode bench-floors bench-latency soak train eval golden clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,9 @@ bench-model: venv
 
 bench-decode: venv
 	$(PY) -m bench.decode
+
+bench-floors: venv
+	$(PY) -m bench.floors
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -70,26 +70,32 @@ def _encode_answer(data: bytes) -> Callable[[], bytes]:
         timings={"queue_wait_ms": 1.25, "model_ms": 3.5}, produced_at_ms=1_700_000_000_000))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=31, help="interleaved rounds (median)")
-    parser.add_argument("--number", type=int, default=200, help="calls per function a round")
-    args = parser.parse_args(argv)
-    data, limits = demo_request(), DEFAULT_LIMITS
-    if parse_typed(data, limits) is None:
-        raise SystemExit("the demo request does not take the typed path: a bug")
-    shape = msgpack.unpackb(data)
-    print(f"demo request: {len(data)} bytes, {len(shape['history'])} history items, "
-          f"{len(shape['candidates'])} candidates; median of {args.rounds} rounds x "
-          f"{args.number} calls")
-    times = median_us({
+def measure(data: bytes, rounds: int = 31, number: int = 200) -> dict[str, float]:
+    """Median us per call of each way to read `data` (and to answer it), interleaved."""
+    limits = DEFAULT_LIMITS
+    return median_us({
         "msgpack.unpackb alone": lambda: msgpack.unpackb(data),
         "untyped decode + validate": lambda: validate_request(
             codec.decode_request_bytes(data, limits), limits),
         "parse_typed": lambda: parse_typed(data, limits),
         "parse_request": lambda: parse_request(data, limits),
         "build_result + encode_result": _encode_answer(data),
-    }, args.rounds, args.number)
+    }, rounds, number)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=31, help="interleaved rounds (median)")
+    parser.add_argument("--number", type=int, default=200, help="calls per function a round")
+    args = parser.parse_args(argv)
+    data = demo_request()
+    if parse_typed(data, DEFAULT_LIMITS) is None:
+        raise SystemExit("the demo request does not take the typed path: a bug")
+    shape = msgpack.unpackb(data)
+    print(f"demo request: {len(data)} bytes, {len(shape['history'])} history items, "
+          f"{len(shape['candidates'])} candidates; median of {args.rounds} rounds x "
+          f"{args.number} calls")
+    times = measure(data, args.rounds, args.number)
     base = times["msgpack.unpackb alone"]
     for name, us in times.items():
         print(f"  {name:30s} {us:8.1f} us  {us / base:5.2f}x unpackb")

@@ -13,6 +13,9 @@ In one run, on this machine, with the embedded broker:
   5. large candidate sets (`bench.candidates`): the reference layout's rows vs the cached
      context at N = 8, 64, 256, 1024 on both configs, and one phase through Kafka with
      256-candidate requests;
+  6. the host floors (`bench.floors`): a plain aiokafka echo loop, the worker's Faust app
+     passing requests through, the worker with a precomputed model output; and decode +
+     validate of one demo request against `msgpack.unpackb` (`bench.decode`);
 then checks the targets and writes `bench/results.json` and `bench/results.md`.
 Ratios are meaningful within one run; absolute figures depend on the machine and its load.
 """
@@ -35,6 +38,8 @@ from typing import Callable
 import numpy as np
 
 from bench.candidates import run as run_candidates, table as candidates_table
+from bench.decode import demo_request, measure as measure_decode
+from bench.floors import process_us, run as run_floors, table as floors_table
 from bench.model import CONFIGS, bench_batch, bench_config, environment
 from phoenix.config import RankerConfig
 from phoenix.runner import RankingRunner
@@ -65,6 +70,7 @@ class BenchConfig:
     wide_requests: int = 600  # the 256-candidate phase
     wide_candidates: int = 256
     assembly_requests: int = 256
+    floor_messages: int = 6000  # per host floor (bench.floors)
     model_repeats: int = 5
     model_min_time_s: float = 0.2
 
@@ -152,7 +158,8 @@ async def run_kafka(settings: Settings, cfg: BenchConfig,
                                 names["naive-dead-letters"], cfg.checkpoint)
         print(f"naive baseline: {naive['req_per_s']:.1f} req/s over {naive['requests']} requests",
               flush=True)
-    return {"worker_ready_s": worker.ready_after_s, "partitions": partitions,
+        floors = await run_floors(broker, cfg.checkpoint, partitions, cfg.floor_messages)
+    return {"floors": floors, "worker_ready_s": worker.ready_after_s, "partitions": partitions,
             "compilations_at_ready": at_ready.compilations,
             "compilations_at_end": at_end.compilations, "duplicate_results": duplicates,
             "model_alone_around_max_req_per_s": [model_before, model_after],
@@ -206,6 +213,24 @@ def candidate_targets(rows: list[dict]) -> list[Target]:
     out.append(Target("demo: one 1024-candidate request, cached / multi-row latency",
                       by["demo", 1024]["latency_ratio"], 0.25, False, "x"))
     return out
+
+
+def host_targets(kafka: dict, decode_us: dict[str, float]) -> list[Target]:
+    """The host path against the plain aiokafka echo loop (floor a), same run."""
+    echo, passthrough, ceiling = kafka["floors"]
+    worker_python = next(p for p in kafka["phases"] if p["phase"] == "max")[
+        "cpu_us_per_request"]["worker python threads"]
+    return [
+        Target("Faust pass-through (b) / aiokafka echo (a), CPU per message",
+               process_us(passthrough) / process_us(echo), 2.0, False, "x"),
+        Target("worker Python CPU per request at max load / aiokafka echo (a) CPU per message",
+               worker_python / process_us(echo), 4.0, False, "x"),
+        Target("decode + validate (parse_request) / msgpack.unpackb, demo request",
+               decode_us["parse_request"] / decode_us["msgpack.unpackb alone"], 1.0, False,
+               "x"),
+        Target("host ceiling (c) / aiokafka echo (a), messages/s",
+               ceiling["msgs_per_s"] / echo["msgs_per_s"], 0.5, True, "x"),
+    ]
 
 
 def targets(kafka: dict, assembly: dict, max_batch: int) -> list[Target]:
@@ -297,6 +322,15 @@ def report(results: dict) -> str:
             "", markdown_table(["load", "to batch", "in worker", "to consumer"],
                                [[p["phase"], *p["latency_segments_ms"].values()]
                                 for p in kafka["phases"]])]
+    out += ["", "## Host floors (no model)", "",
+            "The same demo requests through (a) a plain aiokafka echo loop, (b) the worker's "
+            "Faust app and agent loop passing each request through as its reply, (c) the "
+            "worker with the model call returning a precomputed output; CPU per message of "
+            "each process (the floor's, the broker, this load generator):", ""]
+    out.append(floors_table(kafka["floors"]))
+    d = results["decode_us"]
+    out += ["", "Decode + validate of one demo request (median us, this thread's CPU): "
+                + ", ".join(f"{k} {v:.1f}" for k, v in d.items()) + "."]
     out += ["", "## Large candidate sets", "",
             "Per request of N candidates: the reference layout's ceil(N/C) rows, each with the "
             "user and history again, in calls of up to 64 rows, plus the step that ranked a "
@@ -352,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{assembly['model_ms']:.2f} ms ({assembly['ratio']:.1%})", flush=True)
     profile = profile_batch_path(pipeline, records, settings.max_batch_size)
     del pipeline  # its JAX buffers and threads are not needed while the worker runs
+    decode_us = measure_decode(demo_request())
+    print(f"decode: {decode_us}", flush=True)
     print("== large candidate sets", flush=True)
     large = run_candidates(repeats=cfg.model_repeats, min_time=cfg.model_min_time_s)
 
@@ -364,13 +400,13 @@ def main(argv: list[str] | None = None) -> int:
             "max_batch_size", "max_batch_wait_ms", "fetch_max_wait_ms", "batch_buckets",
             "partitions")},
         "model_alone": model_rows, "assembly": assembly, "profile": profile,
-        "large_candidates": large,
+        "large_candidates": large, "decode_us": decode_us,
         "end_to_end": kafka, "worker_breakdown": worker_breakdown(max_phase),
         "path_breakdown": path_breakdown(profile, max_phase, settings.max_batch_size),
     }
     results["targets"] = [t.to_json() for t in targets(kafka, assembly,
                                                         settings.max_batch_size)
-                          + candidate_targets(large)]
+                          + host_targets(kafka, decode_us) + candidate_targets(large)]
     results["duration_s"] = time.time() - started
     table = report(results)
     print("\n" + table)
