@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+import msgspec
 import numpy as np
 
 from phoenix.actions import ACTION_NAMES
@@ -175,8 +176,22 @@ def _to_builtin(obj: Any) -> Any:
                     "int/float/str/bytes/list/dict first")
 
 
+# msgspec writes the same bytes as msgpack.packb(use_bin_type=True) in about half the time.
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_to_builtin)
+
+
 def _pack(obj: dict) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True, default=_to_builtin)
+    return _ENCODER.encode(obj)
+
+
+# One ranked candidate of a result as the encoder takes it: structs encode to exactly the maps
+# the result schema describes (fields in this order), and filling one from a row's values is
+# several times cheaper than building the two dicts per candidate.
+Probabilities = msgspec.defstruct("Probabilities", [(name, float) for name in ACTION_NAMES],
+                                  gc=False)
+RankedCandidate = msgspec.defstruct(
+    "RankedCandidate", [("post_id", int), ("author_id", int), ("score", float),
+                        ("probabilities", Probabilities)], gc=False)
 
 
 def encode_request(request: dict) -> bytes:
@@ -197,11 +212,11 @@ def build_result(request: "RankingRequest", order: np.ndarray, scores: np.ndarra
                  timings: dict[str, float], produced_at_ms: int) -> dict:
     """The ranking-result.v1 dict: the request's candidates in `order` (best first, `[c]`
     candidate indices), cut to its top_k, with their final `scores` `[c]` and per-action
-    `probabilities` `[c, A]`; `timings` in ms, rounded to microseconds."""
+    `probabilities` `[c, A]`; `timings` in ms, rounded to microseconds. Ranked entries are
+    `RankedCandidate` structs, which `encode_result` writes as the schema's maps."""
     order = order[: request.top_k] if request.top_k else order  # [k]
     ranked = [
-        {"post_id": post, "author_id": author, "score": score,
-         "probabilities": dict(zip(ACTION_NAMES, probs))}
+        RankedCandidate(post, author, score, Probabilities(*probs))
         for post, author, score, probs in zip(
             request.candidate_post_ids[order].tolist(),
             request.candidate_author_ids[order].tolist(),
