@@ -48,10 +48,10 @@ TAKE = 64  # records per getmany / noack_take: the worker's max batch
 
 async def echo(bootstrap: str, source: str, sink: str, group: str) -> None:
     """(a): consume, send one reply per record, wait for the acks, commit; forever."""
-    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=group,
+    consumer = AIOKafkaConsumer(source, **connection(bootstrap), group_id=group,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 fetch_max_wait_ms=10)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0,
+    producer = AIOKafkaProducer(**connection(bootstrap), acks="all", linger_ms=0,
                                 max_batch_size=256 * 1024)
     await consumer.start()
     await producer.start()
