@@ -57,6 +57,23 @@ def test_results_match_the_runner_called_directly(pipeline, runner):
         assert outcome.key == codec.user_key(request.user_id)
 
 
+def test_swap_runner_serves_the_new_model_from_the_next_batch(runner):
+    pipeline = RankingPipeline.create(runner, BUCKETS, worker_id="w-swap")
+    records = records_for(list(generate_events(seed=12, count=6)))
+
+    def ranked(batch):
+        results = [codec.decode_message(o.value) for o in batch.outcomes]
+        return ({r["model_version"] for r in results},
+                [[c["score"] for c in r["ranked"]] for r in results])
+
+    before_versions, before = ranked(pipeline.process(pipeline.decode(records)))
+    new = RankingRunner.create(seed=4, model_version="test-v2")
+    assert pipeline.swap_runner(new) is runner
+    after_versions, after = ranked(pipeline.process(pipeline.decode(records)))
+    assert (before_versions, after_versions) == ({"test-v1"}, {"test-v2"})
+    assert before != after
+
+
 def test_every_bad_kind_is_dead_lettered_with_its_code(pipeline):
     events = list(generate_events(seed=5, count=4 * len(BAD_EVENT_KINDS), bad_fraction=0.5))
     records = records_for(events)

@@ -616,6 +616,77 @@ def test_a_rebalance_while_the_inline_fetch_path_delivers_under_load_loses_nothi
     assert steady.proc.poll() is None
 
 
+def _publish_checkpoint(directory, name: str, write) -> None:
+    """Writes a checkpoint beside the others, then renames it in: the watcher never sees half."""
+    temporary = directory / f".{name}.partial"
+    write(temporary)
+    temporary.replace(directory / name)
+
+
+@pytest.mark.timeout(300)
+def test_live_rollout_swaps_a_good_checkpoint_and_refuses_a_corrupt_one_under_load(
+        kafka, spawn, tmp_path):
+    from phoenix.runner import RankingRunner
+    from tests.worker_harness import DEMO_CHECKPOINT
+
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    first = RankingRunner.from_checkpoint(DEMO_CHECKPOINT)
+    first.model_version = "rollout-v1"
+    _publish_checkpoint(versions, "v1.npz", first.save)
+    topics = WorkerTopics.create(kafka, partitions=2)
+    worker = spawn(kafka.bootstrap, topics, partitions=2, extra_args=(
+        "--checkpoint", str(versions), "--checkpoint-poll-s", "0.5")).start()
+    worker.wait_ready()
+    messages = valid_requests(seed=92, count=2400)  # 24 s at 100/s
+    with Collector(kafka.bootstrap, topics) as collector:
+        load = Load(kafka.bootstrap, topics.requests, messages, rate=100).start()
+        time.sleep(3.0)
+        second = RankingRunner.create(first.config, seed=5, model_version="rollout-v2")
+        swap_s = time.time()
+        _publish_checkpoint(versions, "v2.npz", second.save)
+        collector.wait_for(lambda answers: any(a.message.get("model_version") == "rollout-v2"
+                                               for a in answers), 90, "a result from v2")
+        swapped_s = time.time()
+        _publish_checkpoint(versions, "v3.npz", lambda path: path.write_bytes(
+            (versions / "v2.npz").read_bytes()[:5000]))  # truncated: a broken copy
+        deadline = time.monotonic() + 60
+        while (worker.metric("ranker_model_load_failures_total") < 1
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+        load.join()
+        assert not load.failed, load.failed[:3]
+        sent = {s.message.request_id: s for s in load.acked}
+        answers = collector.wait_for_ids(set(sent), timeout_s=90)
+    served = {a.request_id: a.message["model_version"] for a in answers}
+    assert set(served) == set(sent)  # nothing lost
+    assert set(served.values()) == {"rollout-v1", "rollout-v2"}  # v3 never served
+    for partition in {s.partition for s in sent.values()}:
+        in_order = [served[r] for r, s in sorted(sent.items(), key=lambda kv: kv[1].offset)
+                    if s.partition == partition]
+        switched = in_order.index("rollout-v2") if "rollout-v2" in in_order else len(in_order)
+        assert set(in_order[switched:]) <= {"rollout-v2"}, f"partition {partition}: v1 after v2"
+    assert worker.metric("ranker_model_load_failures_total") == 1
+    assert worker.metric('ranker_model_info{version="rollout-v2"}') == 1
+    assert worker.metric('ranker_model_info{version="rollout-v1"}') == 0
+    log = full_log(worker)
+    assert "refused the new checkpoint" in log and "v3.npz" in log
+    assert worker.proc.poll() is None
+
+    def longest_gap_ms(start_s: float, end_s: float) -> float:
+        # The messages were encoded before the load began, so their timestamps say nothing
+        # about latency here; a stall in serving shows as a gap between results instead.
+        produced = sorted(a.message["produced_at_ms"] for a in answers if not a.dead_letter
+                          and start_s * 1000 <= a.message["produced_at_ms"] < end_s * 1000)
+        return float(np.max(np.diff(produced))) if len(produced) > 1 else float("nan")
+
+    print(f"\nlive rollout: {len(sent)} requests at 100/s, 0 lost; v2 served "
+          f"{swapped_s - swap_s:.1f} s after it was written; longest gap between two results "
+          f"{longest_gap_ms(swap_s - 3, swap_s):.0f} ms in the 3 s before, "
+          f"{longest_gap_ms(swap_s, swapped_s + 1):.0f} ms while loading, compiling and "
+          "swapping; the truncated v3 was refused")
+
+
 # ---- 5. slow model call -----------------------------------------------------------------------
 
 

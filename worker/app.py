@@ -29,7 +29,8 @@ from worker.kafka_tuning import ConsumerTuning, TunedApp
 from worker.lifecycle import BoundedStopWorker, stop_for_bug
 from worker.monitoring import HealthServer, WorkerMetrics
 from worker.pipeline import RankingPipeline
-from worker.serving import build_pipeline, cache_summary, configure_jax
+from worker.rollout import CheckpointWatcher, RolloutError
+from worker.serving import RANDOM_CHECKPOINT, build_pipeline, cache_summary, configure_jax
 from worker.settings import Settings
 
 log = logging.getLogger("worker")
@@ -104,6 +105,34 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         finally:
             await handler.close()  # stopping: let the batches in flight finish
 
+    if settings.checkpoint_poll_s > 0 and settings.checkpoint != RANDOM_CHECKPOINT:
+        watcher = CheckpointWatcher(settings.checkpoint, lambda: pipeline.runner,
+                                    pipeline.assembler.buckets.shapes())
+        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
+
+        @app.timer(settings.checkpoint_poll_s)
+        async def roll_out():
+            # Load, check and compile beside the serving model, then swap on the ranker
+            # thread: between two batches, so each batch is ranked by one version only.
+            path = watcher.poll()
+            if path is None:
+                return
+            loop = asyncio.get_running_loop()
+            serving = pipeline.runner.model_version
+            log.info("new checkpoint %s: loading, checking and compiling it", path)
+            try:
+                candidate = await loop.run_in_executor(loader, watcher.prepare, path)
+            except RolloutError as error:
+                metrics.model_load_failures.inc()
+                log.error("refused the new checkpoint: %s; model %s keeps serving", error,
+                          serving)
+                return
+            old = await loop.run_in_executor(executor, pipeline.swap_runner, candidate.runner)
+            metrics.model_info.remove(old.model_version)
+            metrics.model_info.labels(candidate.runner.model_version).set(1)
+            log.info("model %s from %s serves from the next batch on (was %s)",
+                     candidate.runner.model_version, path, old.model_version)
+
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs):
         state.assigned = False
@@ -161,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s", cache_summary(pipeline, settings.cache_budget_mb))
     pipeline.warmup()
     state.compiled = True
+    metrics.model_info.labels(pipeline.runner.model_version).set(1)
     metrics.compilations.set(compilations.count())
     log.info("model %s on %s: %d compilations (%.1f s), ready %.1f s after start",
              pipeline.runner.model_version, backend, compilations.count(),

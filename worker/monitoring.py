@@ -48,6 +48,11 @@ class WorkerMetrics:
             "ranker_fetch_deliveries", "Records handed from the fetch loop to the stream so far, "
             "by path: inline (no task) or waited (blocked, interruptible by a rebalance)",
             ["path"], registry=r)
+        self.model_info = Gauge("ranker_model_info", "1 for the model version serving",
+                                ["version"], registry=r)
+        self.model_load_failures = Counter(
+            "ranker_model_load_failures", "New checkpoints refused (the serving model kept)",
+            registry=r)
         self.ready = Gauge("ranker_ready", "1 when compiled and assigned", registry=r)
         self.breaker_open = Gauge("ranker_breaker_open",
                                   "1 while the dead-letter circuit breaker has stopped "

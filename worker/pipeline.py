@@ -126,6 +126,12 @@ class RankingPipeline:
                       runner.dtype.itemsize)
         return cls(runner, Assembler(runner.config, buckets), limits, worker_id, max_age_ms)
 
+    def swap_runner(self, runner: RankingRunner) -> RankingRunner:
+        """Serve `runner` (same config) from the next batch on; returns the one replaced.
+        Call it on the thread that runs `process`, so that it falls between two batches."""
+        old, self.runner = self.runner, runner
+        return old
+
     def warmup(self) -> None:
         """Compile every bucket shape before the worker takes traffic."""
         self.runner.warmup(self.assembler.buckets.shapes())

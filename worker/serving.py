@@ -10,10 +10,12 @@ import os
 
 import jax
 
+from phoenix.checkpoint import CheckpointError
 from phoenix.runner import RankingRunner
 from phoenix.model import context_cache_bytes
 from worker.assembly import MIB, Buckets, widths_for
 from worker.pipeline import RankingPipeline
+from worker.rollout import CHECKPOINT_SUFFIX, newest_checkpoint
 from worker.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -39,10 +41,15 @@ def configure_jax(settings: Settings) -> str:
 
 
 def load_runner(checkpoint: str) -> RankingRunner:
-    """The model of a checkpoint path; `random` is a fresh seed-0 model (no training)."""
+    """The model of a checkpoint file or the newest in a directory of versions; `random` is
+    a fresh seed-0 model (no training)."""
     if checkpoint == RANDOM_CHECKPOINT:
         return RankingRunner.create(seed=0)
-    return RankingRunner.from_checkpoint(checkpoint)
+    path = newest_checkpoint(checkpoint)
+    if path is None and os.path.isdir(checkpoint):
+        raise CheckpointError(f"{checkpoint}: no *{CHECKPOINT_SUFFIX} checkpoint in this "
+                              "directory")
+    return RankingRunner.from_checkpoint(path or checkpoint)
 
 
 def buckets_for(settings: Settings, runner: RankingRunner) -> Buckets:

@@ -79,7 +79,10 @@ class Settings:
         (), "candidate widths compiled (default: C, 2C, 4C, ... up to max_candidates)")
     cache_budget_mb: float = _setting(256.0, "most cached user+history keys/values one model "
                                       "call may hold, MiB (start-up fails if over)")
-    checkpoint: str = _setting("checkpoints/demo.npz", "model checkpoint; 'random' = fresh model")
+    checkpoint: str = _setting("checkpoints/demo.npz", "model checkpoint file, or a directory "
+                               "of versions (the newest serves); 'random' = fresh model")
+    checkpoint_poll_s: float = _setting(
+        5.0, "seconds between looks for a new checkpoint version to load live (0 = never)")
     device: str = _setting("auto", "auto, cpu or gpu")
     jax_cache_dir: str = _setting(".cache/jax", "persistent compilation cache ('' = off)")
     max_age_ms: int = _setting(0, "dead-letter requests older than this (0 = never)")
@@ -98,6 +101,7 @@ class Settings:
         checks = [
             (self.max_batch_size >= 1, "max_batch_size must be >= 1"),
             (self.max_batch_wait_ms >= 0, "max_batch_wait_ms must be >= 0"),
+            (self.checkpoint_poll_s >= 0, "checkpoint_poll_s must be >= 0 (0 = never)"),
             (self.partitions >= 1, "partitions must be >= 1"),
             (self.fetch_max_wait_ms >= 1, "fetch_max_wait_ms must be >= 1 (0 busy-polls the broker)"),
             (self.processing_guarantee in ("at_least_once", "exactly_once"),
