@@ -304,27 +304,29 @@ def http_status(url: str) -> int:
 
 def worker_uids(cid: str) -> set[int]:
     """uids of the container's processes running `worker.app`, as the host kernel sees them."""
-    out = run(["docker", "top", cid, "-eo", "uid,args"]).stdout.splitlines()[1:]
-    return {int(line.split(None, 1)[0]) for line in out if "worker.app" in line}
+    out = run(["docker", "top", cid, "-eo", "pid,uid,args"]).stdout.splitlines()[1:]
+    return {int(line.split(None, 2)[1]) for line in out if "worker.app" in line}
 
 
 def read_answers(stack: Stack, expected: int) -> tuple[set[str], int, int]:
-    """(request ids answered with a result, results read, dead letters read), through the
-    viewer service reading both output topics from their start."""
+    """(request ids answered with a result, distinct results, distinct dead letters), through
+    the viewer service reading both output topics from their start. Distinct: a request
+    answered twice (at-least-once) must not hide one never answered."""
     out = stack("run", "--rm", "--no-deps", "-T", "results", "python", "-m", "tools.viewer",
                 "--bootstrap", "kafka:9092", "--json", "--count", str(expected),
                 "--idle-timeout-s", "60", timeout=VIEWER_TIMEOUT_S)
-    ids, results, dead = set(), 0, 0
+    ids: set[str] = set()
+    dead: set[tuple[str, int, int]] = set()  # a malformed request may have no usable id
     for line in out.stdout.splitlines():
         if not line.startswith("{"):
             continue  # compose's own lines and the viewer's summary
         message = json.loads(line)
         if "error" in message and "source" in message:
-            dead += 1
+            source = message["source"]
+            dead.add((source["topic"], source["partition"], source["offset"]))
         else:
-            results += 1
             ids.add(message["request_id"])
-    return ids, results, dead
+    return ids, len(ids), len(dead)
 
 
 # ----------------------------------------------------------------------------- main
@@ -383,6 +385,8 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
         sent = producer_count() + args.host_requests
         ids, results, dead = read_answers(stack, sent)
         host_answered = len(host_ids & ids)
+        say(f"read {results} results and {dead} dead letters; {host_answered} of the "
+            f"{len(host_ids)} host requests answered")
         timings.phase("answers read", t)
         uids = worker_uids(stack.container("worker"))
         ready, metrics = http_status(f"{METRICS}/ready"), http_status(f"{METRICS}/metrics")
