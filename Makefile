@@ -61,6 +61,6 @@ bench-latency: venv
 
 # Builds the images and runs docker-compose.yml for real with the embedded broker standing in for
 # Apache Kafka (docker-compose.embedded-broker.yml); not part of `make test`. Needs Docker Engine
-# and Compose, and installs neither: it says how to get them. Cold ~6 min, warm ~2 min (README).
+# and Compose, and installs neither: it says how to get them. 2 cores: ~13 min cold, ~3 min warm.
 compose-smoke: venv
 	$(PY) -m tools.compose_smoke

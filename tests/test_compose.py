@@ -1,12 +1,13 @@
 """The docker-compose demo stack and its Dockerfile, checked without a Docker engine.
 
-No engine runs on the machines here, so the image is never built and the stack never started.
-These tests read `docker-compose.yml` and `Dockerfile` as data and check their wiring against
-the code they must agree with: topic names (`worker.topics`), setting names and values
-(`worker.settings.Settings`, loaded from the compose environment exactly as the worker would),
-the broker address, health-check ordering and the GPU reservation. When a compose CLI is
-installed (`docker compose` or the older `docker-compose`), one more test has it validate the
-file against the Compose schema and resolve its variables.
+Building the image and starting the stack is `make compose-smoke` (tools/compose_smoke.py), which
+needs a Docker engine; these tests need none. They read `docker-compose.yml`, its embedded-broker
+override and `Dockerfile` as data and check their wiring against the code they must agree with:
+topic names (`worker.topics`), setting names and values (`worker.settings.Settings`, loaded from
+the compose environment exactly as the worker would), the broker address and listeners,
+health-check ordering and the GPU reservation. When a compose CLI is installed (`docker compose`
+or the older `docker-compose`), one more test has it validate both files against the Compose
+schema and resolve their variables.
 """
 
 from __future__ import annotations

@@ -57,5 +57,8 @@ def test_default_base_image_is_the_dockerfiles() -> None:
     assert compose_smoke.default_base_image().startswith("python:3.11.")
 
 
-def test_producer_count_comes_from_the_compose_file() -> None:
-    assert compose_smoke.producer_count() == 2000
+def test_producer_plan_comes_from_the_compose_file() -> None:
+    count, codes = compose_smoke.producer_plan()
+    assert count == 2000
+    # --bad-fraction 0.05: about 100 malformed requests, each with the code it must get.
+    assert 50 < sum(codes.values()) < 150 and "invalid" in codes

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import threading
 import concurrent.futures
 import contextlib
 import ctypes
@@ -26,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Coroutine, Iterable
 from pathlib import Path

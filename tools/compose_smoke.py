@@ -17,6 +17,7 @@ timeout, and the stack goes down whatever happens. The last line is the summary.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -157,7 +158,7 @@ def build_local_debian() -> None:
     mirror = apt_mirror()
     with tempfile.TemporaryDirectory(prefix="phoenix-debian-") as tmp:
         root = Path(tmp) / "root"
-        say(f"debootstrap --variant=minbase bookworm from {mirror} (about 30 s)")
+        say(f"debootstrap --variant=minbase bookworm from {mirror} (a minute or two)")
         run([debootstrap, "--variant=minbase", "bookworm", str(root), mirror], timeout=900)
         # Downloaded .debs and package lists are not part of the image.
         for leftover in (root / "var/cache/apt/archives").glob("*.deb"):
@@ -283,13 +284,24 @@ class Stack:
         return [f"container {c}" for c in containers] + [f"network {n}" for n in networks]
 
 
-def producer_count() -> int:
-    """`--count` of the producer service's own command in docker-compose.yml."""
+def producer_plan() -> tuple[int, collections.Counter[str]]:
+    """(requests, dead-letter codes expected) of the producer service's own command in
+    docker-compose.yml: the producer's events are a function of its arguments."""
     import yaml  # the test extra, installed with the project's venv
+
+    from tools.producer import _parser, generate_events
+    from training.world import WorldConfig
 
     service = yaml.safe_load((ROOT / COMPOSE_FILES[0]).read_text())["services"]["producer"]
     argv = [str(part) for part in service["command"]]
-    return int(argv[argv.index("--count") + 1])
+    args = _parser().parse_args(argv[argv.index("tools.producer") + 1:])
+    events = generate_events(args.seed, args.count, source=args.source,
+                             bad_fraction=args.bad_fraction,
+                             world_config=WorldConfig(seed=args.world_seed),
+                             too_large_bytes=args.too_large_bytes, candidates=args.candidates)
+    codes = collections.Counter(code for event in events
+                                if (code := event.expected_code) is not None)
+    return args.count, codes
 
 
 def http_status(url: str) -> int:
@@ -308,25 +320,26 @@ def worker_uids(cid: str) -> set[int]:
     return {int(line.split(None, 2)[1]) for line in out if "worker.app" in line}
 
 
-def read_answers(stack: Stack, expected: int) -> tuple[set[str], int, int]:
-    """(request ids answered with a result, distinct results, distinct dead letters), through
-    the viewer service reading both output topics from their start. Distinct: a request
+def read_answers(stack: Stack, expected: int) -> tuple[set[str], collections.Counter[str]]:
+    """(request ids answered with a result, dead-letter codes), each answer counted once,
+    through the viewer service reading both output topics from their start. Once: a request
     answered twice (at-least-once) must not hide one never answered."""
     out = stack("run", "--rm", "--no-deps", "-T", "results", "python", "-m", "tools.viewer",
                 "--bootstrap", "kafka:9092", "--json", "--count", str(expected),
                 "--idle-timeout-s", "60", timeout=VIEWER_TIMEOUT_S)
     ids: set[str] = set()
-    dead: set[tuple[str, int, int]] = set()  # a malformed request may have no usable id
+    dead: dict[tuple[str, int, int], str] = {}  # a malformed request may have no usable id
     for line in out.stdout.splitlines():
         if not line.startswith("{"):
             continue  # compose's own lines and the viewer's summary
         message = json.loads(line)
         if "error" in message and "source" in message:
             source = message["source"]
-            dead.add((source["topic"], source["partition"], source["offset"]))
+            dead[(source["topic"], source["partition"], source["offset"])] = \
+                message["error"]["code"]
         else:
             ids.add(message["request_id"])
-    return ids, len(ids), len(dead)
+    return ids, collections.Counter(dead.values())
 
 
 # ----------------------------------------------------------------------------- main
@@ -382,8 +395,10 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
         timings.phase("requests sent", t)
 
         t = time.monotonic()
-        sent = producer_count() + args.host_requests
-        ids, results, dead = read_answers(stack, sent)
+        produced, expected_codes = producer_plan()
+        sent = produced + args.host_requests
+        ids, codes = read_answers(stack, sent)
+        results, dead = len(ids), sum(codes.values())
         host_answered = len(host_ids & ids)
         say(f"read {results} results and {dead} dead letters; {host_answered} of the "
             f"{len(host_ids)} host requests answered")
@@ -404,6 +419,9 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
     problems = []
     if answered != sent:
         problems.append(f"{answered}/{sent} requests answered")
+    if codes != expected_codes:
+        problems.append(f"dead letters {dict(codes)}, the producer's malformed requests "
+                        f"{dict(expected_codes)}")
     if host_answered != args.host_requests:
         problems.append(f"host producer {host_answered}/{args.host_requests} answered")
     if uids != {WORKER_UID}:
@@ -415,7 +433,8 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
     say(f"timings: {timings.line()}")
     verdict = "FAILED: " + "; ".join(problems) + ": " if problems else "OK: "
     return (f"compose-smoke: {verdict}{answered}/{sent} requests answered ({results} results, "
-            f"{dead} dead letters), worker uid {','.join(map(str, sorted(uids)))}, "
+            f"{dead} dead letters{', codes as sent' if codes == expected_codes else ''}), "
+            f"worker uid {','.join(map(str, sorted(uids)))}, "
             f"/ready {ready}, /metrics {metrics}, host producer {host_answered}/"
             f"{args.host_requests}, down {'clean' if not left else 'NOT clean'}, "
             f"{timings.total:.0f} s")
