@@ -9,19 +9,25 @@ compact-encoded Metadata).
 from __future__ import annotations
 
 import asyncio
+import signal
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import consume_async, produce_async
 from tests.librdkafka_helpers import librdkafka_producer
 from tests.librdkafka_helpers import produce as librdkafka_produce
+from tools import topics as topics_cli
 from tools.broker import EmbeddedBroker, free_port
 from tools.listener_proxy import FIND_COORDINATOR, METADATA, ListenerProxy, rewrite_response
-from worker.topics import ensure_topics, partition_counts
+from worker.topics import DEFAULT_TOPICS, ensure_topics, partition_counts
 
 pytestmark = pytest.mark.kafka
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +85,34 @@ def test_other_answers_pass_unchanged() -> None:
     rewritten = rewrite_response(METADATA, 0, metadata_v0, "localhost", 29092)
     assert rewritten.endswith(_string(b"localhost", False) + struct.pack(">i", 29092)
                               + b"topics...")
+
+
+def test_broker_cli_serves_a_second_listener_and_creates_no_topics() -> None:
+    port, host_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tools.broker", "--port", str(port), "--advertise",
+         "unreachable.invalid:9", "--listener", f"127.0.0.1:{host_port}=127.0.0.1:{host_port}",
+         "--no-topics"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()  # blocks until ready (or exit: empty string)
+        assert f"listener 127.0.0.1:{host_port} advertised as 127.0.0.1:{host_port}" in banner
+        assert "topics none" in banner
+        bootstrap = f"127.0.0.1:{host_port}"
+        assert asyncio.run(partition_counts(bootstrap, list(DEFAULT_TOPICS))) == {}
+        assert topics_cli.main(["--bootstrap-server", bootstrap, "--create", "--topic",
+                                "cli-made", "--partitions", "3"]) == 0
+        assert asyncio.run(partition_counts(bootstrap, ["cli-made"])) == {"cli-made": 3}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_broker_cli_rejects_a_malformed_listener() -> None:
+    done = subprocess.run([sys.executable, "-m", "tools.broker", "--listener", "29092"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "BIND:PORT=HOST:PORT" in done.stderr

@@ -64,11 +64,11 @@ def say(text: str) -> None:
     print(f"compose-smoke: {text}", flush=True)
 
 
-def run(argv: Sequence[str], *, timeout: float = 300.0, check: bool = True, quiet: bool = True,
-        input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(argv: Sequence[str], *, timeout: float = 300.0, check: bool = True,
+        quiet: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a command; with `quiet`, its output is captured (and shown only when it fails)."""
     try:
-        done = subprocess.run(list(argv), cwd=ROOT, text=True, timeout=timeout, input=input_text,
+        done = subprocess.run(list(argv), cwd=ROOT, text=True, timeout=timeout,
                               stdout=subprocess.PIPE if quiet else None,
                               stderr=subprocess.STDOUT if quiet else None)
     except subprocess.TimeoutExpired as exc:
