@@ -5,7 +5,8 @@ service's (`kafka:9092`), which the host cannot resolve; Kafka solves this with 
 listener that advertises `localhost:29092`. This proxy is that second listener: it accepts
 Kafka connections, forwards every frame to the broker unchanged, and rewrites the broker
 address in the two answers that carry one (Metadata and FindCoordinator), so a client that
-bootstrapped here keeps talking here. Every other answer passes through byte for byte.
+bootstrapped here keeps talking here. Every other answer passes through byte for byte
+(DescribeCluster too: neither aiokafka nor librdkafka's producer and consumer use it).
 
     proxy = ListenerProxy(("0.0.0.0", 29092), upstream=("127.0.0.1", 9092),
                           advertised=("localhost", 29092))
