@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo broker produce results bench-model bench bench-decode bench-floors bench-latency soak train eval golden clean
+.PHONY: venv test test-fast demo broker produce results bench-model bench bench-decode bench-floors bench-latency soak train eval golden clean compose-smoke
 
 venv: $(STAMP)
 
@@ -61,3 +61,9 @@ bench: venv
 
 bench-latency: venv
 	$(PY) -m bench.consumer_latency
+
+# Builds the images and runs docker-compose.yml for real with the embedded broker standing in for
+# Apache Kafka (docker-compose.embedded-broker.yml); not part of `make test`. Needs Docker Engine
+# and Compose, and installs neither: it says how to get them. 2 cores: ~13 min cold, ~3 min warm.
+compose-smoke: venv
+	$(PY) -m tools.compose_smoke

