@@ -18,6 +18,5 @@ def test_every_setting_is_documented_with_its_default():
         row = next((line for line in README.splitlines()
                     if line.startswith(f"| `{Settings.env_name(field.name)}` |")), None)
         assert row is not None, f"README lacks a row for {Settings.env_name(field.name)}"
-        default = field.default
-        shown = ",".join(map(str, default)) or "(C)" if isinstance(default, tuple) else default
+        shown = Settings.default_text(field)  # as `--help` shows it
         assert f"`{shown}`" in row, f"README shows a stale default for {field.name}"
