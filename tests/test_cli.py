@@ -119,3 +119,19 @@ def test_a_stop_before_serving_is_clean(tmp_path, signum, stage, line):
     assert code == 0, output[-3000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
     assert f"stopped by {signal.Signals(signum).name} before serving" in output
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_while_serving_drains_and_exits_0_without_a_traceback(kafka):
+    from tests.worker_harness import WorkerProcess, WorkerTopics
+
+    worker = WorkerProcess(kafka.bootstrap, WorkerTopics.create(kafka)).start()
+    try:
+        worker.wait_ready()
+        worker.proc.send_signal(signal.SIGINT)
+        code = worker.wait(timeout_s=30)
+        output = worker.log(chars=200_000)
+    finally:
+        worker.close()
+    assert code == 0, output[-3000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
