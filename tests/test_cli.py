@@ -135,3 +135,34 @@ def test_ctrl_c_while_serving_drains_and_exits_0_without_a_traceback(kafka):
         worker.close()
     assert code == 0, output[-3000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+
+
+def _taken_port() -> socket.socket:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    return taken
+
+
+@pytest.mark.parametrize("how", ["flag", "variable"])
+def test_demo_refuses_a_taken_metrics_port_in_one_line_before_starting_anything(how):
+    with _taken_port() as taken:
+        port = taken.getsockname()[1]
+        argv = ["--metrics-port", str(port)] if how == "flag" else []
+        env = {**os.environ, "RANKER_METRICS_PORT": str(port)} if how == "variable" else None
+        run = subprocess.run([sys.executable, "-m", "tools.demo", *argv], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr.startswith(f"demo: error: port {port} is already in use; pick another "
+                                 "with --metrics-port (make demo METRICS_PORT=")
+    assert run.stderr.count("\n") == 1 and "embedded Kafka broker" not in run.stdout
+
+
+def test_broker_refuses_a_taken_port_in_one_line():
+    with _taken_port() as taken:
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "tools.broker", "--port", str(port)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr == (f"broker: error: port {port} on 127.0.0.1 is already in use; pick "
+                          "another with --port (make broker BROKER_PORT=...)\n")

@@ -20,3 +20,23 @@ def test_every_setting_is_documented_with_its_default():
         assert row is not None, f"README lacks a row for {Settings.env_name(field.name)}"
         shown = Settings.default_text(field)  # as `--help` shows it
         assert f"`{shown}`" in row, f"README shows a stale default for {field.name}"
+
+
+DOCS = [Path(__file__).resolve().parents[1] / name
+        for name in ("README.md", "docs/model.md", "schemas/README.md")]
+
+
+def test_docs_link_only_to_files_in_the_repository():
+    """Everything the project relies on is in the project: relative links resolve, and
+    nothing points at specifications kept elsewhere."""
+    import re
+    for doc in DOCS:
+        text = doc.read_text()
+        assert "shared/" not in text, f"{doc.name} points outside the repository"
+        for target in re.findall(r"\]\(([^)#]+)", text):
+            if "://" not in target:
+                assert (doc.parent / target).exists(), f"{doc.name}: broken link {target}"
+
+
+def test_readme_points_to_the_model_contract():
+    assert "](docs/model.md)" in README

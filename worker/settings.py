@@ -61,7 +61,7 @@ class _Parser(argparse.ArgumentParser):
     instead of printing the usage block and exiting from inside a library call."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise SettingsError(f"{message}; {HELP_HINT}")
+        raise SettingsError(f"{message} (`{self.prog} --help` lists every setting)")
 
 
 def flag_name(name: str) -> str:
@@ -220,13 +220,15 @@ class Settings:
 
     @classmethod
     def load(cls, argv: Sequence[str] | None = (), environ: Mapping[str, str] | None = None,
+             *, tool_flags: Sequence[str] = (), prog: str = PROG,
              **overrides: Any) -> "Settings":
         """Defaults < environment < command line < keyword overrides (tests). A flag or a
-        RANKER_* variable that is not a setting raises `SettingsError` naming the closest."""
+        RANKER_* variable that is not a setting raises `SettingsError` naming the closest
+        (among the settings and `tool_flags`, the flags of the tool that passes `argv` on)."""
         environ = os.environ if environ is None else environ
-        args, unknown = cls.parser().parse_known_args(list(argv or ()))
+        args, unknown = cls.parser(prog).parse_known_args(list(argv or ()))
         if unknown:
-            raise SettingsError(_unknown_argument(unknown[0]))
+            raise SettingsError(_unknown_argument(unknown[0], tool_flags, prog))
         _check_variables(environ)
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
@@ -254,14 +256,15 @@ class Settings:
 _METAVARS = {int: "INT", float: "NUMBER", tuple: "N,N,...", str: "TEXT"}
 
 
-def _unknown_argument(argument: str) -> str:
+def _unknown_argument(argument: str, tool_flags: Sequence[str] = (), prog: str = PROG) -> str:
+    hint = f"`{prog} --help` lists them"
     if not argument.startswith("-"):
-        return (f"unexpected argument {argument!r}: settings are given as --flag VALUE; "
-                f"{HELP_HINT}")
+        return f"unexpected argument {argument!r}: options are given as --flag VALUE; {hint}"
     given = argument.split("=", 1)[0]
-    close = _closest(given, [flag_name(field.name) for field in dataclasses.fields(Settings)])
-    hint = f"; did you mean {close}?" if close else ""
-    return f"{given} is not a setting{hint} ({HELP_HINT})"
+    flags = [*tool_flags, *(flag_name(field.name) for field in dataclasses.fields(Settings))]
+    close = _closest(given, flags)
+    suggestion = f"; did you mean {close}?" if close else ""
+    return f"unknown flag {given}{suggestion} ({hint})"
 
 
 def _check_variables(environ: Mapping[str, str]) -> None:
