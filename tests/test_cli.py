@@ -166,3 +166,9 @@ def test_broker_refuses_a_taken_port_in_one_line():
     assert run.returncode == 2, run.stdout + run.stderr
     assert run.stderr == (f"broker: error: port {port} on 127.0.0.1 is already in use; pick "
                           "another with --port (make broker BROKER_PORT=...)\n")
+
+
+def test_buckets_the_model_cannot_run_with_name_the_settings():
+    assert_one_line_user_error(
+        run_worker("--batch-buckets", "8,1", "--metrics-port", "0"),
+        "batch_sizes must be distinct ascending", "RANKER_BATCH_BUCKETS / --batch-buckets")

@@ -31,7 +31,7 @@ from worker.lifecycle import BoundedStopWorker, StartupStop, stop_for_bug, stop_
 from worker.monitoring import HealthServer, WorkerMetrics
 from worker.pipeline import RankingPipeline
 from worker.serving import build_pipeline, cache_summary, configure_jax
-from worker.settings import Settings, SettingsError
+from worker.settings import Settings, SettingsError, flag_name
 
 log = logging.getLogger("worker")
 
@@ -154,6 +154,10 @@ def _start_health(settings: Settings, metrics: WorkerMetrics,
     return health
 
 
+# The settings a bucket ConfigError can come from (its message names the buckets' fields).
+_BUCKET_SETTINGS = ("batch_buckets", "candidate_buckets", "max_candidates", "cache_budget_mb")
+
+
 def _load_pipeline(settings: Settings) -> RankingPipeline:
     try:
         return build_pipeline(settings)
@@ -161,6 +165,9 @@ def _load_pipeline(settings: Settings) -> RankingPipeline:
         raise SettingsError(
             f"cannot load the checkpoint {error}; set RANKER_CHECKPOINT / --checkpoint to a "
             "checkpoint file (`make train` writes one) or to 'random'") from None
+    except ConfigError as error:  # buckets the model or the caps cannot run with
+        names = ", ".join(f"{Settings.env_name(n)} / {flag_name(n)}" for n in _BUCKET_SETTINGS)
+        raise SettingsError(f"{error} (settings: {names})") from None
 
 
 def _ready_model(settings: Settings, started: float, metrics: WorkerMetrics,
@@ -231,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _start_and_serve(settings)
-    except (SettingsError, ConfigError) as error:  # ConfigError: buckets the model can't run
+    except SettingsError as error:
         return _user_error(error)
     except (StartupStop, KeyboardInterrupt) as stop:
         log.info("stopped by %s before serving; nothing was consumed",
