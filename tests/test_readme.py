@@ -40,3 +40,16 @@ def test_docs_link_only_to_files_in_the_repository():
 
 def test_readme_points_to_the_model_contract():
     assert "](docs/model.md)" in README
+
+
+def test_the_demo_ending_quoted_is_what_the_demo_prints():
+    root = Path(__file__).resolve().parents[1]
+    demo = (root / "tools" / "demo.py").read_text()
+    viewer = (root / "tools" / "viewer.py").read_text()
+    quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    ending = quick_start.split("```")[3].strip().splitlines()
+    assert ending[0] == "worker metrics (from /metrics):" and ending[0] in demo
+    assert ending[-1].startswith("demo: worker stopped (exit code 0); broker stopped")
+    assert 'f"demo: worker stopped (exit code {code}); broker stopped"' in demo
+    assert ending[-2].startswith("summary: results") and '"summary: "' in viewer
+    assert "latency p50" in ending[-2] and 'f"latency p50' in viewer
