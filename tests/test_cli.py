@@ -98,6 +98,23 @@ def _wait_for_line(proc: subprocess.Popen, log_path: Path, text: str) -> None:
             pass
 
 
+def _stop(tmp_path: Path, signum: int, after_line: str | None) -> tuple[int, str]:
+    """Starts a worker with no broker, signals it once `after_line` is logged (None: at
+    once), returns (exit code, output)."""
+    log_path = tmp_path / "worker.log"
+    proc = _start_waiting_for_broker(log_path)
+    try:
+        if after_line is not None:
+            _wait_for_line(proc, log_path, after_line)
+        proc.send_signal(signum)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return code, log_path.read_text(errors="replace")
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("stage, line", [("starting", "settings:"),
@@ -105,20 +122,20 @@ def _wait_for_line(proc: subprocess.Popen, log_path: Path, text: str) -> None:
 def test_a_stop_before_serving_is_clean(tmp_path, signum, stage, line):
     """Ctrl-C (or SIGTERM) while the model loads and compiles, or while the worker waits for
     a broker that is not there: exit 0, one log line saying so, no traceback."""
-    log_path = tmp_path / "worker.log"
-    proc = _start_waiting_for_broker(log_path)
-    try:
-        _wait_for_line(proc, log_path, line)
-        proc.send_signal(signum)
-        code = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    output = log_path.read_text(errors="replace")
+    code, output = _stop(tmp_path, signum, line)
     assert code == 0, output[-3000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
     assert f"stopped by {signal.Signals(signum).name} before serving" in output
+    assert "was destroyed but it is pending" not in output  # the broker wait was cancelled
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_importing_ends_the_process_without_a_traceback(tmp_path):
+    """Before start-up installs its handlers, Ctrl-C ends the process as SIGTERM would (killed
+    by the signal) or, if start-up got that far, stops it (exit 0); never a traceback."""
+    code, output = _stop(tmp_path, signal.SIGINT, None)
+    assert code in (0, -signal.SIGINT), output[-3000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
 
 
 @pytest.mark.timeout(180)

@@ -7,6 +7,13 @@ compile and no long first compile triggers a rebalance.
 
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__":
+    # Until start-up installs its own handlers, Ctrl-C ends the process as SIGTERM does: at
+    # once, without a KeyboardInterrupt traceback from whichever module was being imported.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 import asyncio
 import contextlib
 import errno
@@ -202,14 +209,15 @@ def _serve(settings: Settings, pipeline: RankingPipeline, state: WorkerState,
 
 def _start_and_serve(settings: Settings) -> int:
     started = time.monotonic()
-    log.info("settings:\n%s", settings.describe())
     metrics = WorkerMetrics()
     state = WorkerState(breaker=DeadLetterBreaker(BreakerConfig(
         window=settings.breaker_window, threshold=settings.breaker_threshold,
         cooldown_s=settings.breaker_cooldown_s)))
-    health = _start_health(settings, metrics, state)
+    health = None
     try:
         with stop_on_signals():  # until Faust's handlers take over: a stop, no traceback
+            log.info("settings:\n%s", settings.describe())
+            health = _start_health(settings, metrics, state)
             backend = configure_jax(settings)
             pipeline = _ready_model(settings, started, metrics, state, backend)
             os.makedirs(settings.data_dir, exist_ok=True)  # Faust creates only the last level
