@@ -89,22 +89,25 @@ def probabilities(**given: float) -> dict[str, float]:
 
 def test_author_diversity_shows_the_raw_score_and_the_factor():
     """The second post has the higher favorite probability but ranks below the first: its
-    author already has a post above it, so its score is 0.7 x its raw score."""
+    author has a post above it by raw score (not shown, k = 1), so its score is 0.7 x its
+    raw score; the third has two (0.7^2)."""
     first, second = probabilities(favorite=0.5), probabilities(favorite=0.6)
     ranked = [{"post_id": 1, "author_id": 8, "score": raw_score(first), "probabilities": first},
-              {"post_id": 2, "author_id": 7, "score": 0.7 * raw_score(second) * 0.9,
+              {"post_id": 2, "author_id": 7, "score": 0.7 * raw_score(second),
                "probabilities": second},
-              {"post_id": 3, "author_id": 7, "score": 0.7 * raw_score(second),
+              {"post_id": 3, "author_id": 7, "score": 0.49 * raw_score(second),
                "probabilities": second}]
     lines = format_result({**result([]), "ranked": ranked}, None).splitlines()
     assert "raw" not in lines[1] and "same author" not in lines[1]
-    assert "score  +0.420 (raw +0.600, same author x0.70)" in lines[3]
-    assert "same author x0.63" in lines[2]
+    assert "score  +0.420 (raw +0.600, same author x0.70)" in lines[2]
+    assert "score  +0.294 (raw +0.600, same author x0.49)" in lines[3]
 
 
 @pytest.mark.parametrize("score, raw, factor", [
-    (0.42, 0.6, 0.7), (-0.6 / 0.49, -0.6, 0.49), (0.6, 0.6, None), (0.6 * (1 - 1e-7), 0.6, None),
-    (0.0, 0.0, None)], ids=["positive", "negative_divided", "none", "float_rounding", "zero"])
+    (0.42, 0.6, 0.7), (-0.6 / 0.49, -0.6, 0.49), (0.3 * 0.6, 0.6, 0.3), (0.6, 0.6, None),
+    (0.6 * (1 - 1e-7), 0.6, None), (2e-6, 3e-6, None), (0.0, 0.0, None)],
+    ids=["positive", "negative_divided", "floor", "none", "float_rounding", "near_zero_raw",
+         "zero"])
 def test_diversity_factor(score, raw, factor):
     assert diversity_factor(score, raw) == (pytest.approx(factor) if factor else None)
 
@@ -138,3 +141,30 @@ def test_viewer_refuses_a_misspelt_flag_in_one_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("results: error: unknown flag --summary-onyl; did you mean "
                           "--summary-only?") and err.count("\n") == 1
+
+
+def test_the_viewer_recovers_the_worker_s_diversity_factors(tiny_runner):
+    """Through the real pipeline: of 5 candidates by one author, every one ranked after the
+    author's first shows its factor (0.7^k, floor 0.3); the others show none."""
+    from worker import codec
+    from worker.assembly import Buckets
+    from worker.pipeline import InputRecord, RankingPipeline
+
+    pipeline = RankingPipeline.create(tiny_runner, Buckets(batch_sizes=(1,), widths=(8,)), "w",
+                                      max_candidates=8)
+    candidates = [{"post_id": 100 + i, "author_id": 7 if i < 5 else 50 + i, "surface": 0}
+                  for i in range(8)]
+    request = {"schema": "ranking-request.v1", "request_id": "div", "user_id": 3,
+               "history": [{"post_id": 9, "author_id": 7, "actions": ["favorite"],
+                            "surface": 0}], "candidates": candidates, "timestamp_ms": 1}
+    record = InputRecord(codec.encode_request(request), None, "t", 0, 0)
+    outcome, = pipeline.process(pipeline.decode([record])).outcomes
+    ranked = codec.decode_message(outcome.value)["ranked"]
+    lines = format_result({**result([]), "ranked": ranked}, None, top_candidates=8).splitlines()
+    shown = list(zip(ranked, lines[1:]))
+    same_author = sorted(((c, line) for c, line in shown if c["author_id"] == 7),
+                         key=lambda item: -raw_score(item[0]["probabilities"]))
+    assert not any("same author" in line for c, line in shown if c["author_id"] != 7)
+    factors = [line.split("same author ")[1].split(")")[0] if "same author" in line else None
+               for _, line in same_author]
+    assert factors == [None, "x0.70", "x0.49", "x0.34", "x0.30"]

@@ -38,9 +38,10 @@ NEGATIVE_THRESHOLD = 0.05  # above the demo world's base rates of the negative a
 # the formula, so the raw score and the diversity factor are recomputed from them).
 _SCORING = ScoringConfig()
 _WEIGHTS = _SCORING.weight_vector()
-# A factor this close to 1 is float32 rounding of "not attenuated" (the smallest real one is
-# the decay, 0.7 by default).
-_UNATTENUATED = 0.995
+# Every factor author diversity can apply: decay^k for k = 1, 2, ... down to the floor.
+_FACTORS = sorted({max(_SCORING.author_diversity_decay ** k, _SCORING.author_diversity_floor)
+                   for k in range(1, 64)} - {1.0})
+_FACTOR_TOLERANCE = 1e-3  # float32 scores, recomputed raw scores: agree to ~1e-6 relative
 _LEGEND_WIDTH = 96
 _NEGATIVE = tuple(name for name in ACTION_NAMES if name in NEGATIVE_ACTIONS)
 
@@ -88,12 +89,14 @@ def raw_score(probabilities: dict[str, float]) -> float:
 
 
 def diversity_factor(score: float, raw: float) -> float | None:
-    """The factor author diversity scaled `raw` by to give `score`; None when it did not
-    (attenuation multiplies a positive score and divides a negative one)."""
+    """The factor author diversity scaled `raw` by to give `score` (attenuation multiplies a
+    positive score and divides a negative one); None when it did not apply. Only the factors
+    the worker can apply, max(decay^k, floor) for k >= 1, count: a raw score near 0 can give
+    any ratio through float32 rounding."""
     if abs(raw) < 1e-6 or score == 0:
         return None
     factor = score / raw if raw > 0 else raw / score
-    return factor if factor < _UNATTENUATED else None
+    return factor if any(abs(factor - f) < _FACTOR_TOLERANCE for f in _FACTORS) else None
 
 
 def _score_text(candidate: dict) -> str:
