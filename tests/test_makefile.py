@@ -1,6 +1,7 @@
 """`make broker/worker/produce/results/demo` take ports (checked with `make -n`, which only
 prints the commands)."""
 
+import os
 import shutil
 import subprocess
 
@@ -13,8 +14,9 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 def command(target: str, *assignments: str) -> str:
     """The last command `make TARGET` would run (any venv steps come first)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_PORT", "METRICS_PORT")}
     run = subprocess.run(["make", "-n", target, *assignments], cwd=ROOT, capture_output=True,
-                         text=True, check=True)
+                         text=True, check=True, env=env)
     return run.stdout.strip().splitlines()[-1]
 
 
@@ -31,6 +33,10 @@ def test_targets_take_ports(target, assignments, expected):
     assert expected in command(target, *assignments)
 
 
-def test_demo_picks_its_own_ports_unless_given():
+def test_ports_not_given_leave_the_tools_defaults():
+    """The demo picks free ports; the others keep RANKER_BROKER & co. (the broker: 9092)."""
     line = command("demo")
     assert "--metrics-port" not in line and "--broker-port" not in line
+    for target in ("worker", "produce", "results"):
+        assert "127.0.0.1" not in command(target) and "--metrics-port" not in command(target)
+    assert "tools.broker --port 9092" in command("broker")
