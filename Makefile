@@ -3,8 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Ports: `make broker BROKER_PORT=9093`, then `make worker produce results BROKER_PORT=9093`;
+# `make demo METRICS_PORT=9200 BROKER_PORT=9300` (the demo picks free ports for those not given).
+# A port not given leaves the tool's own default (RANKER_BROKER, RANKER_METRICS_PORT, ...).
+BROKER_PORT ?= 9092
+METRICS_PORT ?=
+given = $(filter command line environment environment override,$(origin $(1)))
+BOOTSTRAP = $(if $(call given,BROKER_PORT),127.0.0.1:$(BROKER_PORT))
 
-.PHONY: venv test test-fast demo broker produce results bench-model bench bench-decode bench-floors bench-latency soak train eval golden clean compose-smoke
+.PHONY: venv test test-fast demo broker worker produce results bench-model bench bench-decode bench-floors bench-latency soak train eval golden clean compose-smoke
 
 venv: $(STAMP)
 
@@ -36,10 +43,13 @@ clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
 broker: venv
-	$(PY) -m tools.broker --port 9092 --partitions 4
+	$(PY) -m tools.broker --port $(BROKER_PORT) --partitions 4
+
+worker: venv
+	$(PY) -m worker.app $(if $(BOOTSTRAP),--broker kafka://$(BOOTSTRAP)) $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
 
 produce: venv
-	$(PY) -m tools.producer --count 500 --rate 100
+	$(PY) -m tools.producer --count 500 --rate 100 $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP))
 
 train: venv
 	$(PY) -m training.train --out checkpoints/demo.npz
@@ -48,10 +58,10 @@ eval: venv
 	$(PY) -m training.evaluate --checkpoint checkpoints/demo.npz --json bench/eval.json
 
 demo: venv
-	$(PY) -m tools.demo
+	$(PY) -m tools.demo $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT)) $(if $(call given,BROKER_PORT),--broker-port $(BROKER_PORT))
 
 results: venv
-	$(PY) -m tools.viewer
+	$(PY) -m tools.viewer $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP))
 
 soak: venv
 	$(PY) -m tools.soak --seconds 60

@@ -6,10 +6,12 @@ reference-layout parameter file (e.g. the golden file) loads with `load_params`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -26,6 +28,37 @@ _TABLE_PREFIX = "table:"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded as asked; the message names the offending entry."""
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # every .npz is a zip archive; its first entry starts here
+
+
+@contextlib.contextmanager
+def _open_npz(path: str | os.PathLike) -> Iterator[Any]:
+    """`np.load` of an .npz with pickles refused, and every way a file can be damaged turned
+    into a `CheckpointError` naming the path and the reason. (numpy's own messages for a
+    non-zip file suggest loading it with pickles allowed, which must never be done with a
+    file of unknown origin.)"""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(len(_ZIP_MAGIC))
+    if head != _ZIP_MAGIC:
+        raise CheckpointError(f"{path}: not an .npz checkpoint (it does not start like a zip "
+                              "archive)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            yield data
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as error:
+        raise CheckpointError(f"{path}: {_reason(error)}") from None
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, ValueError) and "pickle" in str(error):
+        return "it holds an object array, and a checkpoint never loads one"
+    return f"damaged or truncated ({type(error).__name__}: {error})"
 
 
 def param_shapes(config: RankerConfig) -> dict[str, tuple[int, ...]]:
@@ -57,7 +90,7 @@ def _check_shapes(found: dict[str, tuple], expected: dict[str, tuple], where: st
 
 def load_params(path: str | os.PathLike, config: RankerConfig) -> Params:
     """Reads the `param:` entries of any npz file (a checkpoint or a reference-layout file)."""
-    with np.load(path, allow_pickle=False) as data:
+    with _open_npz(path) as data:
         arrays = {k: data[k] for k in data.files if k.startswith(_PARAM_PREFIX)}
     _check_shapes({k: v.shape for k, v in arrays.items()}, param_shapes(config), str(path))
     params: dict[str, dict[str, np.ndarray]] = {}
@@ -86,7 +119,12 @@ def _read_meta(data, path) -> dict:
     if "meta" not in data.files:
         raise CheckpointError(f"{path}: no 'meta' entry; not a {FORMAT} file (a bare "
                               "reference parameter set loads with load_params)")
-    meta = json.loads(str(data["meta"]))
+    try:
+        meta = json.loads(str(data["meta"]))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: its 'meta' entry is not JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its 'meta' entry is not a JSON object")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -111,9 +149,7 @@ def load(path: str | os.PathLike, expected_config: RankerConfig | None = None
          ) -> tuple[RankerConfig, Params, HashTables, str]:
     """-> (config, params, tables, model_version). With `expected_config`, refuses a file
     written for another configuration, naming the first differing entry."""
-    if not Path(path).is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    with np.load(path, allow_pickle=False) as data:
+    with _open_npz(path) as data:
         meta = _read_meta(data, path)
         try:
             config = RankerConfig.from_dict(meta["config"])

@@ -65,3 +65,38 @@ def test_reference_layout_params_load():
     with pytest.raises(CheckpointError, match="missing entry"):
         checkpoint.load_params(GOLDEN, dataclasses.replace(
             config, transformer=dataclasses.replace(config.transformer, num_layers=3)))
+
+
+def _truncated(tmp_path, runner) -> Path:
+    whole = tmp_path / "whole.npz"
+    runner.save(whole)
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return cut
+
+
+def _object_array_file(tmp_path) -> Path:
+    path = tmp_path / "object.npz"
+    pickled = np.array([{"format": "phoenix-checkpoint"}], dtype=object)
+    np.savez(path, meta=pickled, **{"param:transformer/any:w": pickled})
+    return path
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda tmp, runner: _write(tmp / "five.npz", b"\x00garb"), "not an .npz checkpoint"),
+    (_truncated, r"damaged or truncated \(BadZipFile"),
+    (lambda tmp, runner: _object_array_file(tmp), "object array"),
+], ids=["five_garbage_bytes", "truncated", "object_array"])
+def test_damaged_files_name_the_path_and_never_suggest_pickles(tmp_path, tiny_runner, make,
+                                                               reason):
+    path = make(tmp_path, tiny_runner)
+    for loader in (checkpoint.load, lambda p: checkpoint.load_params(p, TINY)):
+        with pytest.raises(CheckpointError, match=reason) as caught:
+            loader(path)
+        assert str(caught.value).startswith(f"{path}: ")
+        assert "pickle" not in str(caught.value)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

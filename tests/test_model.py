@@ -19,7 +19,7 @@ GOLDEN = Path(__file__).parent / "data" / "phoenix_golden_public.npz"
 
 
 def spec_param_table(c: RankerConfig) -> dict[str, tuple[int, ...]]:
-    """The spec's parameter table, transcribed by hand from shared/spec/phoenix-ranker.md."""
+    """The parameter table of docs/model.md, transcribed by hand."""
     d, a, v = c.emb_size, c.num_actions, c.product_surface_vocab_size
     nu, ni, na = c.hashes.num_user_hashes, c.hashes.num_item_hashes, c.hashes.num_author_hashes
     t = c.transformer

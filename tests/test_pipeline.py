@@ -265,3 +265,26 @@ def test_buckets_over_the_cache_budget_stop_the_start_with_a_clear_error(tiny_ru
         RankingPipeline.create(tiny_runner, wide, "w", cache_budget_mb=0.01)
     with pytest.raises(ConfigError, match=r"widest candidate bucket \(8\) is below the 1024"):
         RankingPipeline.create(tiny_runner, Buckets(widths=(4, 8)), "w")
+
+
+def _deadline_record(event, timestamp_ms: int, deadline_ms: int) -> InputRecord:
+    request = codec.decode_message(event.encode(timestamp_ms))
+    request["timestamp_ms"], request["deadline_ms"] = timestamp_ms, deadline_ms
+    return InputRecord(codec.encode_request(request), event.key, "ranking-requests", 0, 0,
+                       timestamp_ms)
+
+
+@pytest.mark.parametrize("sent_ago_ms, deadline_after_sent_ms, says, never", [
+    (1000, -60_000, "already 60000 ms in the past when the request was sent",
+     "add workers"),
+    (60_000, 1000, "it waited", "already"),
+], ids=["deadline_past_when_sent", "waited_in_the_queue"])
+def test_expired_says_whether_the_deadline_was_past_on_sending_or_passed_in_the_queue(
+        pipeline, sent_ago_ms, deadline_after_sent_ms, says, never):
+    event = next(generate_events(seed=4, count=1))
+    sent = int(time.time() * 1000) - sent_ago_ms
+    record = _deadline_record(event, sent, sent + deadline_after_sent_ms)
+    outcome, = pipeline.process(pipeline.decode([record])).outcomes
+    assert outcome.dead_letter_code == "expired"
+    message = codec.decode_message(outcome.value)["error"]["message"]
+    assert says in message and never not in message

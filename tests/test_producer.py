@@ -242,3 +242,11 @@ def test_cli_argument_errors(argv, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err, err
+
+
+def test_cli_misspelt_worker_variable_is_one_line_exit_2(monkeypatch, capsys):
+    """The producer reads the worker's security settings from RANKER_* variables."""
+    monkeypatch.setenv("RANKER_SECURITY_PROTOCL", "SSL")
+    assert producer.main(["--count", "1", "--bootstrap", "127.0.0.1:1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "RANKER_SECURITY_PROTOCL is not a setting; did you mean RANKER_SECURITY_PROTOCOL" in err

@@ -18,6 +18,38 @@ def test_every_setting_is_documented_with_its_default():
         row = next((line for line in README.splitlines()
                     if line.startswith(f"| `{Settings.env_name(field.name)}` |")), None)
         assert row is not None, f"README lacks a row for {Settings.env_name(field.name)}"
-        default = field.default
-        shown = ",".join(map(str, default)) or "(C)" if isinstance(default, tuple) else default
+        shown = Settings.default_text(field)  # as `--help` shows it
         assert f"`{shown}`" in row, f"README shows a stale default for {field.name}"
+
+
+DOCS = [Path(__file__).resolve().parents[1] / name
+        for name in ("README.md", "docs/model.md", "schemas/README.md")]
+
+
+def test_docs_link_only_to_files_in_the_repository():
+    """Everything the project relies on is in the project: relative links resolve, and
+    nothing points at specifications kept elsewhere."""
+    import re
+    for doc in DOCS:
+        text = doc.read_text()
+        assert "shared/" not in text, f"{doc.name} points outside the repository"
+        for target in re.findall(r"\]\(([^)#]+)", text):
+            if "://" not in target:
+                assert (doc.parent / target).exists(), f"{doc.name}: broken link {target}"
+
+
+def test_readme_points_to_the_model_contract():
+    assert "](docs/model.md)" in README
+
+
+def test_the_demo_ending_quoted_is_what_the_demo_prints():
+    root = Path(__file__).resolve().parents[1]
+    demo = (root / "tools" / "demo.py").read_text()
+    viewer = (root / "tools" / "viewer.py").read_text()
+    quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    ending = quick_start.split("```")[3].strip().splitlines()
+    assert ending[0] == "worker metrics (from /metrics):" and ending[0] in demo
+    assert ending[-1].startswith("demo: worker stopped (exit code 0); broker stopped")
+    assert 'f"demo: worker stopped (exit code {code}); broker stopped"' in demo
+    assert ending[-2].startswith("summary: results") and '"summary: "' in viewer
+    assert "latency p50" in ending[-2] and 'f"latency p50' in viewer

@@ -1,3 +1,5 @@
+import contextlib
+import socket
 import subprocess
 import sys
 
@@ -6,8 +8,8 @@ import pytest
 
 from phoenix.actions import ACTION_NAMES
 from training.world import RequestTruth
-from tools.broker import free_port
-from tools.viewer import Summary, bar, format_dead_letter, format_result
+from tools.viewer import (Summary, bar, diversity_factor, format_dead_letter, format_result,
+                          latency_of, legend, raw_score)
 
 
 def result(order_posts, request_id="r1", sent=1000):
@@ -30,7 +32,7 @@ def test_bar_width(p, expected):
 
 def test_format_result_shows_ids_top_action_and_score():
     text = format_result(result([11, 12]), latency_ms=5.0)
-    assert "r1" in text and "post" in text and "11" in text and "e2e 5.0 ms" in text
+    assert "r1" in text and "post" in text and "11" in text and "latency 5.0 ms" in text
     assert text.splitlines()[1].split("score")[1].strip().startswith("+1.000")
     assert "reply" in text.splitlines()[1]  # the most likely action is shown first
 
@@ -66,11 +68,103 @@ def test_summary_counts_latency_and_ndcg_against_truth():
 @pytest.mark.timeout(180)
 def test_demo_runs_end_to_end():
     """`make demo`, shrunken: broker, worker, producer, viewer; exits 0 when every request
-    was answered."""
-    run = subprocess.run([sys.executable, "-m", "tools.demo", "--count", "40",
-                          "--metrics-port", str(free_port())],
-                         capture_output=True, text=True, timeout=170)
+    was answered. Given no ports, it picks free ones."""
+    with contextlib.ExitStack() as stack:
+        try:  # the worker's default port taken: the demo must pick a free one by itself
+            stack.enter_context(socket.create_server(("0.0.0.0", 9100)))
+        except OSError:
+            pass  # taken already
+        run = subprocess.run([sys.executable, "-m", "tools.demo", "--count", "40"],
+                             capture_output=True, text=True, timeout=170)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "summary: results" in run.stdout
     assert "ranker_requests_total 40.0" in run.stdout
     assert "worker stopped (exit code 0)" in run.stdout
+    assert run.stdout.count("legend:") == 1
+
+
+def probabilities(**given: float) -> dict[str, float]:
+    return {a: given.get(a, 0.0) for a in ACTION_NAMES}
+
+
+def test_author_diversity_shows_the_raw_score_and_the_factor():
+    """The second post has the higher favorite probability but ranks below the first: its
+    author has a post above it by raw score (not shown, k = 1), so its score is 0.7 x its
+    raw score; the third has two (0.7^2)."""
+    first, second = probabilities(favorite=0.5), probabilities(favorite=0.6)
+    ranked = [{"post_id": 1, "author_id": 8, "score": raw_score(first), "probabilities": first},
+              {"post_id": 2, "author_id": 7, "score": 0.7 * raw_score(second),
+               "probabilities": second},
+              {"post_id": 3, "author_id": 7, "score": 0.49 * raw_score(second),
+               "probabilities": second}]
+    lines = format_result({**result([]), "ranked": ranked}, None).splitlines()
+    assert "raw" not in lines[1] and "same author" not in lines[1]
+    assert "score  +0.420 (raw +0.600, same author x0.70)" in lines[2]
+    assert "score  +0.294 (raw +0.600, same author x0.49)" in lines[3]
+
+
+@pytest.mark.parametrize("score, raw, factor", [
+    (0.42, 0.6, 0.7), (-0.6 / 0.49, -0.6, 0.49), (0.3 * 0.6, 0.6, 0.3), (0.6, 0.6, None),
+    (0.6 * (1 - 1e-7), 0.6, None), (2e-6, 3e-6, None), (0.0, 0.0, None)],
+    ids=["positive", "negative_divided", "floor", "none", "float_rounding", "near_zero_raw",
+         "zero"])
+def test_diversity_factor(score, raw, factor):
+    assert diversity_factor(score, raw) == (pytest.approx(factor) if factor else None)
+
+
+def test_negative_actions_are_shown_above_the_threshold_only():
+    probs = probabilities(favorite=0.9, reply=0.8, repost=0.7, report=0.2, block_author=0.01)
+    ranked = [{"post_id": 1, "author_id": 8, "score": raw_score(probs), "probabilities": probs}]
+    line = format_result({**result([]), "ranked": ranked}, None).splitlines()[1]
+    assert "negative: report 0.20" in line and "block_author" not in line
+    line = format_result({**result([]), "ranked": ranked}, None,
+                         negative_threshold=0.3).splitlines()[1]
+    assert "negative" not in line
+
+
+def test_latency_is_request_timestamp_to_produced_at_not_to_reading():
+    assert latency_of(result([11], sent=1_000)) == 3.0  # produced_at_ms = sent + 3
+    assert latency_of({**result([11]), "request_timestamp_ms": None}) is None
+
+
+def test_legend_names_every_field_shown():
+    text = " ".join(legend(0.05).split())
+    for field in ("wait", "rank", "latency", "timestamp_ms", "produced_at_ms", "score",
+                  "raw R, same author xF", "0.7^k", "negative:", "not_interested",
+                  "block_author", "mute_author", "report", "above 0.05", "DEAD LETTER"):
+        assert field in text, field
+
+
+def test_viewer_refuses_a_misspelt_flag_in_one_line(capsys):
+    from tools.viewer import main
+    assert main(["--idle-timeout-s", "1", "--summary-onyl"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("results: error: unknown flag --summary-onyl; did you mean "
+                          "--summary-only?") and err.count("\n") == 1
+
+
+def test_the_viewer_recovers_the_worker_s_diversity_factors(tiny_runner):
+    """Through the real pipeline: of 5 candidates by one author, every one ranked after the
+    author's first shows its factor (0.7^k, floor 0.3); the others show none."""
+    from worker import codec
+    from worker.assembly import Buckets
+    from worker.pipeline import InputRecord, RankingPipeline
+
+    pipeline = RankingPipeline.create(tiny_runner, Buckets(batch_sizes=(1,), widths=(8,)), "w",
+                                      max_candidates=8)
+    candidates = [{"post_id": 100 + i, "author_id": 7 if i < 5 else 50 + i, "surface": 0}
+                  for i in range(8)]
+    request = {"schema": "ranking-request.v1", "request_id": "div", "user_id": 3,
+               "history": [{"post_id": 9, "author_id": 7, "actions": ["favorite"],
+                            "surface": 0}], "candidates": candidates, "timestamp_ms": 1}
+    record = InputRecord(codec.encode_request(request), None, "t", 0, 0)
+    outcome, = pipeline.process(pipeline.decode([record])).outcomes
+    ranked = codec.decode_message(outcome.value)["ranked"]
+    lines = format_result({**result([]), "ranked": ranked}, None, top_candidates=8).splitlines()
+    shown = list(zip(ranked, lines[1:]))
+    same_author = sorted(((c, line) for c, line in shown if c["author_id"] == 7),
+                         key=lambda item: -raw_score(item[0]["probabilities"]))
+    assert not any("same author" in line for c, line in shown if c["author_id"] != 7)
+    factors = [line.split("same author ")[1].split(")")[0] if "same author" in line else None
+               for _, line in same_author]
+    assert factors == [None, "x0.70", "x0.49", "x0.34", "x0.30"]

@@ -74,7 +74,7 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle
         try:
@@ -178,7 +178,7 @@ class EmbeddedBroker:
                 f"The broker on {self.bootstrap_servers} is already running (pid {self.pid}); "
                 "call stop() or restart() first."
             )
-        if not _port_free(self.host, self.port):
+        if not port_free(self.host, self.port):
             raise BrokerStartError(
                 f"Port {self.port} on {self.host} is already in use, so the broker cannot listen "
                 "there; stop whatever holds it or pick another port."
@@ -413,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    if not port_free(args.host, args.port):
+        print(f"broker: error: port {args.port} on {args.host} is already in use; pick another "
+              "with --port (make broker BROKER_PORT=...)", file=sys.stderr, flush=True)
+        return 2
     broker = EmbeddedBroker(args.port, host=args.host, advertise=args.advertise)
     try:
         broker.start()

@@ -12,11 +12,11 @@ import asyncio
 import sys
 import time
 
-from tools.broker import EmbeddedBroker, free_port
-from tools.launcher import WorkerProcess
+from tools.broker import EmbeddedBroker, free_port, port_free
+from tools.launcher import WorkerProcess, WorkerProcessError
 from tools.producer import generate_events, send_events_to_kafka
-from tools.viewer import Summary, follow, format_dead_letter, format_result, latency_of
-from worker.settings import Settings
+from tools.viewer import Summary, follow, format_dead_letter, format_result, latency_of, legend
+from worker.settings import Settings, SettingsError
 
 _SHOW_EVERY = 50  # print every n-th result in full; the summary covers the rest
 
@@ -37,6 +37,7 @@ async def _traffic(settings: Settings, bootstrap: str, count: int, rate: float,
         events, bootstrap=bootstrap, topic=settings.requests_topic, rate=rate,
         max_request_size=4 << 20))
     first_result: list[float] = []
+    print(legend(), flush=True)
 
     def on_message(topic: str, message: dict, arrived_ms: float) -> None:
         if topic == settings.dead_letter_topic:
@@ -45,7 +46,7 @@ async def _traffic(settings: Settings, bootstrap: str, count: int, rate: float,
             return
         if not first_result:
             first_result.append(time.monotonic() - worker_started)
-        latency = latency_of(message, arrived_ms)
+        latency = latency_of(message)
         summary.add_result(message, latency)
         if summary.results % _SHOW_EVERY == 1:
             print(format_result(message, latency), flush=True)
@@ -58,15 +59,53 @@ async def _traffic(settings: Settings, bootstrap: str, count: int, rate: float,
     return summary
 
 
+def _ports(args: argparse.Namespace, settings: Settings) -> tuple[int, int]:
+    """(broker port, metrics port): the ones asked for (flag, or RANKER_METRICS_PORT for
+    metrics; 0 = pick one), else free ones. Raises SettingsError for a port that is taken."""
+    metrics = args.metrics_port
+    if metrics is None and Settings.variable("metrics_port") is not None:
+        metrics = settings.metrics_port
+    broker_port, metrics_port = args.broker_port or free_port(), metrics or free_port()
+    _check_free(broker_port, "--broker-port (make demo BROKER_PORT=...)")
+    _check_free(metrics_port, "--metrics-port (make demo METRICS_PORT=..., RANKER_METRICS_PORT)")
+    return broker_port, metrics_port
+
+
+def _check_free(port: int, change_with: str) -> None:
+    if not port_free("127.0.0.1", port):
+        raise SettingsError(f"port {port} is already in use; pick another with {change_with}, "
+                            "or leave it unset for a free one")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300, help="requests to send")
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second")
     parser.add_argument("--bad-fraction", type=float, default=0.05)
-    parser.add_argument("--metrics-port", type=int, default=9100)
+    parser.add_argument("--metrics-port", type=int, help="the worker's /metrics port "
+                        "(default: RANKER_METRICS_PORT if set, else a free port)")
+    parser.add_argument("--broker-port", type=int, help="the embedded broker's port "
+                        "(default: a free port)")
     args = parser.parse_args(argv)
-    settings = Settings.load([])
-    with EmbeddedBroker(free_port()) as broker:
+    try:
+        settings = Settings.load([])
+        broker_port, metrics_port = _ports(args, settings)
+    except SettingsError as error:
+        print(f"demo: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        return _run(args, settings, broker_port, metrics_port)
+    except WorkerProcessError as error:  # its message ends with the worker's log tail
+        print(f"demo: error: {error}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:  # everything started was stopped on the way out
+        print("demo: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+def _run(args: argparse.Namespace, settings: Settings, broker_port: int,
+         metrics_port: int) -> int:
+    with EmbeddedBroker(broker_port) as broker:
         broker.create_topics({settings.requests_topic: settings.partitions,
                               settings.results_topic: settings.partitions,
                               settings.dead_letter_topic: settings.partitions})
@@ -75,12 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             broker.bootstrap_servers, requests=settings.requests_topic,
             results=settings.results_topic, dead_letters=settings.dead_letter_topic,
             partitions=settings.partitions, group_id=settings.group_id,
-            checkpoint=settings.checkpoint, metrics_port=args.metrics_port,
+            checkpoint=settings.checkpoint, metrics_port=metrics_port,
             extra_args=("--worker-id", "demo-worker")).start()
         try:
             ready_s = worker.wait_ready(timeout_s=120)
             print(f"demo: worker ready {ready_s:.1f} s after start (model compiled, partitions "
-                  f"assigned); metrics at http://127.0.0.1:{args.metrics_port}/metrics",
+                  f"assigned); metrics at http://127.0.0.1:{metrics_port}/metrics",
                   flush=True)
             summary = asyncio.run(_traffic(settings, broker.bootstrap_servers, args.count,
                                            args.rate, args.bad_fraction, worker.started_at))

@@ -52,6 +52,7 @@ from worker.codec import REQUEST_SCHEMA, encode_request, user_key
 from worker.errors import EXPIRED, INVALID, NOT_MSGPACK, TOO_LARGE
 from tools.pacing import Pace
 from tools.recordfile import Record, RecordWriter
+from worker.settings import SettingsError
 from worker.topics import REQUESTS_TOPIC
 from worker.validation import DEFAULT_LIMITS
 
@@ -510,6 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"needs the broker to accept {args.too_large_bytes}-byte messages "
                       f"(or lower --too-large-bytes)", file=sys.stderr)
                 return 1
+            except SettingsError as error:  # a RANKER_* variable (security) it cannot use
+                print(f"error: {error}", file=sys.stderr)
+                return 2
             where = f"{args.bootstrap}/{args.topic}"
     finally:
         progress.close()

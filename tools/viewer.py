@@ -1,9 +1,12 @@
 """Results viewer: `python -m tools.viewer` follows `ranking-results` (and dead letters).
 
-Prints each ranked result readably (ids, a bar per top action, final score), or one JSON line
-per message with `--json`, and a summary line: results, dead letters by code, end-to-end
-latency p50/p99 (producer timestamp -> arrival here) and, given the producer's `--truth` file,
-a rolling NDCG@5 of the served rankings against the world's true expected scores.
+Prints a legend once, then each ranked result readably (ids, final score with the raw score
+and the author-diversity factor where it applied, a bar per top action, negative actions
+above a threshold), or one JSON line per message with `--json`, and a summary line: results,
+dead letters by code, latency p50/p99 (the request's timestamp -> the result's produced_at_ms,
+so results read long after they were produced still show their real latency) and, given the
+producer's `--truth` file, a rolling NDCG@5 of the served rankings against the world's true
+expected scores.
 """
 
 from __future__ import annotations
@@ -13,20 +16,60 @@ import asyncio
 import collections
 import json
 import sys
+import textwrap
 from typing import Callable
 
 import numpy as np
 
+from phoenix.actions import ACTION_NAMES, NEGATIVE_ACTIONS
 from phoenix.scoring import ScoringConfig
 from training.ranking_metrics import RollingNDCG
 from training.world import RequestTruth
 from tools.kafka_io import KafkaIOError, connection, read_from_start
 from worker import codec
 from worker.errors import ValidationError
-from worker.settings import Settings
+from worker.settings import Settings, SettingsError
 
+PROG = "python -m tools.viewer"
 _BAR_WIDTH = 20
 _TOP_ACTIONS = 3
+NEGATIVE_THRESHOLD = 0.05  # above the demo world's base rates of the negative actions
+# The worker's scoring (results carry probabilities and the final score; the contract gives
+# the formula, so the raw score and the diversity factor are recomputed from them).
+_SCORING = ScoringConfig()
+_WEIGHTS = _SCORING.weight_vector()
+# Every factor author diversity can apply: decay^k for k = 1, 2, ... down to the floor.
+_FACTORS = sorted({max(_SCORING.author_diversity_decay ** k, _SCORING.author_diversity_floor)
+                   for k in range(1, 64)} - {1.0})
+_FACTOR_TOLERANCE = 1e-3  # float32 scores, recomputed raw scores: agree to ~1e-6 relative
+_LEGEND_WIDTH = 96
+_NEGATIVE = tuple(name for name in ACTION_NAMES if name in NEGATIVE_ACTIONS)
+
+
+def legend(negative_threshold: float = NEGATIVE_THRESHOLD) -> str:
+    """What the fields of `format_result` and `format_dead_letter` are; printed once."""
+    decay, floor = _SCORING.author_diversity_decay, _SCORING.author_diversity_floor
+    entries = [
+        ("REQ-ID", "request id, user id, model version; wait = time in the worker's queue "
+                   "before its batch; rank = that batch's model call; latency = the request's "
+                   "timestamp_ms -> the result's produced_at_ms"),
+        ("1. post", "place, post id, author id; score = the final score the order follows: the "
+                    "weighted sum of the 19 action probabilities, negative actions counting "
+                    "against it"),
+        ("diversity", f"(raw R, same author xF): author diversity scaled the weighted sum R by "
+                     f"F = {decay:g}^k, k = posts of the same author ranked above it by raw "
+                     f"score (F never below {floor:g}); why a post can rank below one with "
+                     "lower probabilities"),
+        ("actions", f"the {_TOP_ACTIONS} likeliest actions with a bar (0..1); \"negative:\" "
+                    f"lists {', '.join(_NEGATIVE)} when above {negative_threshold:g}"),
+        ("dead", "DEAD LETTER topic[partition]@offset code at field: why the request was not "
+                 "ranked and what to fix"),
+    ]
+    lines = ["legend:"]
+    for label, text in entries:
+        lines.append(textwrap.fill(text, width=_LEGEND_WIDTH, initial_indent=f"  {label:<9} ",
+                                   subsequent_indent=" " * 12, break_on_hyphens=False))
+    return "\n".join(lines)
 
 
 def _short(value: int) -> str:
@@ -40,9 +83,40 @@ def bar(probability: float, width: int = _BAR_WIDTH) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
-def format_result(result: dict, latency_ms: float | None, top_candidates: int = 5) -> str:
+def raw_score(probabilities: dict[str, float]) -> float:
+    """The weighted sum of a result's probabilities: its score before author diversity."""
+    return float(np.dot([probabilities[name] for name in ACTION_NAMES], _WEIGHTS))
+
+
+def diversity_factor(score: float, raw: float) -> float | None:
+    """The factor author diversity scaled `raw` by to give `score` (attenuation multiplies a
+    positive score and divides a negative one); None when it did not apply. Only the factors
+    the worker can apply, max(decay^k, floor) for k >= 1, count: a raw score near 0 can give
+    any ratio through float32 rounding."""
+    if abs(raw) < 1e-6 or score == 0:
+        return None
+    factor = score / raw if raw > 0 else raw / score
+    return factor if any(abs(factor - f) < _FACTOR_TOLERANCE for f in _FACTORS) else None
+
+
+def _score_text(candidate: dict) -> str:
+    score = candidate["score"]
+    raw = raw_score(candidate["probabilities"])
+    factor = diversity_factor(score, raw)
+    text = f"score {score:+7.3f}"
+    return text + (f" (raw {raw:+.3f}, same author x{factor:.2f})" if factor else "")
+
+
+def _negative_text(probabilities: dict[str, float], shown: set[str], threshold: float) -> str:
+    above = [f"{name} {probabilities[name]:.2f}" for name in _NEGATIVE
+             if probabilities[name] > threshold and name not in shown]
+    return f"  negative: {', '.join(above)}" if above else ""
+
+
+def format_result(result: dict, latency_ms: float | None, top_candidates: int = 5,
+                  negative_threshold: float = NEGATIVE_THRESHOLD) -> str:
     timings = result.get("timings", {})
-    latency = f"  e2e {latency_ms:.1f} ms" if latency_ms is not None else ""
+    latency = f"  latency {latency_ms:.1f} ms" if latency_ms is not None else ""
     lines = [f"{result['request_id']}  user {_short(result['user_id'])}  "
              f"model {result['model_version']}  wait {timings.get('queue_wait_ms', 0):.1f} ms  "
              f"rank {timings.get('model_ms', 0):.1f} ms{latency}"]
@@ -50,9 +124,10 @@ def format_result(result: dict, latency_ms: float | None, top_candidates: int = 
         probs = candidate["probabilities"]
         top = sorted(probs.items(), key=lambda item: -item[1])[:_TOP_ACTIONS]
         actions = "  ".join(f"{name:<13} {bar(p)} {p:.2f}" for name, p in top)
+        negative = _negative_text(probs, {name for name, _ in top}, negative_threshold)
         lines.append(f"  {place:>2}. post {_short(candidate['post_id']):>10}  author "
-                     f"{_short(candidate['author_id']):>10}  score {candidate['score']:+7.3f}  "
-                     f"{actions}")
+                     f"{_short(candidate['author_id']):>10}  {_score_text(candidate)}  "
+                     f"{actions}{negative}")
     hidden = len(result["ranked"]) - top_candidates
     if hidden > 0:
         lines.append(f"      … {hidden} more")
@@ -108,9 +183,12 @@ class Summary:
         return "summary: " + ", ".join(parts)
 
 
-def latency_of(result: dict, arrived_ms: float) -> float | None:
-    sent = result.get("request_timestamp_ms")
-    return arrived_ms - sent if sent else None
+def latency_of(result: dict) -> float | None:
+    """The request's timestamp -> the worker producing its result (None without a request
+    timestamp). Not the moment this viewer reads it: re-reading old results would count the
+    time since as latency."""
+    sent, produced = result.get("request_timestamp_ms"), result.get("produced_at_ms")
+    return float(produced - sent) if sent and produced is not None else None
 
 
 async def follow(settings: Settings, topics: list[str], on_message: Callable[[str, dict, float],
@@ -130,8 +208,8 @@ async def follow(settings: Settings, topics: list[str], on_message: Callable[[st
             on_message(record.topic, message, arrived)
 
 
-def _printer(settings: Settings, summary: Summary, as_json: bool,
-             quiet: bool) -> Callable[[str, dict, float], None]:
+def _printer(settings: Settings, summary: Summary, as_json: bool, quiet: bool,
+             negative_threshold: float) -> Callable[[str, dict, float], None]:
     def on_message(topic: str, message: dict, arrived_ms: float) -> None:
         if topic == settings.dead_letter_topic:
             summary.add_dead_letter(message)
@@ -139,16 +217,20 @@ def _printer(settings: Settings, summary: Summary, as_json: bool,
                 message = {**message, "original": message["original"].hex()}
             text = json.dumps(message) if as_json else format_dead_letter(message)
         else:
-            latency = latency_of(message, arrived_ms)
+            latency = latency_of(message)
             summary.add_result(message, latency)
-            text = json.dumps(message) if as_json else format_result(message, latency)
+            text = json.dumps(message) if as_json else format_result(
+                message, latency, negative_threshold=negative_threshold)
         if not quiet:
             print(text, flush=True)
     return on_message
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.splitlines()[0], allow_abbrev=False,
+        epilog="Also takes the worker's settings (topics, security) as flags or RANKER_* "
+               "variables.")
     parser.add_argument("--bootstrap", help="host:port (default: the worker's RANKER_BROKER)")
     parser.add_argument("--json", action="store_true", help="one JSON line per message")
     parser.add_argument("--no-dead-letters", action="store_true", help="results only")
@@ -156,8 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-timeout-s", type=float, help="stop after this long idle")
     parser.add_argument("--truth", help="the producer's --truth file: show rolling NDCG@5")
     parser.add_argument("--summary-only", action="store_true", help="print only the summary")
+    parser.add_argument("--negative-threshold", type=float, default=NEGATIVE_THRESHOLD,
+                        help="show a negative action's probability above this (default "
+                             f"{NEGATIVE_THRESHOLD})")
     args, rest = parser.parse_known_args(argv)
-    settings = Settings.load(rest)
+    try:
+        settings = Settings.load(rest, prog=PROG, tool_flags=[  # topics, security: the worker's
+            option for action in parser._actions for option in action.option_strings])
+    except SettingsError as error:
+        print(f"results: error: {error}", file=sys.stderr)
+        return 2
     truth = None
     if args.truth:
         from tools.producer import read_truth
@@ -165,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = Summary(truth)
     topics = [settings.results_topic] + ([] if args.no_dead_letters
                                          else [settings.dead_letter_topic])
-    on_message = _printer(settings, summary, args.json, args.summary_only)
+    on_message = _printer(settings, summary, args.json, args.summary_only,
+                          args.negative_threshold)
+    if not (args.json or args.summary_only):
+        print(legend(args.negative_threshold), flush=True)
     try:
         asyncio.run(follow(settings, topics, on_message, count=args.count,
                            idle_timeout_s=args.idle_timeout_s, bootstrap=args.bootstrap))

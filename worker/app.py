@@ -7,7 +7,16 @@ compile and no long first compile triggers a rebalance.
 
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__":
+    # Until start-up installs its own handlers, Ctrl-C ends the process as SIGTERM does: at
+    # once, without a KeyboardInterrupt traceback from whichever module was being imported.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import sys
@@ -19,6 +28,7 @@ import faust
 import uvloop
 
 from phoenix import compilations
+from phoenix.checkpoint import CheckpointError
 from phoenix.config import ConfigError
 from worker import codec
 from worker.handler import BatchHandler, WorkerState
@@ -26,12 +36,12 @@ from worker.breaker import BreakerConfig, DeadLetterBreaker
 from worker.kafka_clients import (check_transactions_supported, ensure_topics_with_retry,
                                   faust_credentials)
 from worker.kafka_tuning import ConsumerTuning, TunedApp
-from worker.lifecycle import BoundedStopWorker, stop_for_bug
+from worker.lifecycle import BoundedStopWorker, StartupStop, stop_for_bug, stop_on_signals
 from worker.monitoring import HealthServer, WorkerMetrics
 from worker.pipeline import RankingPipeline
 from worker.rollout import CheckpointWatcher, RolloutError
 from worker.serving import RANDOM_CHECKPOINT, build_pipeline, cache_summary, configure_jax
-from worker.settings import Settings
+from worker.settings import Settings, SettingsError, flag_name
 
 log = logging.getLogger("worker")
 
@@ -159,34 +169,61 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
     return app
 
 
-def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
-    loop.run_until_complete(ensure_topics_with_retry(settings))
-    if settings.processing_guarantee == "exactly_once":
-        loop.run_until_complete(check_transactions_supported(settings))
-
-
-def main(argv: list[str] | None = None) -> int:
-    started = time.monotonic()
-    settings = Settings.load(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("settings:\n%s", settings.describe())
-    backend = configure_jax(settings)
-
-    metrics = WorkerMetrics()
-    state = WorkerState(breaker=DeadLetterBreaker(BreakerConfig(
-        window=settings.breaker_window, threshold=settings.breaker_threshold,
-        cooldown_s=settings.breaker_cooldown_s)))
-    health = None
-    if settings.metrics_port:
-        health = HealthServer(metrics, state.readiness, settings.metrics_port).start()
-        log.info("metrics and readiness on :%d (/metrics, /ready)", health.port)
-
+def _run_until_complete(loop: asyncio.AbstractEventLoop, coro) -> None:
+    """Like `loop.run_until_complete`, but a stop signal mid-way cancels the task, so nothing
+    is left pending to warn about at exit."""
+    task = loop.create_task(coro)
     try:
-        pipeline = build_pipeline(settings)
+        loop.run_until_complete(task)
+    except BaseException:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(task)
+        raise
+
+
+def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    _run_until_complete(loop, ensure_topics_with_retry(settings))
+    if settings.processing_guarantee == "exactly_once":
+        _run_until_complete(loop, check_transactions_supported(settings))
+
+
+def _start_health(settings: Settings, metrics: WorkerMetrics,
+                  state: WorkerState) -> HealthServer | None:
+    if not settings.metrics_port:
+        return None
+    try:
+        health = HealthServer(metrics, state.readiness, settings.metrics_port).start()
+    except OSError as error:
+        reason = {errno.EADDRINUSE: "already in use",
+                  errno.EACCES: "not open to this user"}.get(error.errno, error.strerror)
+        raise SettingsError(
+            f"RANKER_METRICS_PORT / --metrics-port: port {settings.metrics_port} for /metrics "
+            f"and /ready is {reason}; set another port, or 0 for none") from None
+    log.info("metrics and readiness on :%d (/metrics, /ready)", health.port)
+    return health
+
+
+# The settings a bucket ConfigError can come from (its message names the buckets' fields).
+_BUCKET_SETTINGS = ("batch_buckets", "candidate_buckets", "max_candidates", "cache_budget_mb")
+
+
+def _load_pipeline(settings: Settings) -> RankingPipeline:
+    try:
+        return build_pipeline(settings)
+    except CheckpointError as error:  # the message starts with the path and says why
+        raise SettingsError(
+            f"cannot load the checkpoint {error}; set RANKER_CHECKPOINT / --checkpoint to a "
+            "checkpoint file (`make train` writes one), a directory of them, or 'random'") from None
     except ConfigError as error:  # buckets the model or the caps cannot run with
-        log.error("cannot start: %s", error)
-        return 2
+        names = ", ".join(f"{Settings.env_name(n)} / {flag_name(n)}" for n in _BUCKET_SETTINGS)
+        raise SettingsError(f"{error} (settings: {names})") from None
+
+
+def _ready_model(settings: Settings, started: float, metrics: WorkerMetrics,
+                 state: WorkerState, backend: str) -> RankingPipeline:
+    """Loads the checkpoint and compiles every bucket shape."""
+    pipeline = _load_pipeline(settings)
     log.info("%s", cache_summary(pipeline, settings.cache_budget_mb))
     pipeline.warmup()
     state.compiled = True
@@ -195,10 +232,24 @@ def main(argv: list[str] | None = None) -> int:
     log.info("model %s on %s: %d compilations (%.1f s), ready %.1f s after start",
              pipeline.runner.model_version, backend, compilations.count(),
              compilations.seconds(), time.monotonic() - started)
+    return pipeline
 
-    loop = new_event_loop(settings)
-    _prepare_broker(settings, loop)
+
+def _start_and_serve(settings: Settings) -> int:
+    started = time.monotonic()
+    metrics = WorkerMetrics()
+    state = WorkerState(breaker=DeadLetterBreaker(BreakerConfig(
+        window=settings.breaker_window, threshold=settings.breaker_threshold,
+        cooldown_s=settings.breaker_cooldown_s)))
+    health = None
     try:
+        with stop_on_signals():  # until Faust's handlers take over: a stop, no traceback
+            log.info("settings:\n%s", settings.describe())
+            health = _start_health(settings, metrics, state)
+            backend = configure_jax(settings)
+            pipeline = _ready_model(settings, started, metrics, state, backend)
+            loop = new_event_loop(settings)
+            _prepare_broker(settings, loop)
         serve(create_app(settings, pipeline, state, metrics), settings, loop)
     finally:
         if health is not None:
@@ -216,7 +267,7 @@ def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
 def serve(app: faust.App, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
     """Runs `app` until SIGTERM/SIGINT (drain, commit, exit) or a stop for a bug."""
     os.makedirs(settings.data_dir, exist_ok=True)  # Faust creates only the last level
-    worker = BoundedStopWorker(app, loglevel=settings.log_level, redirect_stdouts=False,
+    worker = BoundedStopWorker(app, loglevel=settings.log_level.upper(), redirect_stdouts=False,
                                quiet=True, loop=loop)
     # At WARNING or above, Faust's terminal spinner sets the root logger to DEBUG, so every
     # aiokafka/Faust debug() call builds a record (~2.6 per message). No spinner, no DEBUG.
@@ -226,6 +277,29 @@ def serve(app: faust.App, settings: Settings, loop: asyncio.AbstractEventLoop) -
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             raise
+
+
+def _user_error(error: BaseException) -> int:
+    """A setting, a checkpoint, a port: one line naming what to change; no traceback."""
+    print(f"worker: error: {error}", file=sys.stderr, flush=True)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings.load(sys.argv[1:] if argv is None else argv)  # --help exits here
+    except SettingsError as error:
+        return _user_error(error)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _start_and_serve(settings)
+    except SettingsError as error:
+        return _user_error(error)
+    except (StartupStop, KeyboardInterrupt) as stop:
+        log.info("stopped by %s before serving; nothing was consumed",
+                 getattr(stop, "signal_name", "SIGINT"))
+        return 0
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ restart) when the batch step hits a bug. Knows Faust's worker, nothing of batche
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
+from typing import Iterator
 
 import faust
 
@@ -45,3 +47,30 @@ def stop_for_bug(error: BaseException) -> None:
     log.critical("the ranking agent failed (a bug); stopping the worker so that nothing is "
                  "committed past the unanswered batch", exc_info=error)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+class StartupStop(BaseException):
+    """SIGINT or SIGTERM before the worker serves (model load, compile, waiting for the
+    broker): nothing was consumed, so the stop is immediate. A BaseException, like
+    KeyboardInterrupt, so no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signal_name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise `StartupStop` (no KeyboardInterrupt
+    traceback, and SIGTERM stops the process the same way). Previous handlers come back on
+    exit, so the serving stage's own handlers (Faust's) take over from there."""
+
+    def raise_stop(signum: int, _frame: object) -> None:
+        raise StartupStop(signum)
+
+    previous = {sig: signal.signal(sig, raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

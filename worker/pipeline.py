@@ -170,12 +170,10 @@ class RankingPipeline:
 
     def _expiry(self, request: RankingRequest, record: InputRecord,
                 now_ms: float) -> ExpiredError | None:
-        if request.deadline_ms is not None and now_ms > request.deadline_ms:
-            return ExpiredError(
-                f"deadline_ms {request.deadline_ms} passed {now_ms - request.deadline_ms:.0f} "
-                "ms before the batch formed; send a later deadline or scale the worker out",
-                request.request_id)
         sent = request.timestamp_ms or record.timestamp_ms
+        if request.deadline_ms is not None and now_ms > request.deadline_ms:
+            return ExpiredError(_deadline_message(request.deadline_ms, sent, now_ms),
+                                request.request_id)
         if self.max_age_ms is not None and sent and now_ms - sent > self.max_age_ms:
             return ExpiredError(
                 f"request is {now_ms - sent:.0f} ms old, over the worker's max age of "
@@ -275,3 +273,16 @@ class RankingPipeline:
         end = _now_ms()
         times = StageTimes(decoded.decode_ms, assemble_ms, model_ms, end - after_model)
         return ProcessedBatch(outcomes, times, sum(r.num_candidates for r in requests), start)
+
+
+def _deadline_message(deadline_ms: int, sent_ms: int | None, now_ms: float) -> str:
+    """Why a deadline passed: a deadline already past when the request was sent is the
+    producer's to fix; one that passed while the request queued is the worker's capacity."""
+    if sent_ms and deadline_ms <= sent_ms:
+        return (f"deadline_ms {deadline_ms} was already {sent_ms - deadline_ms} ms in the past "
+                f"when the request was sent (at {sent_ms}); the producer set a deadline "
+                "before the send time: send one after it (or check the producer's clock)")
+    queued = f"; it waited {now_ms - sent_ms:.0f} ms in the queue" if sent_ms else ""
+    return (f"deadline_ms {deadline_ms} passed {now_ms - deadline_ms:.0f} ms before its batch "
+            f"formed{queued}; give it a later deadline, or add workers (and partitions) so "
+            "requests queue less")

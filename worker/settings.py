@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import socket
+import textwrap
 from typing import Any, Mapping, Sequence
 
 from worker.topics import DEAD_LETTER_TOPIC, REQUESTS_TOPIC, RESULTS_TOPIC
@@ -18,6 +20,9 @@ from worker.topics import DEAD_LETTER_TOPIC, REQUESTS_TOPIC, RESULTS_TOPIC
 ENV_PREFIX = "RANKER_"
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
 EVENT_LOOPS = ("uvloop", "asyncio")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PROG = "python -m worker.app"
+HELP_HINT = f"`{PROG} --help` lists every setting"
 
 
 def _setting(default: Any, help: str, secret: bool = False) -> Any:
@@ -38,7 +43,35 @@ def _bool(text: str) -> bool:
 
 
 class SettingsError(ValueError):
-    """A setting with a value the worker cannot run with."""
+    """A setting with a value the worker cannot run with (or a flag that is not a setting).
+    The message is one line that names the variable or flag to change."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps help text at spaces only, so topic names and flags are never cut at a hyphen."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=100)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error raises `SettingsError` (one line, the caller's exit code)
+    instead of printing the usage block and exiting from inside a library call."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SettingsError(f"{message} (`{self.prog} --help` lists every setting)")
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _closest(word: str, choices: Sequence[str]) -> str | None:
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return match[0] if match else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,28 +131,37 @@ class Settings:
     log_level: str = _setting("INFO", "logging level")
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.max_batch_size >= 1, "max_batch_size must be >= 1"),
-            (self.max_batch_wait_ms >= 0, "max_batch_wait_ms must be >= 0"),
-            (self.checkpoint_poll_s >= 0, "checkpoint_poll_s must be >= 0 (0 = never)"),
-            (self.partitions >= 1, "partitions must be >= 1"),
-            (self.fetch_max_wait_ms >= 1, "fetch_max_wait_ms must be >= 1 (0 busy-polls the broker)"),
-            (self.processing_guarantee in ("at_least_once", "exactly_once"),
-             "processing_guarantee must be at_least_once or exactly_once"),
-            (self.security_protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
-             "security_protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
-            (self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
-             "sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
-            (self.device in ("auto", "cpu", "gpu"), "device must be auto, cpu or gpu"),
-            (self.event_loop in EVENT_LOOPS, "event_loop must be uvloop or asyncio"),
-            (self.compression_type in COMPRESSION_TYPES,
-             f"compression_type must be one of {', '.join(COMPRESSION_TYPES)}"),
-            (0 < self.breaker_threshold <= 1, "breaker_threshold must be in (0, 1]"),
-            (self.breaker_window >= 1, "breaker_window must be >= 1"),
+        checks = [  # (setting, holds, the rule)
+            ("max_batch_size", self.max_batch_size >= 1, "must be >= 1"),
+            ("max_batch_wait_ms", self.max_batch_wait_ms >= 0, "must be >= 0"),
+            ("checkpoint_poll_s", self.checkpoint_poll_s >= 0, "must be >= 0 (0 = never)"),
+            ("partitions", self.partitions >= 1, "must be >= 1"),
+            ("fetch_max_wait_ms", self.fetch_max_wait_ms >= 1,
+             "must be >= 1 (0 busy-polls the broker)"),
+            ("processing_guarantee", self.processing_guarantee in ("at_least_once",
+                                                                   "exactly_once"),
+             "must be at_least_once or exactly_once"),
+            ("security_protocol", self.security_protocol in ("PLAINTEXT", "SSL",
+                                                             "SASL_PLAINTEXT", "SASL_SSL"),
+             "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+            ("sasl_mechanism", self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256",
+                                                       "SCRAM-SHA-512"),
+             "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+            ("device", self.device in ("auto", "cpu", "gpu"), "must be auto, cpu or gpu"),
+            ("event_loop", self.event_loop in EVENT_LOOPS, "must be uvloop or asyncio"),
+            ("compression_type", self.compression_type in COMPRESSION_TYPES,
+             f"must be one of {', '.join(COMPRESSION_TYPES)}"),
+            ("breaker_threshold", 0 < self.breaker_threshold <= 1, "must be in (0, 1]"),
+            ("breaker_window", self.breaker_window >= 1, "must be >= 1"),
+            ("metrics_port", 0 <= self.metrics_port <= 65535,
+             "must be a TCP port, 1..65535, or 0 for none"),
+            ("log_level", self.log_level.upper() in LOG_LEVELS,
+             f"must be one of {', '.join(LOG_LEVELS)}"),
         ]
-        for ok, message in checks:
+        for name, ok, rule in checks:
             if not ok:
-                raise SettingsError(f"{message} (check {ENV_PREFIX}* variables and flags)")
+                raise SettingsError(f"{self.env_name(name)} / {flag_name(name)}: {name} {rule}, "
+                                    f"got {getattr(self, name)!r}")
 
     @property
     def resolved_worker_id(self) -> str:
@@ -153,44 +195,108 @@ class Settings:
     def env_name(cls, name: str) -> str:
         return ENV_PREFIX + name.upper()
 
+    @staticmethod
+    def default_text(field: dataclasses.Field) -> str:
+        """A field's default as README and --help show it (as a variable would be written)."""
+        default = field.default
+        if isinstance(default, tuple):
+            return ",".join(map(str, default)) or "(C)"
+        return str(default)
+
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         for field in dataclasses.fields(cls):
-            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name,
-                                default=None, metavar=cls.env_name(field.name),
-                                help=f"{field.metadata['help']} (default {field.default!r})")
+            meaning = field.metadata["help"].replace("%", "%%")  # argparse formats help with %
+            parser.add_argument(flag_name(field.name), dest=field.name, default=None,
+                                metavar=_METAVARS.get(type(field.default), "TEXT"),
+                                help=f"{meaning} [{cls.env_name(field.name)}, default "
+                                     f"{cls.default_text(field)!r}]")
+
+    @classmethod
+    def parser(cls, prog: str = PROG) -> argparse.ArgumentParser:
+        """The worker's command line: one flag per field, `--help` generated from them."""
+        parser = _Parser(
+            prog=prog, usage=f"{prog} [--setting VALUE ...]", formatter_class=_HelpFormatter,
+            allow_abbrev=False,  # a prefix of a flag is a typo, not that flag
+            description="The Phoenix ranking worker: ranks the requests of a Kafka topic and "
+                        "publishes the results. Every setting is a flag and a RANKER_* "
+                        "environment variable (shown in brackets with its default); flags "
+                        "win over variables, variables over defaults.")
+        cls.add_arguments(parser)
+        return parser
 
     @classmethod
     def load(cls, argv: Sequence[str] | None = (), environ: Mapping[str, str] | None = None,
+             *, tool_flags: Sequence[str] = (), prog: str = PROG,
              **overrides: Any) -> "Settings":
-        """Defaults < environment < command line < keyword overrides (tests)."""
+        """Defaults < environment < command line < keyword overrides (tests). A flag or a
+        RANKER_* variable that is not a setting raises `SettingsError` naming the closest
+        (among the settings and `tool_flags`, the flags of the tool that passes `argv` on)."""
         environ = os.environ if environ is None else environ
-        parser = argparse.ArgumentParser(add_help=False)
-        cls.add_arguments(parser)
-        args, _ = parser.parse_known_args(list(argv or ()))
+        args, unknown = cls.parser(prog).parse_known_args(list(argv or ()))
+        if unknown:
+            raise SettingsError(_unknown_argument(unknown[0], tool_flags, prog))
+        _check_variables(environ)
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            raw = getattr(args, field.name)
+            raw, source = getattr(args, field.name), flag_name(field.name)
             if raw is None:
-                raw = environ.get(cls.env_name(field.name))
+                raw, source = environ.get(cls.env_name(field.name)), cls.env_name(field.name)
             if raw is None:
                 continue
             try:
                 values[field.name] = _convert(field.default, raw)
             except ValueError as exc:
-                raise SettingsError(f"{cls.env_name(field.name)} / --"
-                                    f"{field.name.replace('_', '-')}: {exc}") from None
+                raise SettingsError(f"{source}: {exc}") from None
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def variable(cls, name: str, environ: Mapping[str, str] | None = None) -> str | None:
+        """The raw RANKER_* value of setting `name`, None when unset (for tools that pick
+        their own default when the user gave none)."""
+        if name not in {field.name for field in dataclasses.fields(cls)}:
+            raise KeyError(f"{name} is not a setting")
+        return (os.environ if environ is None else environ).get(cls.env_name(name))
+
+
+_METAVARS = {int: "INT", float: "NUMBER", tuple: "N,N,...", str: "TEXT"}
+
+
+def _unknown_argument(argument: str, tool_flags: Sequence[str] = (), prog: str = PROG) -> str:
+    hint = f"`{prog} --help` lists them"
+    if not argument.startswith("-"):
+        return f"unexpected argument {argument!r}: options are given as --flag VALUE; {hint}"
+    given = argument.split("=", 1)[0]
+    flags = [*tool_flags, *(flag_name(field.name) for field in dataclasses.fields(Settings))]
+    close = _closest(given, flags)
+    suggestion = f"; did you mean {close}?" if close else ""
+    return f"unknown flag {given}{suggestion} ({hint})"
+
+
+def _check_variables(environ: Mapping[str, str]) -> None:
+    """A misspelt RANKER_* variable would otherwise be ignored without a word."""
+    known = [Settings.env_name(field.name) for field in dataclasses.fields(Settings)]
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = _closest(name, known)
+            hint = f"; did you mean {close}?" if close else "; unset it"
+            raise SettingsError(f"the environment variable {name} is not a setting{hint} "
+                                f"({HELP_HINT})")
+
 
 def _convert(default: Any, raw: str) -> Any:
-    if isinstance(default, bool):
-        return _bool(raw)
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    if isinstance(default, tuple):
-        return _int_tuple(raw)
+    try:
+        if isinstance(default, bool):
+            return _bool(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return _int_tuple(raw)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number",
+                tuple: "comma-separated integers (1,8,64)"}.get(type(default), "a value")
+        raise ValueError(f"expected {kind}, got {raw!r}") from None
     return raw

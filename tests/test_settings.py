@@ -1,0 +1,75 @@
+"""Settings from flags and RANKER_* variables: every mistake is one line naming what to fix."""
+
+import dataclasses
+
+import pytest
+
+from worker.settings import Settings, SettingsError, flag_name
+
+
+@pytest.mark.parametrize("argv, closest", [
+    (["--max-batchsize", "32"], "--max-batch-size"),
+    (["--max-batch", "32"], "--max-batch-size"),  # a prefix is a typo, not that flag
+    (["--metrics-prot=9200"], "--metrics-port"),
+], ids=["misspelt", "prefix", "with_equals"])
+def test_unknown_flags_are_an_error_naming_the_closest_setting(argv, closest):
+    with pytest.raises(SettingsError, match=f"did you mean {closest}\\?") as caught:
+        Settings.load(argv, environ={})
+    assert argv[0].split("=")[0] in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_stray_value_is_an_error():
+    with pytest.raises(SettingsError, match="unexpected argument '32'"):
+        Settings.load(["32"], environ={})
+
+
+def test_misspelt_variables_are_an_error_naming_the_closest():
+    with pytest.raises(SettingsError, match="RANKER_MAX_BATCHSIZE is not a setting; did you mean "
+                                            "RANKER_MAX_BATCH_SIZE"):
+        Settings.load([], environ={"RANKER_MAX_BATCHSIZE": "32"})
+
+
+@pytest.mark.parametrize("argv, environ, message", [
+    (["--max-batch-size", "many"], {}, "--max-batch-size: expected an integer, got 'many'"),
+    ([], {"RANKER_MAX_BATCH_SIZE": "many"}, "RANKER_MAX_BATCH_SIZE: expected an integer"),
+    ([], {"RANKER_BATCH_BUCKETS": "1;8"}, "RANKER_BATCH_BUCKETS: expected comma-separated"),
+    ([], {"RANKER_LOG_LEVEL": "verbose"},
+     "RANKER_LOG_LEVEL / --log-level: log_level must be one of DEBUG, INFO"),
+    (["--max-batch-size", "0"], {}, "RANKER_MAX_BATCH_SIZE / --max-batch-size: max_batch_size "
+                                    "must be >= 1, got 0"),
+    (["--metrics-port", "70000"], {}, "RANKER_METRICS_PORT / --metrics-port"),
+    (["--max-batch-size"], {}, "argument --max-batch-size: expected one argument"),
+], ids=["flag_type", "variable_type", "tuple", "log_level", "rule", "port", "no_value"])
+def test_bad_values_name_the_flag_or_variable(argv, environ, message):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        Settings.load(argv, environ=environ)
+
+
+def test_log_level_is_case_insensitive():
+    assert Settings.load(["--log-level", "debug"], environ={}).log_level == "debug"
+
+
+def test_flags_win_over_variables_and_variables_over_defaults():
+    settings = Settings.load(["--max-batch-size", "8"], environ={
+        "RANKER_MAX_BATCH_SIZE": "16", "RANKER_PARTITIONS": "2"})
+    assert (settings.max_batch_size, settings.partitions, settings.group_id) == (
+        8, 2, "phoenix-ranker")
+
+
+def test_help_lists_every_setting_with_flag_variable_default_and_meaning(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        Settings.load(["--help"], environ={})
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # help wraps lines; compare words
+    for field in dataclasses.fields(Settings):
+        assert flag_name(field.name) in text
+        assert f"[{Settings.env_name(field.name)}, default {Settings.default_text(field)!r}]" \
+            in text, field.name
+        assert " ".join(field.metadata["help"].split()) in text, field.name
+
+
+def test_variable_reads_only_settings():
+    assert Settings.variable("metrics_port", {"RANKER_METRICS_PORT": "9200"}) == "9200"
+    assert Settings.variable("metrics_port", {}) is None
+    with pytest.raises(KeyError):
+        Settings.variable("metrics_prot", {})
