@@ -75,12 +75,13 @@ def install(faults: Faults) -> None:
     if faults.poison_user:
         rank = RankingPipeline._rank
 
-        def poisoned_rank(self: RankingPipeline, requests: list[RankingRequest]) -> list:
+        def poisoned_rank(self: RankingPipeline, requests: list[RankingRequest],
+                          runner) -> list:
             if any(r.user_id == faults.poison_user for r in requests):
                 log.warning("fault: model call of %d requests holds poison user %d",
                             len(requests), faults.poison_user)
                 raise InjectedFault(poison_message(faults.poison_user))
-            return rank(self, requests)
+            return rank(self, requests, runner)
 
         RankingPipeline._rank = poisoned_rank
 

@@ -9,11 +9,13 @@ from aiokafka.errors import MessageSizeTooLargeError
 
 from phoenix import compilations
 from phoenix.actions import ACTION_NAMES
+from phoenix.config import ConfigError
 from phoenix.runner import RankingRunner
 from tests.phoenix_helpers import TINY
 from worker import codec
 from worker.assembly import Assembler, Buckets, widths_for
 from worker.pipeline import InputRecord, RankingPipeline, publish_failed
+from worker.rollout import Canary, in_canary
 from tools.producer import BAD_EVENT_KINDS, generate_events
 from worker.validation import ValidationLimits, parse_request
 
@@ -72,6 +74,37 @@ def test_swap_runner_serves_the_new_model_from_the_next_batch(runner):
     after_versions, after = ranked(pipeline.process(pipeline.decode(records)))
     assert (before_versions, after_versions) == ({"test-v1"}, {"test-v2"})
     assert before != after
+
+
+def test_a_canary_ranks_its_share_of_the_users_and_labels_their_results(runner):
+    canary_runner = RankingRunner.create(seed=4, model_version="test-canary")
+    pipeline = RankingPipeline.create(runner, BUCKETS, "w-canary",
+                                      canary=Canary(canary_runner, 0.5))
+    alone = {version: RankingPipeline.create(r, BUCKETS, "w-canary")
+             for version, r in (("test-v1", runner), ("test-canary", canary_runner))}
+    events = list(generate_events(seed=13, count=40))
+    records = records_for(events)
+    results = [codec.decode_message(o.value)
+               for o in pipeline.process(pipeline.decode(records)).outcomes]
+    in_share = in_canary(np.array([r["user_id"] for r in results], np.uint64), 0.5)
+    versions = [r["model_version"] for r in results]
+    assert versions == ["test-canary" if c else "test-v1" for c in in_share]
+    assert 0 < in_share.sum() < len(results)  # both models served this batch
+    for version, alone_pipeline in alone.items():  # each result is its model's own ranking
+        own = [codec.decode_message(o.value)
+               for o in alone_pipeline.process(alone_pipeline.decode(records)).outcomes]
+        for mine, theirs in zip(results, own):
+            if mine["model_version"] == version:
+                assert [c["post_id"] for c in mine["ranked"]] == \
+                    [c["post_id"] for c in theirs["ranked"]]
+    assert [o.model_version for o in pipeline.process(pipeline.decode(records)).outcomes] \
+        == versions  # the same users get the same model again
+
+
+def test_a_canary_of_another_config_is_refused(runner):
+    other = RankingRunner.create(TINY, seed=1)
+    with pytest.raises(ConfigError, match="canary"):
+        RankingPipeline.create(runner, BUCKETS, "w", canary=Canary(other, 0.5))
 
 
 def test_every_bad_kind_is_dead_lettered_with_its_code(pipeline):

@@ -687,6 +687,40 @@ def test_live_rollout_swaps_a_good_checkpoint_and_refuses_a_corrupt_one_under_lo
           "swapping; the truncated v3 was refused")
 
 
+@pytest.mark.timeout(200)
+def test_a_canary_ranks_its_users_live_with_metrics_per_version(kafka, spawn, tmp_path):
+    from phoenix.runner import RankingRunner
+    from tests.worker_harness import DEMO_CHECKPOINT
+    from worker.rollout import in_canary
+
+    canary_path = tmp_path / "canary.npz"
+    demo_config = RankingRunner.from_checkpoint(DEMO_CHECKPOINT).config
+    RankingRunner.create(demo_config, seed=6, model_version="canary-v2").save(canary_path)
+    topics = WorkerTopics.create(kafka, partitions=2)
+    worker = spawn(kafka.bootstrap, topics, partitions=2, extra_args=(
+        "--canary-checkpoint", str(canary_path), "--canary-share", "0.3")).start()
+    worker.wait_ready()
+    messages = valid_requests(seed=93, count=300)
+    with Collector(kafka.bootstrap, topics) as collector:
+        kafka.produce(topics.requests, [(m.key, m.value) for m in messages])
+        answers = collector.wait_for_ids(request_ids(messages), timeout_s=90)
+    results = [a.message for a in answers if not a.dead_letter]
+    canary = in_canary(np.array([r["user_id"] for r in results], np.uint64), 0.3)
+    main_version = next(r["model_version"] for r, c in zip(results, canary) if not c)
+    assert [r["model_version"] for r in results] == [
+        "canary-v2" if c else main_version for c in canary]
+    deadline = time.monotonic() + 10
+    while worker.metric("ranker_model_results_total") < len(results) and \
+            time.monotonic() < deadline:
+        time.sleep(0.2)
+    per_version = {v: worker.metric(f'ranker_model_results_total{{version="{v}"}}')
+                   for v in ("canary-v2", main_version)}
+    print(f"\ncanary at 0.3: {per_version}")
+    assert per_version == {"canary-v2": canary.sum(), main_version: (~canary).sum()}
+    assert worker.metric(f'ranker_model_info{{version="{main_version}"}}') == 1
+    assert worker.metric('ranker_model_info{version="canary-v2"}') == 1
+
+
 # ---- 5. slow model call -----------------------------------------------------------------------
 
 

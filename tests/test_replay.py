@@ -136,6 +136,15 @@ def test_summarize_counts_results_and_dead_letters_by_code():
     assert summary.requests_per_s == 2.5
 
 
+def test_summarize_counts_results_by_model_version():
+    summary = replay.summarize([None, None, "invalid", None], 1.0, "v1",
+                               versions=["v1", "canary", None, "v1"])
+    assert summary.by_version == {"v1": 2, "canary": 1}
+    assert "(results by model: canary 1, v1 2)" in summary.lines()[-1]
+    assert "results by model" not in replay.summarize([None], 1.0, "v1",
+                                                      versions=["v1"]).lines()[-1]
+
+
 @pytest.mark.parametrize("size, want", [(1, [1] * 5), (2, [2, 2, 1]), (5, [5]), (9, [5])],
                          ids=["one", "uneven", "exact", "larger"])
 def test_chunked_sizes(size, want):

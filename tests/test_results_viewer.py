@@ -64,6 +64,15 @@ def test_summary_counts_latency_and_ndcg_against_truth():
     assert summary.total == 3
 
 
+def test_summary_splits_results_by_model_version_only_when_there_are_several():
+    summary = Summary()
+    summary.add_result({**result([11]), "model_version": "v1"}, latency_ms=10.0)
+    assert "by model" not in summary.line()
+    summary.add_result({**result([11]), "model_version": "canary"}, latency_ms=40.0)
+    summary.add_result({**result([11]), "model_version": "v1"}, latency_ms=20.0)
+    assert "by model: canary 1 results p50 40.0 ms; v1 2 results p50 15.0 ms" in summary.line()
+
+
 @pytest.mark.kafka  # starts a broker and a worker (as `make demo` does)
 @pytest.mark.timeout(180)
 def test_demo_runs_end_to_end():

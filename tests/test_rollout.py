@@ -13,7 +13,8 @@ import pytest
 
 from phoenix.config import RankerConfig
 from phoenix.runner import RankingRunner
-from worker.rollout import CheckpointWatcher, RolloutError, newest_checkpoint, probe_batch
+from worker.rollout import (CheckpointWatcher, RolloutError, in_canary, newest_checkpoint,
+                            probe_batch)
 from worker.serving import load_runner
 
 SHAPES = [(1, 8), (4, 16)]  # the probe batch is (2, 8): one more shape
@@ -104,3 +105,12 @@ def test_a_model_that_scores_everything_alike_is_refused(tmp_path, serving):
     bad = RankingRunner(flat.config, params, flat.tables)
     message = _refusal(tmp_path, serving, _save(bad, tmp_path / "flat.npz", "v2"))
     assert "all equal" in message
+
+
+def test_the_canary_split_is_stable_and_grows_with_the_share():
+    users = np.arange(1, 20_001, dtype=np.uint64) * np.uint64(7919)
+    tenth, third = in_canary(users, 0.1), in_canary(users, 1 / 3)
+    assert np.array_equal(tenth, in_canary(users.copy(), 0.1))  # a user keeps their side
+    assert not (tenth & ~third).any()  # raising the share only adds users
+    assert abs(tenth.mean() - 0.1) < 0.01 and abs(third.mean() - 1 / 3) < 0.01
+    assert not in_canary(users, 0.0).any() and in_canary(users, 1.0).all()

@@ -142,6 +142,7 @@ class OfflineSummary:
     seconds: float  # wall time of reading, ranking and writing
     model_version: str
     compilations: int  # XLA compilations in the process during the run
+    by_version: Mapping[str, int] = dataclasses.field(default_factory=dict)  # results per model
 
     @property
     def requests_per_s(self) -> float:
@@ -156,18 +157,23 @@ class OfflineSummary:
                                                                   else ""),
             f"requests/s    {self.requests_per_s:.1f} ({self.seconds:.2f} s, "
             f"{self.compilations} compilations)",
-            f"model         {self.model_version}",
+            f"model         {self.model_version}" + (
+                " (results by model: " + ", ".join(f"{v} {n}" for v, n in sorted(
+                    self.by_version.items())) + ")" if len(self.by_version) > 1 else ""),
         ]
 
 
 def summarize(codes: Iterable[str | None], seconds: float, model_version: str,
-              compilations: int = 0) -> OfflineSummary:
-    """Summary from each outcome's dead-letter code (None for a result)."""
+              compilations: int = 0, versions: Iterable[str | None] = ()) -> OfflineSummary:
+    """Summary from each outcome's dead-letter code (None for a result) and, optionally,
+    each outcome's model version (None for a dead letter)."""
     counts = collections.Counter(codes)
     results = counts.pop(None, 0)
+    by_version = collections.Counter(v for v in versions if v is not None)
     return OfflineSummary(requests=results + sum(counts.values()), results=results,
                           dead_letters=dict(counts), seconds=seconds,
-                          model_version=model_version, compilations=compilations)
+                          model_version=model_version, compilations=compilations,
+                          by_version=dict(by_version))
 
 
 # -- comparing two models ---------------------------------------------------------------------
@@ -376,6 +382,7 @@ def run_offline(path: str, out_path: str, pipeline: RankingPipeline, batch_size:
         raise ReplayError(f"--out {out_path} is the input file; write the results elsewhere")
     partial = out_path + ".partial"
     codes: list[str | None] = []
+    versions: list[str | None] = []
     compiled_before = compilations.count()
     start = time.perf_counter()
     try:
@@ -387,12 +394,13 @@ def run_offline(path: str, out_path: str, pipeline: RankingPipeline, batch_size:
                 for outcome in outcomes:
                     out.write(outcome_record(outcome, results_topic, dead_letter_topic, now))
                     codes.append(outcome.dead_letter_code)
+                    versions.append(outcome.model_version)
         os.replace(partial, out_path)
     finally:
         if os.path.exists(partial):
             os.remove(partial)
     return summarize(codes, time.perf_counter() - start, pipeline.runner.model_version,
-                     compilations.count() - compiled_before)
+                     compilations.count() - compiled_before, versions)
 
 
 def run_compare(path: str, pipeline_a: RankingPipeline, pipeline_b: RankingPipeline,

@@ -149,14 +149,20 @@ class Summary:
         self.results = 0
         self.dead_letters: collections.Counter[str] = collections.Counter()
         self.latencies_ms: list[float] = []
+        # Per model version (a canary, or a rollout mid-stream): results and latencies.
+        self.versions: dict[str, list[float]] = collections.defaultdict(list)
+        self.version_results: collections.Counter[str] = collections.Counter()
         self.truth = truth or {}
         self.weights = ScoringConfig().weight_vector() if weights is None else weights
         self.ndcg = RollingNDCG(k=5)
 
     def add_result(self, result: dict, latency_ms: float | None) -> None:
         self.results += 1
+        version = str(result.get("model_version"))
+        self.version_results[version] += 1
         if latency_ms is not None:
             self.latencies_ms.append(latency_ms)
+            self.versions[version].append(latency_ms)
         truth = self.truth.get(result["request_id"])
         if truth is not None:
             index = {int(p): i for i, p in enumerate(truth.candidate_post_ids.tolist())}
@@ -180,7 +186,15 @@ class Summary:
             parts.append(f"latency p50 {p50:.1f} ms / p99 {p99:.1f} ms")
         if self.ndcg.count:
             parts.append(f"rolling NDCG@5 {self.ndcg.mean:.3f} over {self.ndcg.count}")
+        if len(self.version_results) > 1:
+            parts.append("by model: " + "; ".join(
+                self._version_text(v) for v in sorted(self.version_results)))
         return "summary: " + ", ".join(parts)
+
+    def _version_text(self, version: str) -> str:
+        latencies = self.versions.get(version)
+        p50 = f" p50 {np.percentile(latencies, 50):.1f} ms" if latencies else ""
+        return f"{version} {self.version_results[version]} results{p50}"
 
 
 def latency_of(result: dict) -> float | None:

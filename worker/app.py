@@ -227,7 +227,8 @@ def _ready_model(settings: Settings, started: float, metrics: WorkerMetrics,
     log.info("%s", cache_summary(pipeline, settings.cache_budget_mb))
     pipeline.warmup()
     state.compiled = True
-    metrics.model_info.labels(pipeline.runner.model_version).set(1)
+    for runner in pipeline.runners():
+        metrics.model_info.labels(runner.model_version).set(1)
     metrics.compilations.set(compilations.count())
     log.info("model %s on %s: %d compilations (%.1f s), ready %.1f s after start",
              pipeline.runner.model_version, backend, compilations.count(),

@@ -251,16 +251,18 @@ class BatchHandler:
         m.model_time.observe(processed.times.model_ms / 1000)
         for stage, ms in processed.times._asdict().items():
             m.stage_time.labels(stage.removesuffix("_ms")).observe(ms / 1000)
-        results = 0
+        results = collections.Counter()
         for outcome in outcomes:
             if outcome.is_result:
-                results += 1
+                results[outcome.model_version] += 1
             else:
                 m.dead_letters.labels(outcome.dead_letter_code).inc()
             sent = outcome.record.timestamp_ms
             if sent:
                 m.queue_wait.observe(max(0.0, processed.started_ms - sent) / 1000)
-        m.results.inc(results)  # once per batch: each inc takes the metric's lock
+        m.results.inc(sum(results.values()))  # once per batch: each inc takes a lock
+        for version, count in results.items():
+            m.model_results.labels(version).inc(count)
         m.compilations.set(compilations.count())
 
     def _record_breaker(self, outcomes: Sequence[Outcome]) -> None:

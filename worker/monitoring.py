@@ -48,7 +48,10 @@ class WorkerMetrics:
             "ranker_fetch_deliveries", "Records handed from the fetch loop to the stream so far, "
             "by path: inline (no task) or waited (blocked, interruptible by a rebalance)",
             ["path"], registry=r)
-        self.model_info = Gauge("ranker_model_info", "1 for the model version serving",
+        self.model_results = Counter("ranker_model_results", "Results published, by the "
+                                     "version of the model that ranked them", ["version"],
+                                     registry=r)
+        self.model_info = Gauge("ranker_model_info", "1 for each model version serving (the main one, and a canary)",
                                 ["version"], registry=r)
         self.model_load_failures = Counter(
             "ranker_model_load_failures", "New checkpoints refused (the serving model kept)",

@@ -16,12 +16,16 @@ import math
 import time
 from typing import NamedTuple, Sequence
 
+import numpy as np
+
+from phoenix.config import ConfigError
 from phoenix.runner import RankingRunner
 from worker import codec
 from worker.assembly import Assembler, Buckets, Ranking
 from worker.errors import (PUBLISH_FAILED, TOO_LARGE, ExpiredError, ModelError,
                            ValidationError, WorkerError)
 from worker.request import RankingRequest
+from worker.rollout import Canary, in_canary
 from worker.validation import ValidationLimits, parse_request
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,7 @@ class Outcome:
     value: bytes
     request_id: str | None
     dead_letter_code: str | None = None  # None for a result
+    model_version: str | None = None  # the model that ranked a result
 
     @property
     def is_result(self) -> bool:
@@ -108,8 +113,9 @@ class RankingPipeline:
     """Decode, validate, expire, assemble, rank (isolating poison requests), encode."""
 
     def __init__(self, runner: RankingRunner, assembler: Assembler, limits: ValidationLimits,
-                 worker_id: str, max_age_ms: int | None = None):
+                 worker_id: str, max_age_ms: int | None = None, canary: Canary | None = None):
         self.runner = runner
+        self.canary = canary
         self.assembler = assembler
         self.limits = limits
         self.worker_id = worker_id
@@ -118,13 +124,18 @@ class RankingPipeline:
     @classmethod
     def create(cls, runner: RankingRunner, buckets: Buckets, worker_id: str,
                max_age_ms: int | None = None, cache_budget_mb: float = math.inf,
-               **limit_overrides: int) -> "RankingPipeline":
+               canary: Canary | None = None, **limit_overrides: int) -> "RankingPipeline":
         """Raises ConfigError when the buckets leave allowed requests without a shape or
-        their largest call is over `cache_budget_mb` of cached context."""
+        their largest call is over `cache_budget_mb` of cached context, or when the canary
+        model has another config (it shares the buckets)."""
         limits = ValidationLimits.from_config(runner.config, **limit_overrides)
         buckets.check(runner.config, limits.max_candidates, cache_budget_mb,
                       runner.dtype.itemsize)
-        return cls(runner, Assembler(runner.config, buckets), limits, worker_id, max_age_ms)
+        if canary is not None and canary.runner.config != runner.config:
+            raise ConfigError("the canary checkpoint's model config differs from the main "
+                              "checkpoint's; a canary must be the same model, retrained")
+        return cls(runner, Assembler(runner.config, buckets), limits, worker_id, max_age_ms,
+                   canary)
 
     def swap_runner(self, runner: RankingRunner) -> RankingRunner:
         """Serve `runner` (same config) from the next batch on; returns the one replaced.
@@ -133,8 +144,26 @@ class RankingPipeline:
         return old
 
     def warmup(self) -> None:
-        """Compile every bucket shape before the worker takes traffic."""
-        self.runner.warmup(self.assembler.buckets.shapes())
+        """Compile every bucket shape (of both models, with a canary) before the worker takes
+        traffic."""
+        for runner in self.runners():
+            runner.warmup(self.assembler.buckets.shapes())
+
+    def runners(self) -> list[RankingRunner]:
+        """The models serving: the main one, then the canary if any."""
+        return [self.runner] + ([self.canary.runner] if self.canary else [])
+
+    def _by_model(self, requests: Sequence[RankingRequest]
+                  ) -> list[tuple[RankingRunner, list[int]]]:
+        """Which model ranks which requests (positions in `requests`): the canary takes its
+        share of the users, the main model the rest."""
+        if self.canary is None:
+            return [(self.runner, list(range(len(requests))))]
+        canary = in_canary(np.array([r.user_id for r in requests], np.uint64),
+                           self.canary.share)
+        groups = [(self.runner, np.flatnonzero(~canary).tolist()),
+                  (self.canary.runner, np.flatnonzero(canary).tolist())]
+        return [(runner, positions) for runner, positions in groups if positions]
 
     # -- the stages ------------------------------------------------------------------------
 
@@ -180,20 +209,21 @@ class RankingPipeline:
                 f"{self.max_age_ms} ms; it was dropped unranked", request.request_id)
         return None
 
-    def _rank(self, requests: list[RankingRequest]) -> tuple[list[Ranking], float]:
-        """(one ranking per request, ms spent assembling)."""
+    def _rank(self, requests: list[RankingRequest], runner: RankingRunner
+              ) -> tuple[list[Ranking], float]:
+        """(one ranking per request by `runner`, ms spent assembling)."""
         start = _now_ms()
         assembly = self.assembler.assemble(requests)
         assemble_ms = _now_ms() - start
-        outputs = [self.runner.rank_cached(call.batch) for call in assembly.calls]
+        outputs = [runner.rank_cached(call.batch) for call in assembly.calls]
         return self.assembler.rankings(requests, assembly, outputs), assemble_ms
 
-    def _rank_isolating(self, requests: list[RankingRequest]
+    def _rank_isolating(self, requests: list[RankingRequest], runner: RankingRunner
                         ) -> tuple[list[Ranking | ModelError], float]:
         """Ranks; if the batch raises, halves it until the culprit stands alone. Returns the
         rankings (a ModelError for each culprit) and the ms spent assembling."""
         try:
-            return self._rank(requests)
+            return self._rank(requests, runner)
         # Any failure inside numpy/JAX code is a model error for these requests; this is the
         # isolation boundary, so it must not let one bad request take the batch down.
         except Exception as exc:  # noqa: BLE001 (CancelledError is not an Exception)
@@ -202,16 +232,17 @@ class RankingPipeline:
                 return [ModelError(f"ranking this request raised {type(exc).__name__}: {exc}",
                                    requests[0].request_id)], 0.0
             half = len(requests) // 2
-            (first, first_ms), (second, second_ms) = (self._rank_isolating(requests[:half]),
-                                                      self._rank_isolating(requests[half:]))
+            (first, first_ms), (second, second_ms) = (
+                self._rank_isolating(requests[:half], runner),
+                self._rank_isolating(requests[half:], runner))
             return first + second, first_ms + second_ms
 
     def _result(self, ranking: Ranking, record: InputRecord, queue_wait_ms: float,
-                model_ms: float) -> Outcome:
+                model_ms: float, model_version: str) -> Outcome:
         request = ranking.request
         value = codec.encode_result(codec.build_result(
             request, ranking.order, ranking.scores, ranking.probabilities,
-            model_version=self.runner.model_version, worker_id=self.worker_id,
+            model_version=model_version, worker_id=self.worker_id,
             timings={"queue_wait_ms": queue_wait_ms, "model_ms": model_ms},
             produced_at_ms=int(_now_ms())))
         if len(value) > self.max_outcome_bytes:
@@ -220,7 +251,8 @@ class RankingPipeline:
                 f"{self.max_outcome_bytes}-byte cap of what the worker publishes; ask for fewer "
                 "candidates back (top_k) or raise the worker's max_message_bytes"),
                 request_id=request.request_id))
-        return Outcome(record, codec.user_key(request.user_id), value, request.request_id)
+        return Outcome(record, codec.user_key(request.user_id), value, request.request_id,
+                       model_version=model_version)
 
     # -- the whole batch -------------------------------------------------------------------
 
@@ -257,19 +289,26 @@ class RankingPipeline:
         ranking_start = _now_ms()  # later than start + decode_ms when decoded on another thread
 
         requests = [decoded.items[i] for i in valid]
-        ranked, assemble_ms = self._rank_isolating(requests) if requests else ([], 0.0)
+        ranked: list[tuple[Ranking | ModelError, str]] = [None] * len(requests)
+        assemble_ms = 0.0
+        for runner, positions in self._by_model(requests) if requests else []:
+            got, ms = self._rank_isolating([requests[p] for p in positions], runner)
+            assemble_ms += ms
+            for p, item in zip(positions, got):
+                ranked[p] = (item, runner.model_version)
         after_model = _now_ms()
         model_ms = after_model - ranking_start - assemble_ms
 
         outcomes: list[Outcome | None] = [
             item if isinstance(item, Outcome) else None for item in decoded.items]
-        for i, item in zip(valid, ranked):
+        for i, (item, version) in zip(valid, ranked):
             record = records[i]
             if isinstance(item, ModelError):
                 outcomes[i] = self._dead_letter(record, item)
                 continue
             sent = item.request.timestamp_ms or record.timestamp_ms or start
-            outcomes[i] = self._result(item, record, max(0.0, start - sent), model_ms)
+            outcomes[i] = self._result(item, record, max(0.0, start - sent), model_ms,
+                                       version)
         end = _now_ms()
         times = StageTimes(decoded.decode_ms, assemble_ms, model_ms, end - after_model)
         return ProcessedBatch(outcomes, times, sum(r.num_candidates for r in requests), start)

@@ -20,12 +20,37 @@ from typing import Callable
 import jax
 import numpy as np
 
+from phoenix.hashing import mix64
 from phoenix.model import RecsysBatch
 from phoenix.runner import RankingRunner
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIX = ".npz"
+
+
+# Salts the canary split so it is unrelated to the embedding hashes; fixed, so that a user
+# keeps their model across restarts and releases.
+_CANARY_SALT = np.uint64(0xC0FFEE5EED5A1700)
+
+
+def in_canary(user_ids: np.ndarray, share: float) -> np.ndarray:
+    """`[n]` bool: which users the canary model ranks. A user always lands on the same side,
+    and raising the share only adds users to the canary."""
+    ids = np.asarray(user_ids, dtype=np.uint64)
+    if share <= 0.0:
+        return np.zeros(ids.shape, bool)
+    if share >= 1.0:
+        return np.ones(ids.shape, bool)
+    return mix64(ids ^ _CANARY_SALT) < np.uint64(int(share * 2.0**64))
+
+
+@dataclasses.dataclass(frozen=True)
+class Canary:
+    """A second model for `share` of the users (by `in_canary`)."""
+
+    runner: RankingRunner
+    share: float
 
 
 class RolloutError(ValueError):

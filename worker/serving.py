@@ -15,7 +15,7 @@ from phoenix.runner import RankingRunner
 from phoenix.model import context_cache_bytes
 from worker.assembly import MIB, Buckets, widths_for
 from worker.pipeline import RankingPipeline
-from worker.rollout import CHECKPOINT_SUFFIX, newest_checkpoint
+from worker.rollout import CHECKPOINT_SUFFIX, Canary, newest_checkpoint
 from worker.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,30 @@ def buckets_for(settings: Settings, runner: RankingRunner) -> Buckets:
                    full_widths=config.candidate_seq_len)
 
 
+def _canary_runner(checkpoint: str, main: RankingRunner) -> RankingRunner:
+    try:
+        canary = load_runner(checkpoint)
+    except CheckpointError as error:
+        raise SettingsError(f"RANKER_CANARY_CHECKPOINT / --canary-checkpoint: cannot load "
+                            f"{error}") from None
+    if canary.config != main.config:
+        raise SettingsError(f"RANKER_CANARY_CHECKPOINT / --canary-checkpoint: {checkpoint} has "
+                            "another model config than the main checkpoint; a canary must be "
+                            "the same model, retrained (it shares the compiled shapes)")
+    return canary
+
+
 def build_pipeline(settings: Settings, checkpoint: str | None = None,
                    worker_id: str | None = None, apply_max_age: bool = True) -> RankingPipeline:
     """The pipeline for `checkpoint` (default: the settings' one) with the worker's buckets
-    and input caps."""
+    and input caps, and the settings' canary model if one is set."""
     runner = load_runner(checkpoint or settings.checkpoint)
+    canary = (Canary(_canary_runner(settings.canary_checkpoint, runner), settings.canary_share)
+              if settings.canary_checkpoint else None)
     return RankingPipeline.create(
         runner, buckets_for(settings, runner), worker_id or settings.resolved_worker_id,
         max_age_ms=(settings.max_age_ms or None) if apply_max_age else None,
-        cache_budget_mb=settings.cache_budget_mb,
+        cache_budget_mb=settings.cache_budget_mb, canary=canary,
         max_message_bytes=settings.max_message_bytes, max_history=settings.max_history,
         max_candidates=settings.max_candidates)
 

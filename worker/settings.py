@@ -114,6 +114,10 @@ class Settings:
                                       "call may hold, MiB (start-up fails if over)")
     checkpoint: str = _setting("checkpoints/demo.npz", "model checkpoint file, or a directory "
                                "of versions (the newest serves); 'random' = fresh model")
+    canary_checkpoint: str = _setting(
+        "", "a second checkpoint (same model config) that ranks canary_share of the users")
+    canary_share: float = _setting(
+        0.0, "share of users, 0..1, ranked by the canary (chosen by a hash of the user id)")
     checkpoint_poll_s: float = _setting(
         5.0, "seconds between looks for a new checkpoint version to load live (0 = never)")
     device: str = _setting("auto", "auto, cpu or gpu")
@@ -135,6 +139,9 @@ class Settings:
             ("max_batch_size", self.max_batch_size >= 1, "must be >= 1"),
             ("max_batch_wait_ms", self.max_batch_wait_ms >= 0, "must be >= 0"),
             ("checkpoint_poll_s", self.checkpoint_poll_s >= 0, "must be >= 0 (0 = never)"),
+            ("canary_share", 0.0 <= self.canary_share <= 1.0, "must be in 0..1"),
+            ("canary_share", self.canary_share == 0.0 or bool(self.canary_checkpoint),
+             "needs a canary_checkpoint to rank that share with"),
             ("partitions", self.partitions >= 1, "must be >= 1"),
             ("fetch_max_wait_ms", self.fetch_max_wait_ms >= 1,
              "must be >= 1 (0 busy-polls the broker)"),
