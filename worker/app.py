@@ -249,8 +249,14 @@ def _start_and_serve(settings: Settings) -> int:
             health = _start_health(settings, metrics, state)
             backend = configure_jax(settings)
             pipeline = _ready_model(settings, started, metrics, state, backend)
+            # The broker wait runs on a plain asyncio loop: this block's signal handlers
+            # raise StartupStop, which uvloop would not carry out of run_until_complete.
+            waiting = asyncio.new_event_loop()
+            try:
+                _prepare_broker(settings, waiting)
+            finally:
+                waiting.close()
             loop = new_event_loop(settings)
-            _prepare_broker(settings, loop)
         serve(create_app(settings, pipeline, state, metrics), settings, loop)
     finally:
         if health is not None:
