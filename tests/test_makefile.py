@@ -14,9 +14,12 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 def command(target: str, *assignments: str) -> str:
     """The last command `make TARGET` would run (any venv steps come first)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_PORT", "METRICS_PORT")}
-    run = subprocess.run(["make", "-n", target, *assignments], cwd=ROOT, capture_output=True,
-                         text=True, check=True, env=env)
+    # Under `make test` the parent's MAKELEVEL/MAKEFLAGS would make this make print
+    # "Entering/Leaving directory" lines and inherit its flags: run it as from a shell.
+    dropped = ("BROKER_PORT", "METRICS_PORT", "MAKELEVEL", "MAKEFLAGS", "MFLAGS")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
+    run = subprocess.run(["make", "--no-print-directory", "-n", target, *assignments],
+                         cwd=ROOT, capture_output=True, text=True, check=True, env=env)
     return run.stdout.strip().splitlines()[-1]
 
 
