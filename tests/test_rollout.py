@@ -46,7 +46,7 @@ def test_newest_checkpoint_of_a_file_a_directory_and_nothing(tmp_path, serving):
 
 def test_the_watcher_offers_each_new_version_once(tmp_path, serving):
     _save(serving, tmp_path / "v1.npz", "v1", mtime_s=1_000)
-    watcher = CheckpointWatcher(tmp_path, lambda: serving, SHAPES)
+    watcher = CheckpointWatcher(tmp_path)
     assert watcher.poll() is None  # the one serving at start
     second = _save(serving, tmp_path / "v2.npz", "v2", mtime_s=2_000)
     assert watcher.poll() == second
@@ -58,7 +58,7 @@ def test_the_watcher_offers_each_new_version_once(tmp_path, serving):
 def test_a_good_checkpoint_is_loaded_checked_and_compiled_beside_the_serving_one(
         tmp_path, serving):
     path = _save(RankingRunner.create(RankerConfig(), seed=7), tmp_path / "v2.npz", "v2")
-    candidate = CheckpointWatcher(tmp_path / "missing", lambda: serving, SHAPES).prepare(path)
+    candidate = CheckpointWatcher.prepare(path, serving, SHAPES)
     assert candidate.runner.model_version == "v2" and candidate.path == path
     assert candidate.runner.compile_count == len(SHAPES) + 1  # each shape, and the probe's
     probe = probe_batch(serving)
@@ -67,9 +67,8 @@ def test_a_good_checkpoint_is_loaded_checked_and_compiled_beside_the_serving_one
 
 
 def _refusal(tmp_path: Path, serving: RankingRunner, path: Path) -> str:
-    watcher = CheckpointWatcher(tmp_path / "missing", lambda: serving, SHAPES)
     with pytest.raises(RolloutError) as refused:
-        watcher.prepare(path)
+        CheckpointWatcher.prepare(path, serving, SHAPES)
     return str(refused.value)
 
 

@@ -88,7 +88,8 @@ def new_app(settings: Settings) -> tuple[faust.App, AppTopics]:
 
 
 def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState,
-               metrics: WorkerMetrics) -> faust.App:
+               metrics: WorkerMetrics, watcher: CheckpointWatcher | None = None) -> faust.App:
+    """The worker's app: the ranking agent, and with a `watcher`, live model rollout."""
     app, (requests, results, dead_letters) = new_app(settings)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
     decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder")
@@ -115,9 +116,7 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         finally:
             await handler.close()  # stopping: let the batches in flight finish
 
-    if settings.checkpoint_poll_s > 0 and settings.checkpoint != RANDOM_CHECKPOINT:
-        watcher = CheckpointWatcher(settings.checkpoint, lambda: pipeline.runner,
-                                    pipeline.assembler.buckets.shapes())
+    if watcher is not None:
         loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
 
         @app.timer(settings.checkpoint_poll_s)
@@ -131,7 +130,9 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
             serving = pipeline.runner.model_version
             log.info("new checkpoint %s: loading, checking and compiling it", path)
             try:
-                candidate = await loop.run_in_executor(loader, watcher.prepare, path)
+                candidate = await loop.run_in_executor(
+                    loader, watcher.prepare, path, pipeline.runner,
+                    pipeline.assembler.buckets.shapes())
             except RolloutError as error:
                 metrics.model_load_failures.inc()
                 log.error("refused the new checkpoint: %s; model %s keeps serving", error,
@@ -248,6 +249,9 @@ def _start_and_serve(settings: Settings) -> int:
             log.info("settings:\n%s", settings.describe())
             health = _start_health(settings, metrics, state)
             backend = configure_jax(settings)
+            # Before the first load: a version written while it compiles is still new then.
+            watcher = (CheckpointWatcher(settings.checkpoint) if settings.checkpoint_poll_s > 0
+                       and settings.checkpoint != RANDOM_CHECKPOINT else None)
             pipeline = _ready_model(settings, started, metrics, state, backend)
             # The broker wait runs on a plain asyncio loop: this block's signal handlers
             # raise StartupStop, which uvloop would not carry out of run_until_complete.
@@ -257,7 +261,7 @@ def _start_and_serve(settings: Settings) -> int:
             finally:
                 waiting.close()
             loop = new_event_loop(settings)
-        serve(create_app(settings, pipeline, state, metrics), settings, loop)
+        serve(create_app(settings, pipeline, state, metrics, watcher), settings, loop)
     finally:
         if health is not None:
             health.stop()

@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
@@ -124,14 +123,13 @@ class Candidate:
 class CheckpointWatcher:
     """Finds a changed checkpoint and prepares it; the caller swaps it in.
 
-    `poll()` is cheap (stat calls) and says which file to try; `prepare(path)` is slow
-    (load, verify, compile every shape) and runs off the ranker thread."""
+    Create it before loading the first model: a version written while the worker loads and
+    compiles is then still new at the first `poll()`. `poll()` is cheap (stat calls) and says
+    which file to try; `prepare()` is slow (load, verify, compile every shape) and runs off
+    the ranker thread."""
 
-    def __init__(self, checkpoint: str | os.PathLike, serving: Callable[[], RankingRunner],
-                 shapes: list[tuple[int, int]]):
+    def __init__(self, checkpoint: str | os.PathLike):
         self.checkpoint = Path(checkpoint)
-        self.serving = serving
-        self.shapes = shapes
         current = newest_checkpoint(self.checkpoint)
         self._seen = _stamp(current) if current is not None else None
 
@@ -149,10 +147,11 @@ class CheckpointWatcher:
         self._seen = stamp
         return path
 
-    def prepare(self, path: Path) -> Candidate:
-        """Load, verify and compile `path`; `RolloutError` naming the file if it must not
-        serve."""
-        serving = self.serving()
+    @staticmethod
+    def prepare(path: Path, serving: RankingRunner, shapes: list[tuple[int, int]]
+                ) -> Candidate:
+        """Load, verify against `serving` and compile `shapes` of `path`; `RolloutError`
+        naming the file if it must not serve."""
         try:
             runner = RankingRunner.from_checkpoint(path, expected_config=serving.config,
                                                    dtype=serving.dtype,
@@ -161,5 +160,5 @@ class CheckpointWatcher:
             reason = str(error) if str(path) in str(error) else f"{path}: {error}"
             raise RolloutError(f"cannot load it: {reason}") from error
         verify(runner, serving, path)
-        runner.warmup(self.shapes)
+        runner.warmup(shapes)
         return Candidate(path, runner)
