@@ -95,11 +95,10 @@ def probe_batch(runner: RankingRunner, requests: int = 2, seed: int = 1234) -> R
                                                (requests, c), dtype=np.int32))
 
 
-def verify(runner: RankingRunner, serving: RankingRunner, path: Path) -> None:
-    """Raises `RolloutError` unless `runner` may replace `serving` (see the module doc)."""
-    if runner.config != serving.config:
-        raise RolloutError(f"{path}: its model config differs from the serving model's; a "
-                           "new config needs a restart (new buckets and compiles)")
+def verify(runner: RankingRunner, path: Path) -> None:
+    """Raises `RolloutError` unless `runner`, loaded from `path` with the serving model's
+    config, may serve: finite values, and a probe batch scored without error and not all
+    alike."""
     leaves = jax.tree_util.tree_leaves_with_path((runner.params, runner.tables))
     for where, leaf in leaves:
         if not np.all(np.isfinite(np.asarray(leaf))):
@@ -159,6 +158,6 @@ class CheckpointWatcher:
         except Exception as error:  # noqa: BLE001 (a file being written or broken: refuse)
             reason = str(error) if str(path) in str(error) else f"{path}: {error}"
             raise RolloutError(f"cannot load it: {reason}") from error
-        verify(runner, serving, path)
+        verify(runner, path)
         runner.warmup(shapes)
         return Candidate(path, runner)
