@@ -18,7 +18,7 @@ def make_request(seed: int, num_history: int, num_candidates: int, request_id: s
         user_id=int(ids(1)[0]),
         history_post_ids=ids(num_history),
         history_author_ids=ids(num_history),
-        history_actions=(rng.random((num_history, NUM_ACTIONS)) < 0.3).astype(np.float32),
+        history_actions=rng.integers(0, 1 << NUM_ACTIONS, num_history, dtype=np.uint32),
         history_surfaces=rng.integers(0, num_surfaces, num_history).astype(np.int32),
         candidate_post_ids=np.unique(ids(num_candidates * 2))[:num_candidates],
         candidate_author_ids=ids(num_candidates),

@@ -1,8 +1,8 @@
-import dataclasses
-
+import msgspec
 import numpy as np
 import pytest
 
+from phoenix.actions import NUM_ACTIONS, action_masks, multi_hot
 from phoenix.config import ConfigError
 from phoenix.hashing import Hasher
 from tests.phoenix_helpers import TINY
@@ -43,7 +43,10 @@ def test_values_land_in_their_slots():
     # The most recent S items, oldest first, left-aligned.
     np.testing.assert_array_equal(batch.history_post_hashes[0],
                                   hasher.posts(request.history_post_ids[-6:]))
-    np.testing.assert_array_equal(batch.history_actions[0], request.history_actions[-6:])
+    # Mask bit i is action column i.
+    bits = [[(int(mask) >> i) & 1 for i in range(TINY.num_actions)]
+            for mask in request.history_actions[-6:]]
+    np.testing.assert_array_equal(batch.history_actions[0], np.array(bits, np.float32))
     np.testing.assert_array_equal(batch.candidate_post_hashes[0, :3],
                                   hasher.posts(request.candidate_post_ids))
     np.testing.assert_array_equal(batch.candidate_product_surface[0, :3],
@@ -104,7 +107,7 @@ def test_more_candidates_than_c_rank_in_one_row_as_in_the_reference_layout(runne
     ranking, = rank(runner, assembler, [big])
     assert sorted(ranking.order.tolist()) == list(range(10))
     for start in range(0, 10, 4):  # each chunk scored alone as its own request
-        chunk = dataclasses.replace(
+        chunk = msgspec.structs.replace(
             big, candidate_post_ids=big.candidate_post_ids[start:start + 4],
             candidate_author_ids=big.candidate_author_ids[start:start + 4],
             candidate_surfaces=big.candidate_surfaces[start:start + 4])
@@ -170,3 +173,11 @@ def test_widths_above_full_widths_compile_every_other_batch_size():
     assert buckets.batch_sizes_for(256) == (1, 2, 8)
     assert buckets.batch_sizes_for(1024) == (1, 2)
     assert len(buckets.shapes()) == 7 + 4 + 3 + 2
+
+
+def test_action_masks_and_multi_hot_are_inverse():
+    rows = np.random.default_rng(3).random((5, 7, NUM_ACTIONS)) < 0.4  # [5, 7, A]
+    masks = action_masks(rows)  # [5, 7]
+    assert masks.dtype == np.uint32 and masks.shape == (5, 7)
+    assert int(masks[0, 0]) == sum(1 << i for i in np.flatnonzero(rows[0, 0]))
+    np.testing.assert_array_equal(multi_hot(masks), rows.astype(np.float32))

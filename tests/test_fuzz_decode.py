@@ -4,12 +4,12 @@ decoders agree; codecs round-trip."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import pathlib
 
 import jsonschema
 import msgpack
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -43,7 +43,8 @@ def check_outcome(data: bytes, limits: ValidationLimits) -> None:
     assert isinstance(request, RankingRequest)
     c = request.num_candidates
     assert 1 <= c <= limits.max_candidates
-    assert request.history_actions.shape == (request.num_history, NUM_ACTIONS)
+    assert request.history_actions.shape == (request.num_history,)
+    assert int(request.history_actions.max(initial=0)) < 1 << NUM_ACTIONS
     assert request.num_history <= limits.history_keep
     assert np.unique(request.candidate_post_ids).size == c
     assert (request.candidate_surfaces < limits.num_surfaces).all()
@@ -219,7 +220,7 @@ def untyped(data: bytes, limits: ValidationLimits) -> RankingRequest | None:
 
 
 def assert_same_request(got: RankingRequest, want: RankingRequest) -> None:
-    for field in dataclasses.fields(RankingRequest):
+    for field in msgspec.structs.fields(RankingRequest):
         a, b = getattr(got, field.name), getattr(want, field.name)
         if isinstance(b, np.ndarray):
             assert a.dtype == b.dtype and a.shape == b.shape, field.name

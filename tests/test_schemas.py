@@ -111,7 +111,7 @@ def _as_schema(info: msgspec.inspect.Type) -> dict:
     if isinstance(info, msgspec.inspect.LiteralType):
         values = sorted(info.values)  # msgspec reports a Literal's values sorted
         return {"const": values[0]} if len(values) == 1 else {"enum": values}
-    if isinstance(info, msgspec.inspect.ListType):
+    if isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.VarTupleType)):
         node = {"type": "array", "items": _as_schema(info.item_type)}
         if info.min_length:
             node["minItems"] = info.min_length

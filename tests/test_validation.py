@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from phoenix.actions import ACTION_NAMES, NUM_ACTIONS
+from phoenix.actions import ACTION_NAMES
 from phoenix.config import RankerConfig
 from worker.codec import encode_request
 from worker.errors import ValidationError
@@ -45,12 +45,9 @@ def make_request(seed: int = 0, n_history: int = 3, n_candidates: int = 4, **ext
     return request
 
 
-def expected_multi_hot(history: list[dict]) -> np.ndarray:
-    table = np.zeros((len(history), NUM_ACTIONS), dtype=np.float32)
-    for row, item in enumerate(history):
-        for name in item["actions"]:
-            table[row, ACTION_NAMES.index(name)] = 1.0
-    return table
+def expected_masks(history: list[dict]) -> list[int]:
+    """Each item's actions as an int with bit ACTION_NAMES.index(name) set per name."""
+    return [sum(1 << ACTION_NAMES.index(name) for name in item["actions"]) for item in history]
 
 
 # ------------------------------------------------------------------------- valid requests
@@ -67,8 +64,8 @@ def test_valid_request_becomes_arrays():
     assert request.history_author_ids.tolist() == [h["author_id"] for h in raw["history"]]
     assert request.history_surfaces.dtype == np.int32
     assert request.history_surfaces.tolist() == [h["surface"] for h in raw["history"]]
-    assert request.history_actions.dtype == np.float32
-    np.testing.assert_array_equal(request.history_actions, expected_multi_hot(raw["history"]))
+    assert request.history_actions.dtype == np.uint32
+    assert request.history_actions.tolist() == expected_masks(raw["history"])
     assert request.candidate_post_ids.dtype == np.uint64
     assert request.candidate_post_ids.tolist() == [c["post_id"] for c in raw["candidates"]]
     assert request.candidate_author_ids.tolist() == [c["author_id"] for c in raw["candidates"]]
@@ -95,7 +92,7 @@ def test_optional_fields_absent_or_nil_mean_not_given():
 def test_empty_history_gives_empty_arrays_of_the_right_shape():
     request = validate_request(make_request(n_history=0), LIMITS)
     assert request.history_post_ids.shape == (0,)
-    assert request.history_actions.shape == (0, NUM_ACTIONS)
+    assert request.history_actions.shape == (0,)
     assert request.history_surfaces.shape == (0,)
 
 
@@ -106,7 +103,7 @@ def test_history_longer_than_keep_keeps_the_most_recent_items():
     assert request.num_history == 32
     assert request.history_post_ids.tolist() == [h["post_id"] for h in tail]
     assert request.history_surfaces.tolist() == [h["surface"] for h in tail]
-    np.testing.assert_array_equal(request.history_actions, expected_multi_hot(tail))
+    assert request.history_actions.tolist() == expected_masks(tail)
 
 
 def test_dropped_history_items_are_still_validated():
@@ -136,7 +133,7 @@ def test_parse_request_decodes_and_validates():
     raw = make_request(seed=11, n_history=4, n_candidates=9)
     request = parse_request(encode_request(raw), LIMITS)
     assert request.candidate_post_ids.tolist() == [c["post_id"] for c in raw["candidates"]]
-    np.testing.assert_array_equal(request.history_actions, expected_multi_hot(raw["history"]))
+    assert request.history_actions.tolist() == expected_masks(raw["history"])
 
 
 # ------------------------------------------------------------------- every rule, one by one

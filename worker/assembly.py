@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, NamedTuple, Sequence
 
+import msgspec
 import numpy as np
 
+from phoenix.actions import multi_hot
 from phoenix.config import ConfigError, RankerConfig
 from phoenix.hashing import Hasher
 from phoenix.model import RecsysBatch, context_cache_bytes
@@ -179,7 +181,7 @@ class Assembler:
                 _concat(kept, "history_post_ids"))
             out["history_author_hashes"][owner, pos] = self.hasher.authors(
                 _concat(kept, "history_author_ids"))
-            out["history_actions"][owner, pos] = _concat(kept, "history_actions")
+            out["history_actions"][owner, pos] = multi_hot(_concat(kept, "history_actions"))
             out["history_product_surface"][owner, pos] = _concat(kept, "history_surfaces")
         return out
 
@@ -253,7 +255,7 @@ class Assembler:
 
 def _trim_history(request: RankingRequest, keep: int) -> RankingRequest:
     """The most recent `keep` history items (history is ordered oldest first)."""
-    return dataclasses.replace(
+    return msgspec.structs.replace(
         request,
         history_post_ids=request.history_post_ids[-keep:],
         history_author_ids=request.history_author_ids[-keep:],

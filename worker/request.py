@@ -6,18 +6,18 @@ Letters: s history items kept (<= S), c candidates (any count >= 1), A actions.
 
 from __future__ import annotations
 
-import dataclasses
-
+import msgspec
 import numpy as np
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class RankingRequest:
+# A msgspec Struct rather than a frozen dataclass: the worker builds one per message, and a
+# Struct is built in C (a frozen dataclass's __init__ costs microseconds). No cycles: gc=False.
+class RankingRequest(msgspec.Struct, frozen=True, eq=False, gc=False, kw_only=True):
     request_id: str
     user_id: int  # unsigned 64-bit, never 0
     history_post_ids: np.ndarray  # [s] uint64, most recent last
     history_author_ids: np.ndarray  # [s] uint64
-    history_actions: np.ndarray  # [s, A] float32 multi-hot
+    history_actions: np.ndarray  # [s] uint32 action masks (phoenix.actions: bit i = action i)
     history_surfaces: np.ndarray  # [s] int32 in [0, V)
     candidate_post_ids: np.ndarray  # [c] uint64, distinct
     candidate_author_ids: np.ndarray  # [c] uint64

@@ -18,12 +18,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 
 import msgspec
 import numpy as np
 
-from phoenix.actions import ACTION_INDEX, ACTION_NAMES, NUM_ACTIONS
+from phoenix.actions import ACTION_BIT, ACTION_NAMES
 from phoenix.config import RankerConfig
 from worker import codec, wire
 from worker.codec import REQUEST_SCHEMA, U64_MAX
@@ -250,30 +251,48 @@ def _columns(items: list, keys: Sequence[str]) -> list[list] | None:
         return None
 
 
-_ACTION_BIT = {name: 1 << i for name, i in ACTION_INDEX.items()}
+# Masks of action lists seen before, keyed by the list as a tuple: histories repeat a few
+# combinations, and one dict lookup beats summing bits per name. Only valid lists (known names,
+# none twice) are stored, so a hit needs no further check; the cap bounds hostile traffic.
+_MASK_OF: dict[tuple[str, ...], int] = {}
+_MASK_CACHE_SIZE = 1 << 16
 
 
-def _multi_hot(action_lists: Sequence[Sequence[str]], start: int) -> np.ndarray | None:
-    """[n - start, A] float32 multi-hot of the lists from `start` on, or None if any list (kept
-    or not) names an action twice. Every name must already be a known action."""
-    # One bit mask per list, summed in C (no Python frame per list or name); a repeated name
-    # sets fewer bits than the list has names.
-    masks = list(map(sum, map(map, itertools.repeat(_ACTION_BIT.__getitem__), action_lists)))
-    if sum(map(int.bit_count, masks)) != sum(map(len, action_lists)):
-        return None
-    kept = np.array(masks[start:], dtype="<u4").view(np.uint8).reshape(-1, 4)  # [s, 4] bytes
-    return np.unpackbits(kept, axis=1, count=NUM_ACTIONS, bitorder="little").astype(np.float32)
+def _mask(names: tuple[str, ...]) -> int | None:
+    """The action mask of known `names`, or None if a name repeats (fewer bits than names)."""
+    mask = sum(map(ACTION_BIT.__getitem__, names))
+    return mask if mask.bit_count() == len(names) else None
 
 
-def _actions_multi_hot(action_lists: list, start: int) -> np.ndarray | None:
-    """`_multi_hot`, or None if any list breaks a rule (not a list, not str, unknown name,
+def _action_masks(action_tuples: Sequence[tuple[str, ...]], start: int) -> np.ndarray | None:
+    """[n - start] uint32 masks of the tuples from `start` on, or None if any tuple (kept or
+    not) names an action twice. Every name must already be a known action."""
+    n = len(action_tuples)
+    try:  # The common case: every tuple seen before, one C loop.
+        masks = np.fromiter(map(_MASK_OF.__getitem__, action_tuples), np.uint32, n)
+    except KeyError:
+        masks = np.empty(n, np.uint32)
+        for i, names in enumerate(action_tuples):
+            mask = _MASK_OF.get(names)
+            if mask is None:
+                mask = _mask(names)
+                if mask is None:
+                    return None
+                if len(_MASK_OF) < _MASK_CACHE_SIZE:
+                    _MASK_OF[names] = mask
+            masks[i] = mask
+    return masks[start:]  # [s]
+
+
+def _checked_action_masks(action_lists: list, start: int) -> np.ndarray | None:
+    """`_action_masks`, or None if any list breaks a rule (not a list, not str, unknown name,
     repeated name) anywhere in `action_lists`."""
     if action_lists and set(map(type, action_lists)) != {list}:
         return None
     flat = list(itertools.chain.from_iterable(action_lists))
     if flat and (set(map(type, flat)) != {str} or not _ACTION_SET.issuperset(flat)):
         return None
-    return _multi_hot(action_lists, start)
+    return _action_masks(list(map(tuple, action_lists)), start)
 
 
 # --------------------------------------------------------------------------------- the fields
@@ -287,18 +306,18 @@ def _history(value: object, limits: ValidationLimits
     n = len(items)
     start = max(0, n - limits.history_keep)  # Most recent last: keep the tail.
     columns = _columns(items, _HISTORY_KEYS)
-    multi_hot = None
+    masks = None
     if columns is not None:
         post_ids, author_ids, action_lists, surfaces = columns
         if (_all_ints_in(post_ids, 1, U64_MAX) and _all_ints_in(author_ids, 1, U64_MAX)
                 and _all_ints_in(surfaces, 0, limits.num_surfaces - 1)):
-            multi_hot = _actions_multi_hot(action_lists, start)
-    if multi_hot is None:
+            masks = _checked_action_masks(action_lists, start)
+    if masks is None:
         _raise_first_item_error(items, "history", _HISTORY_KEYS, limits)
         raise _paths_disagree("history")
     return (np.array(post_ids[start:], dtype=np.uint64),  # [s]
             np.array(author_ids[start:], dtype=np.uint64),  # [s]
-            multi_hot,  # [s, A]
+            masks,  # [s]
             np.array(surfaces[start:], dtype=np.int32))  # [s]
 
 
@@ -403,7 +422,13 @@ def _validate(obj: dict, limits: ValidationLimits) -> RankingRequest:
         top_k=top_k, timestamp_ms=timestamp_ms, deadline_ms=deadline_ms)
 
 
-_NO_ITEMS = ((), (), (), ())
+_ACTIONS_OF = operator.attrgetter("actions")
+_IDS_AND_SURFACE_OF = operator.attrgetter("post_id", "author_id", "surface")
+
+
+def _rows(triples: Iterable[tuple[int, int, int]], n: int) -> np.ndarray:
+    """[n, 3] uint64 from `n` triples of ints that fit."""
+    return np.fromiter(itertools.chain.from_iterable(triples), np.uint64, 3 * n).reshape(n, 3)
 
 
 def _given(value: object) -> object:
@@ -428,26 +453,25 @@ def parse_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS
     # than the shortest encoding of what was decoded, and no encoding is shorter than that.
     if len(wire.ENCODER.encode(typed)) != len(data):
         return None
-    # Columns in one C pass each: astuple gives an item's fields in declaration order.
-    c_posts, c_authors, c_surfaces = zip(*map(msgspec.structs.astuple, typed.candidates))
-    if len(set(c_posts)) != len(c_posts):
+    # One flat array per list (fields interleaved, then viewed as [n, 3] columns): numpy's
+    # per-call cost dominates at these sizes, and fromiter never inspects element shapes.
+    candidates = _rows(map(msgspec.structs.astuple, typed.candidates), len(typed.candidates))
+    c_posts = candidates[:, 0]  # [c]
+    if len(set(c_posts.tolist())) != len(c_posts):
         return None
     history = typed.history
-    h_posts, h_authors, h_actions, h_surfaces = (
-        zip(*map(msgspec.structs.astuple, history)) if history else _NO_ITEMS)
     start = max(0, len(history) - limits.history_keep)  # Most recent last: keep the tail.
-    multi_hot = _multi_hot(h_actions, start)  # [s, A]
-    if multi_hot is None:
+    masks = _action_masks(list(map(_ACTIONS_OF, history)), start)  # [s]
+    if masks is None:
         return None
+    kept = _rows(map(_IDS_AND_SURFACE_OF, history[start:]), len(history) - start)  # [s, 3]
     return RankingRequest(
         request_id=typed.request_id, user_id=typed.user_id,
-        history_post_ids=np.array(h_posts[start:], dtype=np.uint64),  # [s]
-        history_author_ids=np.array(h_authors[start:], dtype=np.uint64),  # [s]
-        history_actions=multi_hot,
-        history_surfaces=np.array(h_surfaces[start:], dtype=np.int32),  # [s]
-        candidate_post_ids=np.array(c_posts, dtype=np.uint64),  # [c]
-        candidate_author_ids=np.array(c_authors, dtype=np.uint64),  # [c]
-        candidate_surfaces=np.array(c_surfaces, dtype=np.int32),  # [c]
+        history_post_ids=kept[:, 0], history_author_ids=kept[:, 1],  # [s] each
+        history_actions=masks,
+        history_surfaces=kept[:, 2].astype(np.int32),  # [s]
+        candidate_post_ids=c_posts, candidate_author_ids=candidates[:, 1],  # [c] each
+        candidate_surfaces=candidates[:, 2].astype(np.int32),  # [c]
         top_k=_given(typed.top_k), timestamp_ms=_given(typed.timestamp_ms),
         deadline_ms=_given(typed.deadline_ms))
 

@@ -46,7 +46,8 @@ def request_type(limits: "ValidationLimits") -> type[Struct]:
     class HistoryItem(Struct, forbid_unknown_fields=True, gc=False):
         post_id: Id
         author_id: Id
-        actions: Annotated[list[ActionName], Meta(max_length=actions_max)]
+        # A tuple, not a list: it is the key of validation's cache of action masks as decoded.
+        actions: Annotated[tuple[ActionName, ...], Meta(max_length=actions_max)]
         surface: Surface
 
     class Candidate(Struct, forbid_unknown_fields=True, gc=False):
