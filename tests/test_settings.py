@@ -37,9 +37,12 @@ def test_misspelt_variables_are_an_error_naming_the_closest():
      "RANKER_LOG_LEVEL / --log-level: log_level must be one of DEBUG, INFO"),
     (["--max-batch-size", "0"], {}, "RANKER_MAX_BATCH_SIZE / --max-batch-size: max_batch_size "
                                     "must be >= 1, got 0"),
+    (["--max-batch-wait-ms", "0"], {}, "max_batch_wait_ms must be > 0 (0 would hold every "
+                                       "batch until max_batch_size records arrive"),
     (["--metrics-port", "70000"], {}, "RANKER_METRICS_PORT / --metrics-port"),
     (["--max-batch-size"], {}, "argument --max-batch-size: expected one argument"),
-], ids=["flag_type", "variable_type", "tuple", "log_level", "rule", "port", "no_value"])
+], ids=["flag_type", "variable_type", "tuple", "log_level", "rule", "zero_wait", "port",
+        "no_value"])
 def test_bad_values_name_the_flag_or_variable(argv, environ, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
         Settings.load(argv, environ=environ)

@@ -417,7 +417,10 @@ async def send_events_to_kafka(events: Iterable[Event], *, bootstrap: str = DEFA
             progress.update(1)
         return Outgoing(event.encode(ts), event.key, ts)
 
-    async with AIOKafkaProducer(**connection(bootstrap), acks="all", linger_ms=5,
+    # Lingering batches a backlog sent as fast as possible; a paced send goes out at once, or
+    # every request would wait out the linger before the broker sees it.
+    linger_ms = 0 if rate > 0 else 5
+    async with AIOKafkaProducer(**connection(bootstrap), acks="all", linger_ms=linger_ms,
                                 max_request_size=max_request_size) as producer:
         return await send_paced(producer, topic, events, encode, pace=Pace(rate=rate))
 

@@ -137,7 +137,9 @@ class Settings:
     def __post_init__(self) -> None:
         checks = [  # (setting, holds, the rule)
             ("max_batch_size", self.max_batch_size >= 1, "must be >= 1"),
-            ("max_batch_wait_ms", self.max_batch_wait_ms >= 0, "must be >= 0"),
+            # Faust's take() reads a zero `within` as "no timer": batches would wait to be full.
+            ("max_batch_wait_ms", self.max_batch_wait_ms > 0,
+             "must be > 0 (0 would hold every batch until max_batch_size records arrive)"),
             ("checkpoint_poll_s", self.checkpoint_poll_s >= 0, "must be >= 0 (0 = never)"),
             ("canary_share", 0.0 <= self.canary_share <= 1.0, "must be in 0..1"),
             ("canary_share", self.canary_share == 0.0 or bool(self.canary_checkpoint),
