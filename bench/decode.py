@@ -5,8 +5,11 @@ producer's stream with a full history: S=32 history items, C=8 candidates), for:
 
 - `msgpack.unpackb` alone (the yardstick: decoding only, nothing checked);
 - the untyped path: `codec.decode_request_bytes` + `validate_request` (what every error takes);
-- `parse_typed`, the typed decoder alone;
-- `parse_request`, what the worker calls;
+- `check_typed`: decode + validate on the typed path (every rule of the contract checked;
+  the request is not yet arrays);
+- `parse_request`: one request decoded, validated and turned into its numpy arrays;
+- `parse_requests`, per request of a batch of 64: what the worker's decode thread calls (the
+  arrays of a whole batch are built at once);
 - and, for the result side, `build_result` + `encode_result` of an answer to that request.
 
 The functions are timed in interleaved rounds so that a busy machine slows them alike; compare
@@ -27,7 +30,10 @@ from phoenix.actions import NUM_ACTIONS
 from tools.producer import generate_events
 from training.world import WorldConfig
 from worker import codec
-from worker.validation import DEFAULT_LIMITS, parse_request, parse_typed, validate_request
+from worker.validation import (DEFAULT_LIMITS, check_typed, parse_request, parse_requests,
+                               validate_request)
+
+BATCH = 64  # the worker's default max batch
 
 
 def demo_request(seed: int = 7) -> bytes:
@@ -71,16 +77,21 @@ def _encode_answer(data: bytes) -> Callable[[], bytes]:
 
 
 def measure(data: bytes, rounds: int = 31, number: int = 200) -> dict[str, float]:
-    """Median us per call of each way to read `data` (and to answer it), interleaved."""
+    """Median us per call of each way to read `data` (and to answer it), interleaved; the
+    batch figure is divided by the batch size."""
     limits = DEFAULT_LIMITS
-    return median_us({
+    batch = [data] * BATCH
+    times = median_us({
         "msgpack.unpackb alone": lambda: msgpack.unpackb(data),
         "untyped decode + validate": lambda: validate_request(
             codec.decode_request_bytes(data, limits), limits),
-        "parse_typed": lambda: parse_typed(data, limits),
+        "check_typed (decode + validate)": lambda: check_typed(data, limits),
         "parse_request": lambda: parse_request(data, limits),
+        f"parse_requests, per request of {BATCH}": lambda: parse_requests(batch, limits),
         "build_result + encode_result": _encode_answer(data),
     }, rounds, number)
+    times[f"parse_requests, per request of {BATCH}"] /= BATCH
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--number", type=int, default=200, help="calls per function a round")
     args = parser.parse_args(argv)
     data = demo_request()
-    if parse_typed(data, DEFAULT_LIMITS) is None:
+    if check_typed(data, DEFAULT_LIMITS) is None:
         raise SystemExit("the demo request does not take the typed path: a bug")
     shape = msgpack.unpackb(data)
     print(f"demo request: {len(data)} bytes, {len(shape['history'])} history items, "

@@ -145,7 +145,7 @@ def test_typed_decoder_types_match_the_request_schema_both_ways():
     schema = load("ranking-request.v1")
     written = _schema_rules(schema, schema["$defs"])
     typed = _as_schema(msgspec.inspect.type_info(wire.request_type(LIMITS)))
-    # The one rule a type cannot state; parse_typed checks it after decoding.
+    # The one rule a type cannot state; check_typed checks it after decoding.
     typed["properties"]["history"]["items"]["properties"]["actions"]["uniqueItems"] = True
     assert typed == written
     assert written["properties"]["history"]["items"]["required"] == [

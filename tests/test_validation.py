@@ -14,7 +14,8 @@ from phoenix.config import RankerConfig
 from worker.codec import encode_request
 from worker.errors import ValidationError
 from worker.request import RankingRequest
-from worker.validation import ValidationLimits, parse_request, parse_typed, validate_request
+from worker.validation import (ValidationLimits, parse_request, parse_requests, parse_typed,
+                               validate_request)
 
 LIMITS = ValidationLimits()
 
@@ -439,6 +440,30 @@ def test_typed_path_takes_valid_requests_and_builds_what_the_validator_builds():
     typed = parse_typed(encode_request(raw), LIMITS)
     assert typed is not None and _same_arrays(typed, validate_request(raw, LIMITS))
     assert (typed.top_k, typed.timestamp_ms, typed.deadline_ms) == (3, None, None)
+
+
+def test_a_batch_parses_as_each_message_alone_with_errors_in_place():
+    """parse_requests builds the arrays of a batch's typed requests together; each request
+    must still get exactly its own items, and a bad message its own error, in order."""
+    raws = [make_request(seed=i, n_history=[0, 3, 40, 7][i], n_candidates=[1, 9, 4, 2][i])
+            for i in range(4)]
+    bad = make_request(seed=9)
+    bad["candidates"][0]["surface"] = -1
+    raws[3]["candidates"][0]["surface"] = 5
+    # Valid, but 5 written as a uint8: only the untyped path takes it.
+    wide = encode_request(raws[3]).replace(b"\xa7surface\x05", b"\xa7surface\xcc\x05", 1)
+    assert wide != encode_request(raws[3]) and parse_typed(wide, LIMITS) is None
+    values = [encode_request(raws[0]), encode_request(raws[1]), encode_request(bad),
+              encode_request(raws[2]), wide]
+    parsed = parse_requests(values, LIMITS)
+    assert len(parsed) == 5 and isinstance(parsed[2], ValidationError)
+    assert parsed[2].field == "candidates[0].surface"
+    for got, raw in zip([parsed[0], parsed[1], parsed[3], parsed[4]], raws):
+        alone = validate_request(raw, LIMITS)
+        assert got.request_id == raw["request_id"] and _same_arrays(got, alone)
+        assert got.num_history == alone.num_history and got.num_candidates == len(
+            raw["candidates"])
+    assert parse_requests([], LIMITS) == []
 
 
 def _repeat_candidate_key(data: bytes) -> bytes:

@@ -26,7 +26,7 @@ from worker.errors import (PUBLISH_FAILED, TOO_LARGE, ExpiredError, ModelError,
                            ValidationError, WorkerError)
 from worker.request import RankingRequest
 from worker.rollout import Canary, in_canary
-from worker.validation import ValidationLimits, parse_request
+from worker.validation import ValidationLimits, parse_requests
 
 log = logging.getLogger(__name__)
 
@@ -188,14 +188,12 @@ class RankingPipeline:
                 f"{self.max_outcome_bytes}"))
         return outcome
 
-    def _decode(self, record: InputRecord, now_ms: float) -> RankingRequest | Outcome:
-        try:
-            request = parse_request(record.value if record.value is not None else b"",
-                                    self.limits)
-        except ValidationError as error:
-            return self._dead_letter(record, error)
-        expired = self._expiry(request, record, now_ms)
-        return self._dead_letter(record, expired) if expired else request
+    def _checked(self, record: InputRecord, parsed: RankingRequest | ValidationError,
+                 now_ms: float) -> RankingRequest | Outcome:
+        if isinstance(parsed, ValidationError):
+            return self._dead_letter(record, parsed)
+        expired = self._expiry(parsed, record, now_ms)
+        return self._dead_letter(record, expired) if expired else parsed
 
     def _expiry(self, request: RankingRequest, record: InputRecord,
                 now_ms: float) -> ExpiredError | None:
@@ -261,7 +259,9 @@ class RankingPipeline:
         so it may run while another batch is in `process`. Never raises."""
         start = _now_ms()
         try:
-            items = [self._decode(record, start) for record in records]
+            parsed = parse_requests([b"" if r.value is None else r.value for r in records],
+                                    self.limits)
+            items = [self._checked(r, p, start) for r, p in zip(records, parsed)]
         except Exception as exc:  # noqa: BLE001 (the same last line of defence as `process`)
             items = self._batch_failed(records, exc)
         return DecodedBatch(records, items, start, _now_ms() - start)

@@ -2,10 +2,12 @@
 
 Letters: n history items on the wire, s = min(n, history_keep) kept, c candidates, A actions.
 
-`parse_request` first tries the typed decoder (`parse_typed`: msgspec Structs of `worker.wire`,
+`parse_requests` first tries the typed decoder (`check_typed`: msgspec Structs of `worker.wire`,
 then column checks for the rules a type cannot state). It only ever accepts; anything it does
 not take whole goes to `validate_request` on msgpack's untyped decode, which decides and names
-the first broken rule, so every error's code, field and message come from one place.
+the first broken rule, so every error's code, field and message come from one place. The
+typed path only decodes and checks; `to_requests` then builds the arrays of a whole batch's
+requests at once.
 
 `validate_request` checks each list twice over only when it is bad: a fast path tests the whole
 column at once (C-level `set(map(type, ...))`, `min`/`max`, counts for repeats); only when it
@@ -20,6 +22,7 @@ import difflib
 import itertools
 import operator
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -424,21 +427,23 @@ def _validate(obj: dict, limits: ValidationLimits) -> RankingRequest:
 
 _ACTIONS_OF = operator.attrgetter("actions")
 _IDS_AND_SURFACE_OF = operator.attrgetter("post_id", "author_id", "surface")
+_POST_OF = operator.attrgetter("post_id")
 
 
-def _rows(triples: Iterable[tuple[int, int, int]], n: int) -> np.ndarray:
-    """[n, 3] uint64 from `n` triples of ints that fit."""
-    return np.fromiter(itertools.chain.from_iterable(triples), np.uint64, 3 * n).reshape(n, 3)
+class CheckedRequest(NamedTuple):
+    """A request the typed decoder took whole and that passed every rule: decoded and
+    validated, not yet arrays (`to_requests` builds those for a whole batch at once)."""
+
+    typed: msgspec.Struct  # wire.request_type(limits)
+    start: int  # the first history item kept (the most recent `history_keep`)
+    action_masks: np.ndarray  # [s] uint32, of the kept items
 
 
-def _given(value: object) -> object:
-    return None if value is msgspec.UNSET else value
-
-
-def parse_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS
-                ) -> RankingRequest | None:
-    """The request if the typed decoder takes `data` whole, else None: then `validate_request`
-    must decide, and name what is wrong. It never accepts what `validate_request` refuses.
+def check_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS
+                ) -> CheckedRequest | None:
+    """The checked request if the typed decoder takes `data` whole, else None: then
+    `validate_request` must decide, and name what is wrong. It never accepts what
+    `validate_request` refuses.
 
     Requests that are valid but not in msgpack's shortest encoding (say, a small id written as
     uint64) also get None: the length check below cannot tell them from repeated keys.
@@ -453,32 +458,80 @@ def parse_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS
     # than the shortest encoding of what was decoded, and no encoding is shorter than that.
     if len(wire.ENCODER.encode(typed)) != len(data):
         return None
-    # One flat array per list (fields interleaved, then viewed as [n, 3] columns): numpy's
-    # per-call cost dominates at these sizes, and fromiter never inspects element shapes.
-    candidates = _rows(map(msgspec.structs.astuple, typed.candidates), len(typed.candidates))
-    c_posts = candidates[:, 0]  # [c]
-    if len(set(c_posts.tolist())) != len(c_posts):
+    candidates = typed.candidates
+    if len(set(map(_POST_OF, candidates))) != len(candidates):
         return None
     history = typed.history
     start = max(0, len(history) - limits.history_keep)  # Most recent last: keep the tail.
     masks = _action_masks(list(map(_ACTIONS_OF, history)), start)  # [s]
-    if masks is None:
-        return None
-    kept = _rows(map(_IDS_AND_SURFACE_OF, history[start:]), len(history) - start)  # [s, 3]
-    return RankingRequest(
-        request_id=typed.request_id, user_id=typed.user_id,
-        history_post_ids=kept[:, 0], history_author_ids=kept[:, 1],  # [s] each
-        history_actions=masks,
-        history_surfaces=kept[:, 2].astype(np.int32),  # [s]
-        candidate_post_ids=c_posts, candidate_author_ids=candidates[:, 1],  # [c] each
-        candidate_surfaces=candidates[:, 2].astype(np.int32),  # [c]
-        top_k=_given(typed.top_k), timestamp_ms=_given(typed.timestamp_ms),
-        deadline_ms=_given(typed.deadline_ms))
+    return None if masks is None else CheckedRequest(typed, start, masks)
+
+
+def _rows(triples: Iterable[tuple[int, int, int]], n: int) -> np.ndarray:
+    """[n, 3] uint64 from `n` triples of ints that fit."""
+    return np.fromiter(itertools.chain.from_iterable(triples), np.uint64, 3 * n).reshape(n, 3)
+
+
+def _given(value: object) -> object:
+    return None if value is msgspec.UNSET else value
+
+
+def to_requests(checked: Sequence[CheckedRequest]) -> list[RankingRequest]:
+    """The requests' arrays, built for all of them at once: one array per field over every
+    request (numpy's per-call cost dominates at a request's size), cut into per-request views.
+    """
+    kept = [c.typed.history[c.start:] for c in checked]
+    candidates = [c.typed.candidates for c in checked]
+    h_ends = list(itertools.accumulate(map(len, kept)))
+    c_ends = list(itertools.accumulate(map(len, candidates)))
+    history = _rows(map(_IDS_AND_SURFACE_OF, itertools.chain.from_iterable(kept)),
+                    h_ends[-1] if h_ends else 0)  # [H, 3] over all requests
+    every = _rows(map(msgspec.structs.astuple, itertools.chain.from_iterable(candidates)),
+                  c_ends[-1] if c_ends else 0)  # [N, 3]
+    h_surfaces, c_surfaces = history[:, 2].astype(np.int32), every[:, 2].astype(np.int32)
+    requests, h0, c0 = [], 0, 0
+    for (typed, _, masks), h1, c1 in zip(checked, h_ends, c_ends):
+        requests.append(RankingRequest(
+            request_id=typed.request_id, user_id=typed.user_id,
+            history_post_ids=history[h0:h1, 0], history_author_ids=history[h0:h1, 1],  # [s]
+            history_actions=masks, history_surfaces=h_surfaces[h0:h1],  # [s]
+            candidate_post_ids=every[c0:c1, 0], candidate_author_ids=every[c0:c1, 1],  # [c]
+            candidate_surfaces=c_surfaces[c0:c1],  # [c]
+            top_k=_given(typed.top_k), timestamp_ms=_given(typed.timestamp_ms),
+            deadline_ms=_given(typed.deadline_ms)))
+        h0, c0 = h1, c1
+    return requests
+
+
+def parse_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS
+                ) -> RankingRequest | None:
+    """`check_typed` and its arrays: the request, or None when `validate_request` must decide."""
+    checked = check_typed(data, limits)
+    return None if checked is None else to_requests([checked])[0]
+
+
+def parse_requests(values: Sequence[bytes], limits: ValidationLimits = DEFAULT_LIMITS
+                   ) -> list[RankingRequest | ValidationError]:
+    """`parse_request` for a batch of messages, in order, each a request or its error; the
+    arrays of those the typed decoder takes are built in one `to_requests`."""
+    out: list[RankingRequest | ValidationError | CheckedRequest] = []
+    for data in values:
+        checked = check_typed(data, limits)
+        if checked is None:
+            try:
+                checked = validate_request(codec.decode_request_bytes(data, limits), limits)
+            except ValidationError as error:
+                checked = error
+        out.append(checked)
+    typed = [i for i, item in enumerate(out) if isinstance(item, CheckedRequest)]
+    for i, request in zip(typed, to_requests([out[i] for i in typed])):
+        out[i] = request
+    return out
 
 
 def parse_request(data: bytes, limits: ValidationLimits = DEFAULT_LIMITS) -> RankingRequest:
     """Decode and validate one request message. Raises only ValidationError."""
-    request = parse_typed(data, limits)
-    if request is None:
-        request = validate_request(codec.decode_request_bytes(data, limits), limits)
-    return request
+    (parsed,) = parse_requests([data], limits)
+    if isinstance(parsed, ValidationError):
+        raise parsed
+    return parsed

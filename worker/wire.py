@@ -4,7 +4,7 @@ The types mirror schemas/ranking-request.v1.json (tests/test_schemas.py keeps th
 agreement both ways), with the runtime caps of a `ValidationLimits` as their bounds: a decoder
 is built once per limits and cached. Decoding with them checks every per-field rule of the
 contract in C; the rules a type cannot state (no repeated key, action or candidate post id)
-are checked by `worker.validation.parse_typed`, which also turns the result into arrays.
+are checked by `worker.validation.check_typed`.
 """
 
 import functools
