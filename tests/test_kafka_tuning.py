@@ -23,10 +23,12 @@ from pathlib import Path
 import aiokafka
 import faust
 import pytest
+import uvloop
 from faust.app import base as faust_app_base
 from faust.transport import base as faust_transport_base
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode import threads as mode_threads
 
 from tests.conftest import Kafka
 from worker import kafka_tuning
@@ -140,6 +142,29 @@ def test_tuned_app_gives_the_consumer_our_fetch_wait_and_keeps_fausts_settings()
     assert consumer._session_timeout_ms == 2000
     assert consumer._heartbeat_interval_ms == 500
     assert consumer._enable_auto_commit is False
+
+
+@pytest.mark.parametrize("make_loop", [uvloop.new_event_loop, asyncio.new_event_loop],
+                         ids=["uvloop", "asyncio"])
+def test_the_consumer_thread_runs_the_same_kind_of_loop_as_the_app(make_loop) -> None:
+    loop = make_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        app = TunedApp("tuning-loop", broker="kafka://127.0.0.1:1", loop=loop, **_APP_OPTIONS)
+        # mode caches a thread's first loop; the worker sets its loop before any, a test may not.
+        app.transport.loop = loop
+        thread = app.consumer._thread
+        assert thread.parent_loop is loop
+        assert type(thread.thread_loop) is type(loop) and thread.thread_loop is not loop
+        # Pin: mode closes the thread's loop after its run only when this flag is set.
+        assert thread._close_thread_loop_on_stop is True
+        run = inspect.getsource(mode_threads.ServiceThread._start_thread)
+        assert "if self._close_thread_loop_on_stop:" in run
+        assert "self.thread_loop.close()" in run
+        thread.thread_loop.close()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def test_plain_faust_app_uses_the_hard_coded_wait() -> None:
