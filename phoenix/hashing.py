@@ -7,6 +7,8 @@ maps to 0. Pure numpy on the host: only the int32 rows travel to the device.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from phoenix.config import HashConfig
@@ -26,6 +28,7 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+@functools.lru_cache(maxsize=256)  # A handful of keys per model, asked for on every batch.
 def _function_seed(seed: int, kind: str, index: int) -> np.uint64:
     """A distinct 64-bit key per (model seed, entity kind, hash function)."""
     base = np.array([(seed * 1_000_003 + _KIND_CODES[kind] * 1009 + index) % 2**64],

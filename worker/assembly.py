@@ -165,25 +165,26 @@ class Assembler:
         """Per-request history, left-aligned and zero-padded to S: arrays `[n, S, ...]`."""
         cfg, n = self.config, len(requests)
         s, a = cfg.history_seq_len, cfg.num_actions
-        counts = np.array([min(r.num_history, s) for r in requests], np.int64)
+        counts = np.fromiter(map(len, (r.history_post_ids for r in requests)), np.int64, n)
         # Keep the most recent S items (validation normally trims already).
-        kept = [r if r.num_history <= s else _trim_history(r, s) for r in requests]
+        kept = requests if counts.max(initial=0) <= s else [
+            r if r.num_history <= s else _trim_history(r, s) for r in requests]
+        counts = np.minimum(counts, s)
         owner, pos = _ragged_positions(counts)
+        slot = owner * s + pos  # [sum] flat index into [n * S]: one index beats two
         h = self.config.hashes
-        out = {
-            "history_post_hashes": np.zeros((n, s, h.num_item_hashes), np.int32),
-            "history_author_hashes": np.zeros((n, s, h.num_author_hashes), np.int32),
-            "history_actions": np.zeros((n, s, a), np.float32),
-            "history_product_surface": np.zeros((n, s), np.int32),
-        }
-        if owner.size:
-            out["history_post_hashes"][owner, pos] = self.hasher.posts(
-                _concat(kept, "history_post_ids"))
-            out["history_author_hashes"][owner, pos] = self.hasher.authors(
+        shapes = {"history_post_hashes": ((h.num_item_hashes,), np.int32),
+                  "history_author_hashes": ((h.num_author_hashes,), np.int32),
+                  "history_actions": ((a,), np.float32),
+                  "history_product_surface": ((), np.int32)}
+        out = {name: np.zeros((n * s,) + shape, dtype) for name, (shape, dtype) in shapes.items()}
+        if slot.size:
+            out["history_post_hashes"][slot] = self.hasher.posts(_concat(kept, "history_post_ids"))
+            out["history_author_hashes"][slot] = self.hasher.authors(
                 _concat(kept, "history_author_ids"))
-            out["history_actions"][owner, pos] = multi_hot(_concat(kept, "history_actions"))
-            out["history_product_surface"][owner, pos] = _concat(kept, "history_surfaces")
-        return out
+            out["history_actions"][slot] = multi_hot(_concat(kept, "history_actions"))
+            out["history_product_surface"][slot] = _concat(kept, "history_surfaces")
+        return {name: value.reshape((n, s) + value.shape[1:]) for name, value in out.items()}
 
     def _widths(self, counts: np.ndarray) -> np.ndarray:
         """[n] the bucket width of each request."""
