@@ -213,7 +213,7 @@ _MUTATIONS: dict[str, _Mutation] = {
     "not_a_map": lambda r, ctx: msgpack.packb([r["request_id"], r["user_id"]],
                                               use_bin_type=True),
     "duplicate_key": _duplicate_key,
-    "wrong_schema": lambda r, ctx: _with(r, schema="ranking-request.v2"),
+    "wrong_schema": lambda r, ctx: _with(r, schema="ranking-request.v9"),
     "missing_field": lambda r, ctx: {k: v for k, v in r.items() if k != "user_id"},
     "missing_nested_field": lambda r, ctx: _with(r, candidates=[
         {k: v for k, v in c.items() if not (i == 0 and k == "author_id")}

@@ -186,6 +186,11 @@ class BatchHandler:
     def _topic_for(self, outcome: Outcome) -> Any:
         return self.results_topic if outcome.is_result else self.dead_letter_topic
 
+    async def publish(self, outcomes: Sequence[Outcome]) -> None:
+        """Sends outcomes (e.g. an engagement's dead letter) as a batch's are sent: retried
+        until the broker acknowledged each one or its `publish_failed` stand-in."""
+        await self._publish(outcomes)
+
     async def _publish(self, outcomes: Sequence[Outcome]) -> None:
         """Sends all outcomes and waits for the broker's acks; never raises but cancellation.
 

@@ -13,10 +13,12 @@ dropped (the cap keeps the most recent items by event time).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, MutableMapping
 
 import numpy as np
 
 from phoenix.actions import NUM_ACTIONS
+from worker.codec import user_key
 from worker.engagement import Engagement
 from worker.request import HISTORY_FROM_TABLE, RankingRequest
 
@@ -54,6 +56,26 @@ def add(value: bytes | None, engagement: Engagement, cap: int) -> bytes | None:
         return None  # full, and older than everything kept
     merged = np.insert(kept, after, record_of(engagement))  # [n + 1]; after equal times
     return merged[-cap:].tobytes()
+
+
+# user key (worker.codec.user_key) -> stored value: the worker's Faust table, or a dict offline.
+HistoryTable = MutableMapping[bytes, bytes]
+
+
+def apply(table: HistoryTable, engagement: Engagement, cap: int) -> bool:
+    """Adds `engagement` to its user's history in `table`; False when that changed nothing
+    (nothing is written then)."""
+    key = user_key(engagement.user_id)
+    value = add(table.get(key), engagement, cap)
+    if value is None:
+        return False
+    table[key] = value  # a Faust table also writes it to its changelog topic
+    return True
+
+
+def lookup(table: HistoryTable) -> Callable[[int], bytes | None]:
+    """user id -> the stored value in `table` (None: unknown user), for the pipeline."""
+    return lambda user_id: table.get(user_key(user_id))
 
 
 def state_bytes(cap: int, users: int = 1) -> int:
