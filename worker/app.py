@@ -157,6 +157,7 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
     max_wait_s = settings.max_batch_wait_ms / 1000
     _add_history(app, engagements, settings, partitions or settings.partitions, pipeline,
                  handler, metrics, on_bug)
+    state.recovering = lambda: bool(app.in_recovery)
 
     @app.agent(requests, concurrency=1)
     async def rank(stream):

@@ -37,12 +37,17 @@ class WorkerState:
     breaker: DeadLetterBreaker | None = None
     last_offsets: dict[Any, int] = dataclasses.field(default_factory=dict)  # tp -> offset
     failed: BaseException | None = None  # the agent's bug, when it stopped the worker
+    # True while Faust rebuilds the history table from its changelog after an assignment
+    # (requests of those partitions are held until it is done).
+    recovering: Callable[[], bool] = lambda: False
 
     def readiness(self) -> tuple[bool, str]:
         if not self.compiled:
             return False, "compiling the model"
         if not self.assigned:
             return False, "waiting for partition assignment"
+        if self.recovering():
+            return False, "rebuilding the history table from its changelog"
         if self.breaker is not None and self.breaker.is_open:
             return False, f"circuit breaker open: {self.breaker.reason}"
         return True, "ready"
