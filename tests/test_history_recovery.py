@@ -85,3 +85,15 @@ def test_readiness_says_so_while_the_table_is_rebuilt():
     assert state.readiness() == (True, "ready")
     assert "self.in_recovery = True" in _source(recovery.Recovery._set_recovery_started)
     assert "self.app.in_recovery = False" in _source(recovery.Recovery._set_recovery_ended)
+
+
+def test_rocksdb_store_keeps_one_raw_rocksdict_per_partition_in_dbs():
+    """worker.app reads RANKER_HISTORY_STORE=rocksdb tables from the decode thread through
+    `Store._dbs` (Faust's own read path goes through a key index that is not thread-safe)."""
+    from faust.stores import rocksdb as faust_rocksdb
+
+    assert faust_rocksdb.USE_ROCKSDICT  # rocksdict is installed (pyproject.toml)
+    opened = _source(faust_rocksdb.Store._db_for_partition)
+    assert "db = self._dbs[partition] = self._open_for_partition(partition)" in opened
+    assert "Options(raw_mode=True)" in _source(faust_rocksdb.RocksDBOptions.as_options)
+    assert "self._key_index[key]" in _source(faust_rocksdb.Store._get_bucket_for_key)

@@ -95,6 +95,27 @@ def new_app(settings: Settings) -> tuple[faust.App, AppTopics]:
                                          settings.engagements_topic)))
 
 
+def _thread_safe_lookup(table: Any, store: str) -> Any:
+    """user id -> stored value, safe to call from the decode thread while the event loop
+    writes. Memory store: `table.get` is a dict get. RocksDB store: Faust's own read goes
+    through an LRU key index (not thread-safe), so read the partition databases directly
+    (rocksdict reads are); co-partitioning puts a user in one of them."""
+    if store == "memory":
+        return history.lookup(table)
+
+    def get(user_id: int) -> bytes | None:
+        key = codec.user_key(user_id)
+        # Store._dbs: partition -> rocksdict.Rdict in raw mode (Faust 0.15.3; pinned by
+        # tests/test_history_recovery.py). A snapshot: the loop may open one meanwhile.
+        for db in list(table.data._dbs.values()):
+            value = db.get(key)
+            if value is not None:
+                return value
+        return None
+
+    return get
+
+
 def _add_history(app: faust.App, engagements: Any, settings: Settings, partitions: int,
                  pipeline: RankingPipeline, handler: BatchHandler, metrics: WorkerMetrics,
                  on_bug: Any) -> None:
@@ -104,7 +125,7 @@ def _add_history(app: faust.App, engagements: Any, settings: Settings, partition
     table = app.Table(HISTORY_TABLE, default=None, partitions=partitions, key_type=bytes,
                       value_type=bytes,
                       help="user id -> the user's most recent engagements (worker.history)")
-    pipeline.history = history.lookup(table)  # read on the decode thread: a dict get
+    pipeline.history = _thread_safe_lookup(table, settings.history_store)
 
     def ingest(event: Any) -> Any:
         """One engagement into the table; returns its dead letter if it is bad, else None."""
