@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Ports: `make broker BROKER_PORT=9093`, then `make worker produce results BROKER_PORT=9093`;
 # `make demo METRICS_PORT=9200 BROKER_PORT=9300` (the demo picks free ports for those not given).
+# `make demo SERVER_HISTORY=1`: histories sent as engagements, requests without them (v2).
 # A port not given leaves the tool's own default (RANKER_BROKER, RANKER_METRICS_PORT, ...).
 BROKER_PORT ?= 9092
 METRICS_PORT ?=
@@ -58,7 +59,7 @@ eval: venv
 	$(PY) -m training.evaluate --checkpoint checkpoints/demo.npz --json bench/eval.json
 
 demo: venv
-	$(PY) -m tools.demo $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT)) $(if $(call given,BROKER_PORT),--broker-port $(BROKER_PORT))
+	$(PY) -m tools.demo $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT)) $(if $(call given,BROKER_PORT),--broker-port $(BROKER_PORT)) $(if $(SERVER_HISTORY),--server-history)
 
 results: venv
 	$(PY) -m tools.viewer $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP))

@@ -31,7 +31,9 @@ def command(target: str, *assignments: str) -> str:
      "--broker kafka://127.0.0.1:9093 --metrics-port 9201"),
     ("demo", ("METRICS_PORT=9200",), "tools.demo --metrics-port 9200"),
     ("demo", ("BROKER_PORT=9300",), "--broker-port 9300"),
-], ids=["broker", "produce", "results", "worker", "demo_metrics", "demo_broker"])
+    ("demo", ("SERVER_HISTORY=1",), "--server-history"),
+], ids=["broker", "produce", "results", "worker", "demo_metrics", "demo_broker",
+        "demo_server_history"])
 def test_targets_take_ports(target, assignments, expected):
     assert expected in command(target, *assignments)
 

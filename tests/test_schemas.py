@@ -21,6 +21,7 @@ from worker import codec, wire
 from worker.assembly import Buckets
 from worker.pipeline import InputRecord, RankingPipeline, publish_failed
 from worker.errors import DEAD_LETTER_CODES, ValidationError
+from worker.engagement import parse_engagement, validate_engagement
 from worker.validation import TOP_K_MAX, ValidationLimits, parse_request, validate_request
 
 SCHEMAS = pathlib.Path(__file__).resolve().parents[1] / "schemas"
@@ -38,7 +39,8 @@ _TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
 StrictValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator,
                                                type_checker=_TYPES)
 VALIDATORS = {name: StrictValidator(load(name)) for name in
-              ("ranking-request.v1", "ranking-result.v1", "dead-letter.v1", "dead-letter.v2")}
+              ("ranking-request.v1", "ranking-result.v1", "dead-letter.v1", "dead-letter.v2",
+               "ranking-request.v2", "ranking-result.v2", "engagement.v1")}
 
 
 def json_form_of_dead_letter(message: dict) -> dict:
@@ -407,6 +409,119 @@ def test_real_pipeline_outputs_validate_for_every_outcome_kind(tiny_runner, monk
     for outcome in outcomes:
         message = codec.decode_message(outcome.value)
         if outcome.is_result:
-            VALIDATORS["ranking-result.v1"].validate(message)
+            VALIDATORS[message["schema"]].validate(message)
         else:
             VALIDATORS["dead-letter.v2"].validate(json_form_of_dead_letter(message))
+
+
+# ------------------------------------------- ranking-request.v2, ranking-result.v2, engagements
+
+def _without(node: dict, *keys: str) -> dict:
+    return {k: v for k, v in node.items() if k not in keys}
+
+
+def test_request_v2_is_v1_with_history_optional():
+    v1, v2 = load("ranking-request.v1"), load("ranking-request.v2")
+    assert v2["required"] == [key for key in v1["required"] if key != "history"]
+    assert v2["properties"]["schema"]["const"] == codec.REQUEST_SCHEMA_V2
+    same = ("$id", "title", "description", "required")
+    assert _without(v2, *same, "properties") == _without(v1, *same, "properties")
+    for name, rule in v1["properties"].items():  # every rule kept; only prose and the id differ
+        if name != "schema":
+            assert _without(v2["properties"][name], "description") == _without(
+                rule, "description"), name
+
+
+def test_result_v2_is_v1_plus_the_history_fields():
+    v1, v2 = load("ranking-result.v1"), load("ranking-result.v2")
+    assert set(v2["properties"]) - set(v1["properties"]) == {"history_source", "history_items"}
+    assert v2["required"] == v1["required"] + ["history_source", "history_items"]
+    assert v2["properties"]["history_source"]["enum"] == ["request", "table"]
+    assert v2["properties"]["schema"]["const"] == codec.RESULT_SCHEMA_V2
+
+
+def test_engagement_schema_matches_the_constants():
+    schema = load("engagement.v1")
+    assert schema["properties"]["schema"]["const"] == codec.ENGAGEMENT_SCHEMA
+    assert schema["$defs"]["action"]["enum"] == list(ACTION_NAMES)
+    assert schema["$defs"]["surface"]["maximum"] == LIMITS.num_surfaces - 1
+    assert schema["$defs"] == {key: load("ranking-request.v1")["$defs"][key]
+                               for key in ("id", "surface", "action")}
+
+
+def generate_engagement(rng: random.Random) -> dict:
+    return {"schema": "engagement.v1", "user_id": random_id(rng), "post_id": random_id(rng),
+            "author_id": random_id(rng),
+            "actions": rng.sample(ACTION_NAMES, rng.randint(0, len(ACTION_NAMES))),
+            "surface": rng.randrange(16), "timestamp_ms": rng.randint(0, 2**63 - 1)}
+
+
+def generate_request_v2(rng: random.Random) -> dict:
+    request = generate_request(rng, max_history=5, max_candidates=5)
+    request["schema"] = "ranking-request.v2"
+    if rng.random() < 0.5:
+        del request["history"]
+    return request
+
+
+def test_generated_engagements_and_v2_requests_are_valid_for_both():
+    rng = random.Random(16)
+    for _ in range(200):
+        engagement = generate_engagement(rng)
+        VALIDATORS["engagement.v1"].validate(engagement)
+        parsed = parse_engagement(codec.encode_request(engagement), LIMITS)
+        assert bin(parsed.actions).count("1") == len(engagement["actions"])
+        request = generate_request_v2(rng)
+        VALIDATORS["ranking-request.v2"].validate(request)
+        parsed = parse_request(codec.encode_request(request), LIMITS, codec.REQUEST_SCHEMAS)
+        assert parsed.version == 2
+        assert parsed.history_source == ("request" if "history" in request else "table")
+
+
+def _agree(name: str, message: dict, validate) -> str:
+    """'both_ok' or 'both_fail' when the validator and the schema `name` agree on `message`
+    (at the same place when both refuse it); fails the test otherwise."""
+    paths = schema_error_paths(name, message)
+    try:
+        validate(message)
+    except ValidationError as error:
+        if not paths:
+            assert "repeats the post id" in str(error), (error, message)
+            return "duplicate_post_ids"
+        assert error.field in paths or parent(error.field) in paths, (error, paths)
+        return "both_fail"
+    assert not paths, (message, paths)
+    return "both_ok"
+
+
+@pytest.mark.parametrize("name", ["engagement.v1", "ranking-request.v2"])
+def test_validator_and_schema_agree_on_mutated_messages(name):
+    rng = random.Random(1616)
+    seen = {"both_ok": 0, "both_fail": 0, "duplicate_post_ids": 0}
+    if name == "engagement.v1":
+        generate, validate = generate_engagement, lambda m: validate_engagement(m, LIMITS)
+    else:
+        generate = generate_request_v2
+        validate = lambda m: validate_request(m, LIMITS, codec.REQUEST_SCHEMAS)  # noqa: E731
+    for _ in range(1500):
+        message = generate(rng)
+        for _ in range(rng.choice([1, 1, 2])):
+            mutate(rng, message)
+        if message.get("schema") == "ranking-request.v1":
+            continue  # v1 is the other schema file's (the test above)
+        seen[_agree(name, message, validate)] += 1
+    assert seen["both_ok"] > 50 and seen["both_fail"] > 500, seen
+
+
+def test_readme_v2_and_engagement_examples():
+    engagement = readme_example("engagement.v1")
+    VALIDATORS["engagement.v1"].validate(engagement)
+    assert parse_engagement(codec.encode_request(engagement), LIMITS).user_id > 2**63
+    request = readme_example("ranking-request.v2")
+    VALIDATORS["ranking-request.v2"].validate(request)
+    assert "history" not in request
+    assert parse_request(codec.encode_request(request), LIMITS,
+                         codec.REQUEST_SCHEMAS).history_source == "table"
+    result = readme_example("ranking-result.v2")
+    VALIDATORS["ranking-result.v2"].validate(result)
+    assert codec.decode_message(codec.encode_result(result)) == result

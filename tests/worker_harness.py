@@ -28,13 +28,18 @@ class WorkerTopics:
     requests: str
     results: str
     dead_letters: str
+    engagements: str = ""  # default: its own, named after the request topic (the worker makes it)
+
+    def __post_init__(self) -> None:
+        if not self.engagements:
+            object.__setattr__(self, "engagements", f"eng-{self.requests}")
 
     @classmethod
     def create(cls, kafka, partitions: int = 1) -> "WorkerTopics":
         """Fresh topics on the `kafka` fixture's broker (results/dead letters: 1 partition so
-        a test can read them in order)."""
+        a test can read them in order; engagements: the request topic's partitions)."""
         return cls(kafka.new_topic(partitions, prefix="req"), kafka.new_topic(1, prefix="res"),
-                   kafka.new_topic(1, prefix="dlq"))
+                   kafka.new_topic(1, prefix="dlq"), kafka.new_topic(partitions, prefix="eng"))
 
 
 class WorkerProcess(worker_process.WorkerProcess):
@@ -46,7 +51,7 @@ class WorkerProcess(worker_process.WorkerProcess):
                  env: dict[str, str] | None = None, partitions: int = 1):
         super().__init__(
             bootstrap, requests=topics.requests, results=topics.results,
-            dead_letters=topics.dead_letters,
+            dead_letters=topics.dead_letters, engagements=topics.engagements,
             group_id=group_id or f"group-{uuid.uuid4().hex[:8]}", checkpoint=DEMO_CHECKPOINT,
             partitions=partitions, entry=entry,
             extra_args=("--batch-buckets", TEST_BUCKETS, "--max-candidates", TEST_MAX_CANDIDATES,

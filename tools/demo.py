@@ -14,7 +14,7 @@ import time
 
 from tools.broker import EmbeddedBroker, free_port, port_free
 from tools.launcher import WorkerProcess, WorkerProcessError
-from tools.producer import generate_events, send_events_to_kafka
+from tools.producer import generate_events, send_events_to_kafka, with_server_history
 from tools.viewer import Summary, follow, format_dead_letter, format_result, latency_of, legend
 from worker.settings import Settings, SettingsError
 
@@ -24,18 +24,22 @@ _SHOW_EVERY = 50  # print every n-th result in full; the summary covers the rest
 def _counters(worker: WorkerProcess) -> list[str]:
     """The worker's counters from its Prometheus endpoint."""
     wanted = ("ranker_requests_total", "ranker_results_total", "ranker_dead_letters_total",
-              "ranker_compilations", "ranker_batch_size_count", "ranker_batch_size_sum")
+              "ranker_compilations", "ranker_batch_size_count", "ranker_batch_size_sum",
+              'ranker_engagements_total{outcome="applied"}')
     return [line for line in worker.metrics().splitlines() if line.startswith(wanted)]
 
 
 async def _traffic(settings: Settings, bootstrap: str, count: int, rate: float,
-                   bad_fraction: float, worker_started: float) -> Summary:
+                   bad_fraction: float, worker_started: float,
+                   server_history: bool = False) -> Summary:
     events = list(generate_events(seed=7, count=count, bad_fraction=bad_fraction))
     # The world's hidden truth stays in this process: the worker never sees it.
     summary = Summary({e.request_id: e.truth for e in events if e.truth is not None})
+    if server_history:  # histories as engagements; requests as v2 without history
+        events = list(with_server_history(events))
     producer = asyncio.ensure_future(send_events_to_kafka(
         events, bootstrap=bootstrap, topic=settings.requests_topic, rate=rate,
-        max_request_size=4 << 20))
+        max_request_size=4 << 20, engagements_topic=settings.engagements_topic))
     first_result: list[float] = []
     print(legend(), flush=True)
 
@@ -86,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: RANKER_METRICS_PORT if set, else a free port)")
     parser.add_argument("--broker-port", type=int, help="the embedded broker's port "
                         "(default: a free port)")
+    parser.add_argument("--server-history", action="store_true", help="send histories as "
+                        "engagements and requests without them (the worker keeps histories)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.load([])
@@ -108,7 +114,8 @@ def _run(args: argparse.Namespace, settings: Settings, broker_port: int,
     with EmbeddedBroker(broker_port) as broker:
         broker.create_topics({settings.requests_topic: settings.partitions,
                               settings.results_topic: settings.partitions,
-                              settings.dead_letter_topic: settings.partitions})
+                              settings.dead_letter_topic: settings.partitions,
+                              settings.engagements_topic: settings.partitions})
         print(f"demo: embedded Kafka broker at {broker.bootstrap_servers}", flush=True)
         worker = WorkerProcess(
             broker.bootstrap_servers, requests=settings.requests_topic,
@@ -122,7 +129,8 @@ def _run(args: argparse.Namespace, settings: Settings, broker_port: int,
                   f"assigned); metrics at http://127.0.0.1:{metrics_port}/metrics",
                   flush=True)
             summary = asyncio.run(_traffic(settings, broker.bootstrap_servers, args.count,
-                                           args.rate, args.bad_fraction, worker.started_at))
+                                           args.rate, args.bad_fraction, worker.started_at,
+                                           args.server_history))
             print("worker metrics (from /metrics):")
             for line in _counters(worker):
                 print(f"  {line}")

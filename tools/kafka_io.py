@@ -164,26 +164,31 @@ class Outgoing:
     value: bytes
     key: bytes | None = None
     timestamp_ms: int | None = None  # None: the producer stamps the send time
+    topic: str | None = None  # None: the topic `send_paced` was given
 
 
 async def send_paced(producer: AIOKafkaProducer, topic: str, items: Iterable[T],
                      encode: Callable[[T], Outgoing], *, pace: Pace | None = None,
                      recorded_ms: Callable[[T], int] | None = None,
                      on_ack: Callable[[asyncio.Future], None] | None = None,
-                     window: int = MAX_PENDING_SENDS) -> int:
+                     window: int = MAX_PENDING_SENDS,
+                     paced: Callable[[T], bool] | None = None) -> int:
     """Sends every item, each `encode`d only once it is due (so a send-time timestamp is the
     send time), with at most `window` sends awaiting their acks. Returns the count once every
-    send is acknowledged; raises aiokafka's KafkaError on the first failed delivery."""
+    send is acknowledged; raises aiokafka's KafkaError on the first failed delivery. Items
+    for which `paced` is False go out at once, taking no slot of the pace."""
     pace = pace or Pace()
     start = time.monotonic()
     pending: list[asyncio.Future] = []
     sent = 0
     for item in items:
-        wait = start + pace.due_s(recorded_ms(item) if recorded_ms else None) - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        if paced is None or paced(item):
+            wait = (start + pace.due_s(recorded_ms(item) if recorded_ms else None)
+                    - time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
         out = encode(item)
-        future = await producer.send(topic, out.value, key=out.key,
+        future = await producer.send(out.topic or topic, out.value, key=out.key,
                                      timestamp_ms=out.timestamp_ms)
         if on_ack is not None:
             future.add_done_callback(on_ack)

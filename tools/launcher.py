@@ -31,7 +31,7 @@ class WorkerProcess:
                  group_id: str, checkpoint: str, partitions: int = 1,
                  extra_args: Sequence[str] = (), entry: Sequence[str] = ("-m", "worker.app"),
                  env: Mapping[str, str] | None = None, log_prefix: str = "worker-",
-                 metrics_port: int | None = None):
+                 metrics_port: int | None = None, engagements: str | None = None):
         self.metrics_port = metrics_port or free_port()
         self.log_path = Path(tempfile.mkstemp(prefix=log_prefix, suffix=".log")[1])
         self.args = [
@@ -39,7 +39,8 @@ class WorkerProcess:
             "--requests-topic", requests, "--results-topic", results,
             "--dead-letter-topic", dead_letters, "--partitions", str(partitions),
             "--group-id", group_id, "--metrics-port", str(self.metrics_port),
-            "--checkpoint", str(checkpoint), *extra_args]
+            "--checkpoint", str(checkpoint),
+            *(("--engagements-topic", engagements) if engagements else ()), *extra_args]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.started_at: float | None = None

@@ -27,12 +27,19 @@ request (up to the wire contract's 1024); by default C = 8, as the demo model wa
 
 `--bad-fraction` replaces that share of events by malformed ones, cycling through
 `BAD_EVENT_KINDS` (kind -> the dead-letter code the worker must give it).
+
+`--server-history` keeps histories on the worker: each valid request's history goes first, item
+by item and oldest first, as engagement.v1 messages (keyed by user) to `--engagements-topic`,
+then the request itself as a ranking-request.v2 without history, which the worker ranks with
+the history it built from those engagements. With `--out`, engagements go to
+`--engagements-out` (for `replay offline --engagements`). Malformed events stay v1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,12 +55,13 @@ from tqdm import tqdm
 
 from phoenix.actions import ACTION_NAMES, NUM_ACTIONS
 from training.world import RequestTruth, World, WorldConfig
-from worker.codec import REQUEST_SCHEMA, encode_request, user_key
+from worker.codec import (ENGAGEMENT_SCHEMA, REQUEST_SCHEMA, REQUEST_SCHEMA_V2, encode_request,
+                          user_key)
 from worker.errors import EXPIRED, INVALID, NOT_MSGPACK, TOO_LARGE
 from tools.pacing import Pace
 from tools.recordfile import Record, RecordWriter
 from worker.settings import SettingsError
-from worker.topics import REQUESTS_TOPIC
+from worker.topics import ENGAGEMENTS_TOPIC, REQUESTS_TOPIC
 from worker.validation import DEFAULT_LIMITS
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -110,6 +118,8 @@ class Event:
     truth: RequestTruth | None  # hidden ground truth (valid world events only)
     request: dict[str, Any] | None = None  # the map to encode, without timestamp_ms
     raw: bytes | None = None  # final bytes, for kinds that are not an encodable request map
+    engagement: bool = False  # an engagement.v1 map (`--server-history`), not a request
+    time_offset_ms: int = 0  # encoded with timestamp_ms = send time - this
 
     @property
     def expected_code(self) -> str | None:
@@ -124,7 +134,8 @@ class Event:
             raise ProducerError(f"event {self.index} has neither a request nor raw bytes")
         if timestamp_ms is None:
             return encode_request(self.request)
-        return encode_request({**self.request, "timestamp_ms": int(timestamp_ms)})
+        return encode_request({**self.request,
+                               "timestamp_ms": int(timestamp_ms) - self.time_offset_ms})
 
 
 # ----------------------------------------------------------------------------- valid requests
@@ -213,7 +224,7 @@ _MUTATIONS: dict[str, _Mutation] = {
     "not_a_map": lambda r, ctx: msgpack.packb([r["request_id"], r["user_id"]],
                                               use_bin_type=True),
     "duplicate_key": _duplicate_key,
-    "wrong_schema": lambda r, ctx: _with(r, schema="ranking-request.v2"),
+    "wrong_schema": lambda r, ctx: _with(r, schema="ranking-request.v9"),
     "missing_field": lambda r, ctx: {k: v for k, v in r.items() if k != "user_id"},
     "missing_nested_field": lambda r, ctx: _with(r, candidates=[
         {k: v for k, v in c.items() if not (i == 0 and k == "author_id")}
@@ -340,6 +351,26 @@ def generate_events(seed: int, count: int, *, source: str = "world", bad_fractio
             index += 1
 
 
+def with_server_history(events: Iterable[Event]) -> Iterator[Event]:
+    """Each valid request's history as engagement events (oldest first), then the request as
+    ranking-request.v2 without history; malformed events unchanged. Item j of n is stamped
+    n - j ms before its send time: distinct times in history order, all before the request
+    (a burst sent within one millisecond would otherwise share a time, and a post repeated in
+    the history would count as a duplicate)."""
+    for event in events:
+        if event.kind != VALID:
+            yield event
+            continue
+        request = dict(event.request)
+        items = request.pop("history")
+        for j, item in enumerate(items):
+            yield dataclasses.replace(event, truth=None, engagement=True,
+                                      time_offset_ms=len(items) - j, request={
+                                          "schema": ENGAGEMENT_SCHEMA,
+                                          "user_id": request["user_id"], **item})
+        yield dataclasses.replace(event, request={**request, "schema": REQUEST_SCHEMA_V2})
+
+
 # ----------------------------------------------------------------------------- sending
 
 
@@ -376,11 +407,23 @@ def write_events_to_file(events: Iterable[Event], path: str | os.PathLike[str], 
                          topic: str = REQUESTS_TOPIC, rate: float = 0.0,
                          fixed_timestamp_ms: int | None = None,
                          truth_out: IO[str] | None = None,
-                         progress: tqdm | None = None) -> int:
-    """Writes events to a record file (partition/offset None); returns the count written."""
+                         progress: tqdm | None = None,
+                         engagements_path: str | os.PathLike[str] | None = None,
+                         engagements_topic: str = ENGAGEMENTS_TOPIC) -> int:
+    """Writes events to a record file (partition/offset None), engagement events to
+    `engagements_path`; returns the count of requests written."""
     pace, start = Pace(rate=rate), time.monotonic()
-    with RecordWriter(path) as out:
+    with RecordWriter(path) as out, contextlib.ExitStack() as stack:
+        engagements = (stack.enter_context(RecordWriter(engagements_path))
+                       if engagements_path is not None else None)
         for event in events:
+            if event.engagement:
+                if engagements is None:
+                    raise ProducerError("engagement events need an engagements file")
+                ts = _stamp(fixed_timestamp_ms)
+                engagements.write(Record(value=event.encode(ts), key=event.key,
+                                         timestamp_ms=ts, topic=engagements_topic))
+                continue
             wait = start + pace.due_s() - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
@@ -399,7 +442,8 @@ async def send_events_to_kafka(events: Iterable[Event], *, bootstrap: str = DEFA
                                fixed_timestamp_ms: int | None = None,
                                truth_out: IO[str] | None = None,
                                progress: tqdm | None = None,
-                               max_request_size: int = 1 << 20) -> int:
+                               max_request_size: int = 1 << 20,
+                               engagements_topic: str = ENGAGEMENTS_TOPIC) -> int:
     """Sends events with acks=all (security settings from `RANKER_*`), each stamped with its
     send time; returns once every send is acknowledged.
 
@@ -413,16 +457,18 @@ async def send_events_to_kafka(events: Iterable[Event], *, bootstrap: str = DEFA
         ts = _stamp(fixed_timestamp_ms)
         if truth_out is not None and event.truth is not None:
             write_truth(truth_out, event.truth)
-        if progress is not None:
+        if progress is not None and not event.engagement:
             progress.update(1)
-        return Outgoing(event.encode(ts), event.key, ts)
+        return Outgoing(event.encode(ts), event.key, ts,
+                        engagements_topic if event.engagement else None)
 
     # Lingering batches a backlog sent as fast as possible; a paced send goes out at once, or
     # every request would wait out the linger before the broker sees it.
     linger_ms = 0 if rate > 0 else 5
     async with AIOKafkaProducer(**connection(bootstrap), acks="all", linger_ms=linger_ms,
                                 max_request_size=max_request_size) as producer:
-        return await send_paced(producer, topic, events, encode, pace=Pace(rate=rate))
+        return await send_paced(producer, topic, events, encode, pace=Pace(rate=rate),
+                                paced=lambda event: not event.engagement)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -460,6 +506,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="candidates per request: N, or drawn uniformly in MIN:MAX "
                         f"(at most {DEFAULT_LIMITS.max_candidates}; default "
                         f"{WorldConfig().num_candidates})")
+    p.add_argument("--server-history", action="store_true",
+                   help="send each request's history as engagements first, then the request "
+                        "as ranking-request.v2 without history (the worker keeps histories)")
+    p.add_argument("--engagements-topic", default=ENGAGEMENTS_TOPIC,
+                   help=f"with --server-history (default {ENGAGEMENTS_TOPIC})")
+    p.add_argument("--engagements-out", metavar="FILE",
+                   help="with --server-history and --out: the record file for engagements")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -485,10 +538,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.truth and args.out and os.path.abspath(args.truth) == os.path.abspath(args.out):
         parser.error("--truth and --out must be different files")
 
+    if args.server_history and args.out and not args.engagements_out:
+        parser.error("--server-history with --out needs --engagements-out FILE")
+    if args.engagements_out and not (args.server_history and args.out):
+        parser.error("--engagements-out goes with --server-history and --out")
     events = generate_events(args.seed, args.count, source=args.source,
                              bad_fraction=args.bad_fraction,
                              world_config=WorldConfig(seed=args.world_seed),
                              too_large_bytes=args.too_large_bytes, candidates=args.candidates)
+    if args.server_history:
+        events = with_server_history(events)
     truth_out = open(args.truth, "w", encoding="utf-8") if args.truth else None
     progress = tqdm(total=args.count, unit="req", desc="produce",
                     disable=True if args.no_progress else None)
@@ -497,7 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = write_events_to_file(
                 events, args.out, topic=args.topic, rate=args.rate,
                 fixed_timestamp_ms=args.fixed_timestamp_ms, truth_out=truth_out,
-                progress=progress)
+                progress=progress, engagements_path=args.engagements_out,
+                engagements_topic=args.engagements_topic)
             where = args.out
         else:
             from aiokafka.errors import KafkaError
@@ -507,7 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 written = asyncio.run(send_events_to_kafka(
                     events, bootstrap=args.bootstrap, topic=args.topic, rate=args.rate,
                     fixed_timestamp_ms=args.fixed_timestamp_ms, truth_out=truth_out,
-                    progress=progress, max_request_size=max(1 << 20, room)))
+                    progress=progress, max_request_size=max(1 << 20, room),
+                    engagements_topic=args.engagements_topic))
             except KafkaError as error:
                 print(f"error: sending to {args.bootstrap} topic {args.topic!r} failed: "
                       f"{error!r}; is the broker running (`make broker`)? A too_large event "

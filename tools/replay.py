@@ -1,6 +1,7 @@
 """Replay: rank recorded requests offline, copy topics to files and back, compare two models.
 
     python -m tools.replay offline FILE --out RESULTS [--checkpoint PATH] [--batch-size N]
+                                   [--engagements ENGAGEMENTS]
     python -m tools.replay record TOPIC FILE [--bootstrap HOST:PORT] [--count N] [--timeout-s S]
     python -m tools.replay publish FILE [--topic T] [--rate R | --recorded-pace]
     python -m tools.replay compare FILE --checkpoint A --checkpoint B [--k 5] [--top 10]
@@ -14,6 +15,11 @@ any worker flag such as `--batch-buckets` or `--max-candidates` apply), in chunk
     request's own `deadline_ms` still is, against the replay's clock;
   * records that never went through Kafka (partition/offset None) are given partition 0 and
     their index in the file as offset, so dead letters still name `topic[partition]@offset`.
+
+`--engagements FILE` (offline, compare) first applies every engagement of a record file (the
+producer's `--engagements-out`, or `replay record user-engagements FILE`) to a history table
+as the worker's history agent does, so v2 requests without history rank as they would live
+after those engagements; without it, such requests rank with an empty history.
 
 `record` reads from the beginning with manual assignment (no consumer group, nothing
 committed) and stops after `--count` records or `--timeout-s` without a new one: the embedded
@@ -45,8 +51,9 @@ from tqdm import tqdm
 from phoenix import compilations
 from phoenix.checkpoint import CheckpointError
 from phoenix.config import ConfigError
-from worker import codec
-from worker.errors import WorkerError
+from worker import codec, history
+from worker.engagement import parse_engagement
+from worker.errors import ValidationError, WorkerError
 from worker.pipeline import InputRecord, Outcome, RankingPipeline
 from tools import kafka_io
 from tools.kafka_io import KafkaIOError
@@ -80,6 +87,43 @@ class ReplayError(WorkerError):
 # =============================================================================================
 # Pure parts: no Kafka, no printing. Unit-tested directly.
 # =============================================================================================
+
+
+class HistoryLoad(NamedTuple):
+    applied: int  # engagements now in the table
+    ignored: int  # duplicates, or older than a full history keeps
+    invalid: int  # would be dead-lettered by the worker; skipped here
+
+    def line(self) -> str:
+        return (f"engagements: {self.applied} applied, {self.ignored} ignored (duplicate or "
+                f"too old), {self.invalid} invalid (skipped)")
+
+
+def load_history(records: Iterable[Record], pipeline: RankingPipeline,
+                 cap: int) -> HistoryLoad:
+    """Applies every engagement of `records`, in file order, to a fresh history table, as the
+    worker's history agent does, and has `pipeline` rank v2 requests without history with it."""
+    table: history.HistoryTable = {}
+    counts = collections.Counter()
+    for record in records:
+        try:
+            engagement = parse_engagement(record.value, pipeline.limits)
+        except ValidationError:
+            counts["invalid"] += 1
+            continue
+        counts["applied" if history.apply(table, engagement, cap) else "ignored"] += 1
+    pipeline.history = history.lookup(table)
+    return HistoryLoad(counts["applied"], counts["ignored"], counts["invalid"])
+
+
+def _load_history_file(path: str | None, pipelines: Sequence[RankingPipeline],
+                       settings: Settings) -> None:
+    if path is None:
+        return
+    for pipeline in pipelines:
+        with RecordReader(path) as reader:
+            loaded = load_history(reader, pipeline, settings.history_cap)
+    print(f"{path}: {loaded.line()}")
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -506,6 +550,8 @@ def _parser() -> argparse.ArgumentParser:
     offline.add_argument("file", help="record file of requests")
     offline.add_argument("--out", required=True, help="record file for results and dead letters")
     offline.add_argument("--checkpoint", help="model checkpoint (default: the worker's setting)")
+    offline.add_argument("--engagements", metavar="FILE", help="record file of engagements "
+                         "applied to the history table first (for v2 requests without history)")
     offline.add_argument("--batch-size", type=int, help="records per batch (default: the "
                          "worker's max_batch_size)")
 
@@ -541,6 +587,8 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"top-k for the overlap (default {DEFAULT_K})")
     compare.add_argument("--top", type=int, default=DEFAULT_TOP_CHANGES,
                          help=f"largest score changes shown (default {DEFAULT_TOP_CHANGES})")
+    compare.add_argument("--engagements", metavar="FILE", help="record file of engagements "
+                         "applied to the history table first (for v2 requests without history)")
     compare.add_argument("--batch-size", type=int, help="records per batch (default: the "
                          "worker's max_batch_size)")
     compare.add_argument("--summary-only", action="store_true",
@@ -561,6 +609,7 @@ def _fmt(value: float) -> str:
 
 def _cmd_offline(args: argparse.Namespace, settings: Settings) -> int:
     pipeline = build_pipeline(settings, args.checkpoint)
+    _load_history_file(args.engagements, [pipeline], settings)
     summary = run_offline(args.file, args.out, pipeline, settings.max_batch_size,
                           results_topic=settings.results_topic,
                           dead_letter_topic=settings.dead_letter_topic,
@@ -578,6 +627,7 @@ def _cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     path_a, path_b = args.checkpoint
     pipeline_a = build_pipeline(settings, path_a, worker_id="replay-a")
     pipeline_b = build_pipeline(settings, path_b, worker_id="replay-b")
+    _load_history_file(args.engagements, [pipeline_a, pipeline_b], settings)
     if not args.summary_only:
         print(f"{'request_id':<32} {'n':>5} {'top-' + str(args.k):>7} {'tau':>8}")
 

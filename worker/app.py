@@ -30,8 +30,10 @@ import uvloop
 from phoenix import compilations
 from phoenix.checkpoint import CheckpointError
 from phoenix.config import ConfigError
-from worker import codec
-from worker.handler import BatchHandler, WorkerState
+from worker import codec, history
+from worker.engagement import parse_engagement
+from worker.errors import ValidationError
+from worker.handler import BatchHandler, WorkerState, to_record
 from worker.breaker import BreakerConfig, DeadLetterBreaker
 from worker.kafka_clients import (check_transactions_supported, ensure_topics_with_retry,
                                   faust_credentials)
@@ -46,12 +48,14 @@ from worker.settings import Settings, SettingsError, flag_name
 log = logging.getLogger("worker")
 
 _PRODUCER_BATCH_BYTES = 256 * 1024
+HISTORY_TABLE = "user-history"  # changelog topic: {group_id}-user-history-changelog
 
 
 class AppTopics(NamedTuple):
     requests: Any
     results: Any
     dead_letters: Any
+    engagements: Any
 
 
 def new_app(settings: Settings) -> tuple[faust.App, AppTopics]:
@@ -66,7 +70,10 @@ def new_app(settings: Settings) -> tuple[faust.App, AppTopics]:
         web_enabled=False,
         topic_disable_leader=True,
         topic_partitions=settings.partitions,
-        table_standby_replicas=0,  # no tables: keeps the plain round-robin assignor
+        # The history table has no standby copies: a partition's new owner rebuilds it from the
+        # changelog before it takes that partition's requests (README: Server-side history).
+        table_standby_replicas=0,
+        store="rocksdb://" if settings.history_store == "rocksdb" else "memory://",
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_max_poll_interval=settings.max_poll_interval_s,
@@ -84,13 +91,80 @@ def new_app(settings: Settings) -> tuple[faust.App, AppTopics]:
     )
     return app, AppTopics(*(app.topic(name, key_serializer="raw", value_serializer="raw")
                             for name in (settings.requests_topic, settings.results_topic,
-                                         settings.dead_letter_topic)))
+                                         settings.dead_letter_topic,
+                                         settings.engagements_topic)))
+
+
+def _thread_safe_lookup(table: Any, store: str) -> Any:
+    """user id -> stored value, safe to call from the decode thread while the event loop
+    writes. Memory store: `table.get` is a dict get. RocksDB store: Faust's own read goes
+    through an LRU key index (not thread-safe), so read the partition databases directly
+    (rocksdict reads are); co-partitioning puts a user in one of them."""
+    if store == "memory":
+        return history.lookup(table)
+
+    def get(user_id: int) -> bytes | None:
+        key = codec.user_key(user_id)
+        # Store._dbs: partition -> rocksdict.Rdict in raw mode (Faust 0.15.3; pinned by
+        # tests/test_history_recovery.py). A snapshot: the loop may open one meanwhile.
+        for db in list(table.data._dbs.values()):
+            value = db.get(key)
+            if value is not None:
+                return value
+        return None
+
+    return get
+
+
+def _add_history(app: faust.App, engagements: Any, settings: Settings, partitions: int,
+                 pipeline: RankingPipeline, handler: BatchHandler, metrics: WorkerMetrics,
+                 on_bug: Any) -> None:
+    """The history table (user key -> packed history, worker.history) and the agent that
+    appends each engagement to it; v2 requests without history read it through `pipeline`."""
+    # bytes keys and values: Faust stores and logs them raw (no json).
+    table = app.Table(HISTORY_TABLE, default=None, partitions=partitions, key_type=bytes,
+                      value_type=bytes,
+                      help="user id -> the user's most recent engagements (worker.history)")
+    pipeline.history = _thread_safe_lookup(table, settings.history_store)
+
+    def ingest(event: Any) -> Any:
+        """One engagement into the table; returns its dead letter if it is bad, else None."""
+        record = to_record(event)
+        try:
+            engagement = parse_engagement(record.value, pipeline.limits)
+        except ValidationError as error:
+            metrics.engagements.labels("dead_letter").inc()
+            metrics.dead_letters.labels(error.code).inc()
+            return pipeline.dead_letter(record, error)
+        if history.apply(table, engagement, settings.history_cap):
+            metrics.engagements.labels("applied").inc()
+            metrics.engagement_visible_lag.observe(
+                max(0.0, time.time() * 1000 - engagement.timestamp_ms) / 1000)
+        else:
+            metrics.engagements.labels("ignored").inc()
+        return None
+
+    @app.agent(engagements, concurrency=1)
+    async def record_history(stream):
+        # Applied on the event loop (tens of microseconds each). An event is acked when the
+        # next one is taken, after its dead letter (if any) was acknowledged; Faust commits
+        # an offset only after flushing the producer, changelog writes included.
+        try:
+            async for event in stream.events():
+                dead_letter = ingest(event)
+                if dead_letter is not None:
+                    await handler.publish([dead_letter])
+        except Exception as error:  # noqa: BLE001 (CancelledError is not an Exception)
+            on_bug(error)
+            await asyncio.Event().wait()  # no agent restart: held until the stop cancels it
 
 
 def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState,
-               metrics: WorkerMetrics, watcher: CheckpointWatcher | None = None) -> faust.App:
-    """The worker's app: the ranking agent, and with a `watcher`, live model rollout."""
-    app, (requests, results, dead_letters) = new_app(settings)
+               metrics: WorkerMetrics, watcher: CheckpointWatcher | None = None,
+               partitions: int | None = None) -> faust.App:
+    """The worker's app: the ranking agent, the history table and its agent, and with a
+    `watcher`, live model rollout. `partitions`: the request topic's (default: the setting)."""
+    app, (requests, results, dead_letters, engagements) = new_app(settings)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
     decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder")
     def on_bug(error: BaseException) -> None:
@@ -102,6 +176,9 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
                            flow_active=app.flow_control.is_active, decode_executor=decoder,
                            on_bug=on_bug)
     max_wait_s = settings.max_batch_wait_ms / 1000
+    _add_history(app, engagements, settings, partitions or settings.partitions, pipeline,
+                 handler, metrics, on_bug)
+    state.recovering = lambda: bool(app.in_recovery)
 
     @app.agent(requests, concurrency=1)
     async def rank(stream):
@@ -183,10 +260,17 @@ def _run_until_complete(loop: asyncio.AbstractEventLoop, coro) -> None:
         raise
 
 
-def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
-    _run_until_complete(loop, ensure_topics_with_retry(settings))
+def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop) -> int:
+    """Creates the topics (waiting for the broker); returns the request topic's partitions."""
+    counts: dict[str, int] = {}
+
+    async def ensure() -> None:
+        counts.update(await ensure_topics_with_retry(settings))
+
+    _run_until_complete(loop, ensure())
     if settings.processing_guarantee == "exactly_once":
         _run_until_complete(loop, check_transactions_supported(settings))
+    return counts[settings.requests_topic]
 
 
 def _start_health(settings: Settings, metrics: WorkerMetrics,
@@ -209,7 +293,24 @@ def _start_health(settings: Settings, metrics: WorkerMetrics,
 _BUCKET_SETTINGS = ("batch_buckets", "candidate_buckets", "max_candidates", "cache_budget_mb")
 
 
+def _check_history_cap(settings: Settings, pipeline: RankingPipeline) -> None:
+    keep = pipeline.limits.history_keep
+    if settings.history_cap < keep:
+        raise SettingsError(
+            f"RANKER_HISTORY_CAP / --history-cap: history_cap {settings.history_cap} is below "
+            f"the model's history length S={keep}; keep at least {keep} engagements per user")
+    if pipeline.limits.num_surfaces > history.MAX_SURFACES:
+        raise SettingsError(f"the checkpoint's {pipeline.limits.num_surfaces} product surfaces "
+                            f"do not fit the history table's {history.MAX_SURFACES}")
+
+
 def _load_pipeline(settings: Settings) -> RankingPipeline:
+    pipeline = _build_pipeline(settings)
+    _check_history_cap(settings, pipeline)
+    return pipeline
+
+
+def _build_pipeline(settings: Settings) -> RankingPipeline:
     try:
         return build_pipeline(settings)
     except CheckpointError as error:  # the message starts with the path and says why
@@ -257,11 +358,12 @@ def _start_and_serve(settings: Settings) -> int:
             # raise StartupStop, which uvloop would not carry out of run_until_complete.
             waiting = asyncio.new_event_loop()
             try:
-                _prepare_broker(settings, waiting)
+                partitions = _prepare_broker(settings, waiting)
             finally:
                 waiting.close()
             loop = new_event_loop(settings)
-        serve(create_app(settings, pipeline, state, metrics, watcher), settings, loop)
+        serve(create_app(settings, pipeline, state, metrics, watcher, partitions), settings,
+              loop)
     finally:
         if health is not None:
             health.stop()

@@ -44,7 +44,12 @@ if TYPE_CHECKING:  # validation imports this module; the imports are for type hi
     from worker.validation import ValidationLimits
 
 REQUEST_SCHEMA = "ranking-request.v1"
+REQUEST_SCHEMA_V2 = "ranking-request.v2"  # history optional: absent = the worker's own
+REQUEST_SCHEMAS = (REQUEST_SCHEMA, REQUEST_SCHEMA_V2)  # what the worker reads
 RESULT_SCHEMA = "ranking-result.v1"
+RESULT_SCHEMA_V2 = "ranking-result.v2"  # the answer to a v2 request: v1 + where history came from
+RESULT_SCHEMAS = (RESULT_SCHEMA, RESULT_SCHEMA_V2)
+ENGAGEMENT_SCHEMA = "engagement.v1"
 DEAD_LETTER_SCHEMA = "dead-letter.v2"  # what the worker writes
 DEAD_LETTER_SCHEMAS = ("dead-letter.v1", DEAD_LETTER_SCHEMA)  # what readers accept
 
@@ -200,10 +205,10 @@ def encode_request(request: dict) -> bytes:
 
 
 def encode_result(result: dict) -> bytes:
-    """Encode a ranking-result.v1 dict (numpy scalars allowed; arrays are not)."""
-    if result.get("schema") != RESULT_SCHEMA:
-        raise ValueError(f"a result must carry schema={RESULT_SCHEMA!r}, "
-                         f"got {result.get('schema')!r}")
+    """Encode a ranking-result.v1 or .v2 dict (numpy scalars allowed; arrays are not)."""
+    if result.get("schema") not in RESULT_SCHEMAS:
+        raise ValueError(f"a result must carry schema={RESULT_SCHEMA!r} (or "
+                         f"{RESULT_SCHEMA_V2!r}), got {result.get('schema')!r}")
     return _pack(result)
 
 
@@ -213,7 +218,9 @@ def build_result(request: "RankingRequest", order: np.ndarray, scores: np.ndarra
     """The ranking-result.v1 dict: the request's candidates in `order` (best first, `[c]`
     candidate indices), cut to its top_k, with their final `scores` `[c]` and per-action
     `probabilities` `[c, A]`; `timings` in ms, rounded to microseconds. Ranked entries are
-    `RankedCandidate` structs, which `encode_result` writes as the schema's maps."""
+    `RankedCandidate` structs, which `encode_result` writes as the schema's maps. A v2
+    request gets a ranking-result.v2: the same, plus where its history came from and how many
+    items the model used."""
     order = order[: request.top_k] if request.top_k else order  # [k]
     ranked = [
         RankedCandidate(post, author, score, Probabilities(*probs))
@@ -222,7 +229,7 @@ def build_result(request: "RankingRequest", order: np.ndarray, scores: np.ndarra
             request.candidate_author_ids[order].tolist(),
             scores[order].tolist(), probabilities[order].tolist())
     ]
-    return {
+    result = {
         "schema": RESULT_SCHEMA, "request_id": request.request_id,
         "user_id": request.user_id, "model_version": model_version,
         "worker_id": worker_id, "ranked": ranked,
@@ -230,6 +237,10 @@ def build_result(request: "RankingRequest", order: np.ndarray, scores: np.ndarra
         "request_timestamp_ms": request.timestamp_ms,
         "produced_at_ms": produced_at_ms,
     }
+    if request.version >= 2:
+        result.update(schema=RESULT_SCHEMA_V2, history_source=request.history_source,
+                      history_items=request.num_history)
+    return result
 
 
 def build_dead_letter(original: bytes | None, *, topic: str, partition: int, offset: int,

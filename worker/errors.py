@@ -67,6 +67,10 @@ MSG_BAD_SCHEMA = (
     "{field} must be the exact string {expected!r}; got {got}; this worker reads only that "
     "version, so send it or route the message to a worker that reads yours"
 )
+MSG_BAD_SCHEMA_ONE_OF = (
+    "{field} must be one of the exact strings {expected}; got {got}; this worker reads only "
+    "those versions, so send one of them or route the message to a worker that reads yours"
+)
 MSG_BAD_LENGTH = "{field} must have {expected}; got {got}; {fix}"
 MSG_UNKNOWN_ACTION = (
     "{field} is not a known action name; got {got}{hint}; use one of: {allowed}"

@@ -37,12 +37,17 @@ class WorkerState:
     breaker: DeadLetterBreaker | None = None
     last_offsets: dict[Any, int] = dataclasses.field(default_factory=dict)  # tp -> offset
     failed: BaseException | None = None  # the agent's bug, when it stopped the worker
+    # True while Faust rebuilds the history table from its changelog after an assignment
+    # (requests of those partitions are held until it is done).
+    recovering: Callable[[], bool] = lambda: False
 
     def readiness(self) -> tuple[bool, str]:
         if not self.compiled:
             return False, "compiling the model"
         if not self.assigned:
             return False, "waiting for partition assignment"
+        if self.recovering():
+            return False, "rebuilding the history table from its changelog"
         if self.breaker is not None and self.breaker.is_open:
             return False, f"circuit breaker open: {self.breaker.reason}"
         return True, "ready"
@@ -185,6 +190,11 @@ class BatchHandler:
 
     def _topic_for(self, outcome: Outcome) -> Any:
         return self.results_topic if outcome.is_result else self.dead_letter_topic
+
+    async def publish(self, outcomes: Sequence[Outcome]) -> None:
+        """Sends outcomes (e.g. an engagement's dead letter) as a batch's are sent: retried
+        until the broker acknowledged each one or its `publish_failed` stand-in."""
+        await self._publish(outcomes)
 
     async def _publish(self, outcomes: Sequence[Outcome]) -> None:
         """Sends all outcomes and waits for the broker's acks; never raises but cancellation.

@@ -18,7 +18,7 @@ from aiokafka.helpers import create_ssl_context
 
 from worker.errors import BrokerUnavailableError
 from worker.settings import Settings, SettingsError
-from worker.topics import ensure_topics
+from worker.topics import TopicError, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,14 @@ def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
 
 
 async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
-                                   first_delay_s: float = 0.5, max_delay_s: float = 10.0) -> None:
-    """Creates the three topics (explicit partition counts), waiting for the broker with
-    exponential back-off. `attempts` 0 = until it answers."""
+                                   first_delay_s: float = 0.5,
+                                   max_delay_s: float = 10.0) -> dict[str, int]:
+    """Creates the topics (explicit partition counts), waiting for the broker with
+    exponential back-off, and returns name -> partitions. `attempts` 0 = until it answers.
+
+    The engagement topic gets the request topic's partition count, whatever it is: the two
+    must be co-partitioned (a user's engagements and requests on the same partition number).
+    One that exists with another count is a `SettingsError`."""
     topics = {settings.requests_topic: settings.partitions,
               settings.results_topic: settings.partitions,
               settings.dead_letter_topic: settings.partitions}
@@ -71,8 +76,10 @@ async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
         try:
             counts = await ensure_topics(settings.bootstrap_servers, topics, strict=False,
                                          **options)
+            counts.update(await _ensure_copartitioned(
+                settings, counts[settings.requests_topic], options))
             log.info("topics: %s", ", ".join(f"{n}[{c}]" for n, c in counts.items()))
-            return
+            return counts
         except (KafkaConnectionError, KafkaError, OSError, asyncio.TimeoutError) as exc:
             if attempts and attempt >= attempts:
                 raise BrokerUnavailableError(
@@ -82,6 +89,18 @@ async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
                         settings.bootstrap_servers, type(exc).__name__, exc, delay, attempt)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay_s)
+
+
+async def _ensure_copartitioned(settings: Settings, partitions: int,
+                                options: dict[str, Any]) -> dict[str, int]:
+    try:
+        return await ensure_topics(settings.bootstrap_servers,
+                                   {settings.engagements_topic: partitions}, **options)
+    except TopicError as error:
+        raise SettingsError(
+            f"RANKER_ENGAGEMENTS_TOPIC / --engagements-topic: {error} The engagement topic must "
+            f"have the request topic {settings.requests_topic!r}'s {partitions} partitions "
+            "(a user's engagements and requests must reach the same worker)") from None
 
 
 async def check_transactions_supported(settings: Settings) -> None:

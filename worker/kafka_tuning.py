@@ -135,6 +135,30 @@ class TunedConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> TunedConsumerThread:
         return TunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def perform_seek(self) -> None:
+        """Faust's seek of every partition to its committed offset, with the consumer's flow
+        stopped while it runs.
+
+        Why: with a table, Faust's recovery resumes the flow *before* it resumes the stream
+        partitions and seeks them (without tables it seeks first). The fetch loop can then
+        deliver records of a batch fetched from the old position after the seek reset the
+        read offset: Faust takes the jump for a gap, counts the skipped offsets as acked (so
+        they are committed), and drops them as already read when they are fetched again:
+        lost requests after a rebalance under load. Stopped, the fetch loop drops that stale
+        batch instead (Faust's own `if not self.flow_active: break`) and fetches again from
+        the committed offsets once the flow is back.
+        """
+        if not self.flow_active:  # already stopped (a rebalance, or getmany's own seek)
+            return await super().perform_seek()
+        generation = self.app.consumer_generation_id
+        self.stop_flow()
+        try:
+            await super().perform_seek()
+        finally:
+            # Resume only what we stopped: not if a new rebalance began meanwhile.
+            if not self.app.rebalancing and self.app.consumer_generation_id == generation:
+                self.resume_flow()
+
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if not _is_delivery(coros, self.suspend_flow) or self.suspend_flow.is_set():
             return await super().wait_first(*coros, timeout=timeout)

@@ -16,6 +16,8 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Engagement time to visible in the history table: milliseconds when live, hours for a replay.
+_VISIBLE_LAG_BUCKETS = _LATENCY_BUCKETS + (30.0, 60.0, 300.0, 3600.0)
 
 
 class WorkerMetrics:
@@ -56,6 +58,14 @@ class WorkerMetrics:
         self.model_load_failures = Counter(
             "ranker_model_load_failures", "New checkpoints refused (the serving model kept)",
             registry=r)
+        self.engagements = Counter(
+            "ranker_engagements", "Engagements consumed, by outcome: applied (in the history "
+            "table), ignored (a duplicate, or older than a full history keeps), dead_letter",
+            ["outcome"], registry=r)
+        self.engagement_visible_lag = Histogram(
+            "ranker_engagement_visible_lag_seconds", "Engagement timestamp_ms to the moment "
+            "it is in the history table (the worker's clock; applied engagements only)",
+            buckets=_VISIBLE_LAG_BUCKETS, registry=r)
         self.ready = Gauge("ranker_ready", "1 when compiled and assigned", registry=r)
         self.breaker_open = Gauge("ranker_breaker_open",
                                   "1 while the dead-letter circuit breaker has stopped "

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import math
 import time
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -24,11 +24,16 @@ from worker import codec
 from worker.assembly import Assembler, Buckets, Ranking
 from worker.errors import (PUBLISH_FAILED, TOO_LARGE, ExpiredError, ModelError,
                            ValidationError, WorkerError)
-from worker.request import RankingRequest
+from worker.history import with_table_history
+from worker.request import HISTORY_FROM_TABLE, RankingRequest
 from worker.rollout import Canary, in_canary
 from worker.validation import ValidationLimits, parse_requests
 
 log = logging.getLogger(__name__)
+
+# user id -> the user's stored history value (worker.history), None for an unknown user.
+# Called from the decode thread: it must be safe to call there (the worker's reads a dict).
+HistoryLookup = Callable[[int], "bytes | None"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +118,10 @@ class RankingPipeline:
     """Decode, validate, expire, assemble, rank (isolating poison requests), encode."""
 
     def __init__(self, runner: RankingRunner, assembler: Assembler, limits: ValidationLimits,
-                 worker_id: str, max_age_ms: int | None = None, canary: Canary | None = None):
+                 worker_id: str, max_age_ms: int | None = None, canary: Canary | None = None,
+                 history: HistoryLookup | None = None):
         self.runner = runner
+        self.history = history  # for v2 requests without history (None: empty history)
         self.canary = canary
         self.assembler = assembler
         self.limits = limits
@@ -188,12 +195,20 @@ class RankingPipeline:
                 f"{self.max_outcome_bytes}"))
         return outcome
 
+    def dead_letter(self, record: InputRecord, error: WorkerError) -> Outcome:
+        """The dead letter of `record` (also for inputs other than requests: engagements)."""
+        return self._dead_letter(record, error)
+
     def _checked(self, record: InputRecord, parsed: RankingRequest | ValidationError,
                  now_ms: float) -> RankingRequest | Outcome:
         if isinstance(parsed, ValidationError):
             return self._dead_letter(record, parsed)
-        expired = self._expiry(parsed, record, now_ms)
-        return self._dead_letter(record, expired) if expired else parsed
+        request = parsed
+        if request.history_source == HISTORY_FROM_TABLE:
+            stored = self.history(request.user_id) if self.history is not None else None
+            request = with_table_history(request, stored, self.limits.history_keep)
+        expired = self._expiry(request, record, now_ms)
+        return self._dead_letter(record, expired) if expired else request
 
     def _expiry(self, request: RankingRequest, record: InputRecord,
                 now_ms: float) -> ExpiredError | None:
@@ -260,7 +275,7 @@ class RankingPipeline:
         start = _now_ms()
         try:
             parsed = parse_requests([b"" if r.value is None else r.value for r in records],
-                                    self.limits)
+                                    self.limits, codec.REQUEST_SCHEMAS)
             items = [self._checked(r, p, start) for r, p in zip(records, parsed)]
         except Exception as exc:  # noqa: BLE001 (the same last line of defence as `process`)
             items = self._batch_failed(records, exc)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
+HISTORY_FROM_REQUEST = "request"
+HISTORY_FROM_TABLE = "table"
+
 
 # A msgspec Struct rather than a frozen dataclass: the worker builds one per message, and a
 # Struct is built in C (a frozen dataclass's __init__ costs microseconds). No cycles: gc=False.
@@ -25,6 +28,10 @@ class RankingRequest(msgspec.Struct, frozen=True, eq=False, gc=False, kw_only=Tr
     top_k: int | None = None  # answer only the best k candidates (None: all)
     timestamp_ms: int | None = None  # producer's clock, for end-to-end latency
     deadline_ms: int | None = None  # absolute epoch ms after which the answer is useless
+    version: int = 1  # the request schema's version (a v2 request gets a v2 result)
+    # Where the history came from: the request itself, or (a v2 request without history) the
+    # worker's history table, filled in by `worker.history.with_table_history`.
+    history_source: str = HISTORY_FROM_REQUEST
 
     @property
     def num_candidates(self) -> int:

@@ -15,11 +15,12 @@ import socket
 import textwrap
 from typing import Any, Mapping, Sequence
 
-from worker.topics import DEAD_LETTER_TOPIC, REQUESTS_TOPIC, RESULTS_TOPIC
+from worker.topics import DEAD_LETTER_TOPIC, ENGAGEMENTS_TOPIC, REQUESTS_TOPIC, RESULTS_TOPIC
 
 ENV_PREFIX = "RANKER_"
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
 EVENT_LOOPS = ("uvloop", "asyncio")
+HISTORY_STORES = ("memory", "rocksdb")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PROG = "python -m worker.app"
 HELP_HINT = f"`{PROG} --help` lists every setting"
@@ -81,6 +82,8 @@ class Settings:
     requests_topic: str = _setting(REQUESTS_TOPIC, "input topic")
     results_topic: str = _setting(RESULTS_TOPIC, "output topic")
     dead_letter_topic: str = _setting(DEAD_LETTER_TOPIC, "dead-letter topic")
+    engagements_topic: str = _setting(ENGAGEMENTS_TOPIC, "engagement input topic (created with "
+                                      "the request topic's partition count)")
     partitions: int = _setting(4, "partitions when this worker creates the topics")
     group_id: str = _setting("phoenix-ranker", "consumer group (one per deployment)")
     worker_id: str = _setting("", "id put in results; default host-pid")
@@ -123,6 +126,11 @@ class Settings:
     device: str = _setting("auto", "auto, cpu or gpu")
     jax_cache_dir: str = _setting(".cache/jax", "persistent compilation cache ('' = off)")
     max_age_ms: int = _setting(0, "dead-letter requests older than this (0 = never)")
+    # Server-side history (the engagements topic kept in a Faust table)
+    history_cap: int = _setting(128, "most recent engagements kept per user (at least the "
+                                "model's history length S)")
+    history_store: str = _setting("memory", "where the history table lives: memory or rocksdb "
+                                  "(under data_dir); both rebuilt from its changelog topic")
     # Input caps
     max_message_bytes: int = _setting(1 << 20, "largest request accepted, in bytes")
     max_history: int = _setting(512, "most history items accepted on the wire")
@@ -145,6 +153,8 @@ class Settings:
             ("canary_share", self.canary_share == 0.0 or bool(self.canary_checkpoint),
              "needs a canary_checkpoint to rank that share with"),
             ("partitions", self.partitions >= 1, "must be >= 1"),
+            ("history_cap", self.history_cap >= 1, "must be >= 1"),
+            ("history_store", self.history_store in HISTORY_STORES, "must be memory or rocksdb"),
             ("fetch_max_wait_ms", self.fetch_max_wait_ms >= 1,
              "must be >= 1 (0 busy-polls the broker)"),
             ("processing_guarantee", self.processing_guarantee in ("at_least_once",

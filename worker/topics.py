@@ -18,8 +18,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 REQUESTS_TOPIC = "ranking-requests"  # input: msgpack ranking-request.v1, keyed by user id
 RESULTS_TOPIC = "ranking-results"  # output: msgpack ranking-result.v1, same key as the request
 DEAD_LETTER_TOPIC = "ranking-dead-letter"  # msgpack dead-letter.v1 for input we could not answer
+# input: msgpack engagement.v1, keyed by user id like requests and co-partitioned with them (the
+# same partition count), so a user's engagements and requests reach the same worker.
+ENGAGEMENTS_TOPIC = "user-engagements"
 
-DEFAULT_TOPICS: tuple[str, ...] = (REQUESTS_TOPIC, RESULTS_TOPIC, DEAD_LETTER_TOPIC)
+DEFAULT_TOPICS: tuple[str, ...] = (REQUESTS_TOPIC, RESULTS_TOPIC, DEAD_LETTER_TOPIC,
+                                   ENGAGEMENTS_TOPIC)
 
 _TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 _VISIBLE_POLL_S = 0.05  # real Kafka may list a new topic a moment after creating it

@@ -21,7 +21,7 @@ import dataclasses
 import difflib
 import itertools
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -30,11 +30,12 @@ import numpy as np
 from phoenix.actions import ACTION_BIT, ACTION_NAMES
 from phoenix.config import RankerConfig
 from worker import codec, wire
-from worker.codec import REQUEST_SCHEMA, U64_MAX
+from worker.codec import REQUEST_SCHEMA, REQUEST_SCHEMA_V2, U64_MAX
 from worker.errors import (
     INVALID,
     MSG_BAD_LENGTH,
     MSG_BAD_SCHEMA,
+    MSG_BAD_SCHEMA_ONE_OF,
     MSG_DUPLICATE_ACTION,
     MSG_DUPLICATE_CANDIDATE,
     MSG_FLOAT_FOR_INT,
@@ -48,7 +49,7 @@ from worker.errors import (
     ValidationError,
     describe,
 )
-from worker.request import RankingRequest
+from worker.request import HISTORY_FROM_TABLE, RankingRequest
 from worker.wire import EPOCH_MS_MAX, TOP_K_MAX
 
 
@@ -83,6 +84,10 @@ _TOP_REQUIRED = ("schema", "request_id", "user_id", "history", "candidates")
 _TOP_OPTIONAL = ("top_k", "timestamp_ms", "deadline_ms")
 _TOP_ALLOWED = frozenset(_TOP_REQUIRED + _TOP_OPTIONAL)
 _TOP_REQUIRED_SET = frozenset(_TOP_REQUIRED)
+# ranking-request.v2: history optional (absent: the worker's history table fills it in).
+_TOP_REQUIRED_V2 = tuple(key for key in _TOP_REQUIRED if key != "history")
+_TOP_OPTIONAL_V2 = ("history",) + _TOP_OPTIONAL
+V1_ONLY = (REQUEST_SCHEMA,)  # what `validate_request` reads unless told otherwise
 _HISTORY_KEYS = ("post_id", "author_id", "actions", "surface")
 _CANDIDATE_KEYS = ("post_id", "author_id", "surface")
 _ACTION_SET = frozenset(ACTION_NAMES)
@@ -127,7 +132,7 @@ def _unknown_key(key: object, prefix: str, allowed: Sequence[str], where: str) -
 
 
 def _check_keys(obj: dict, prefix: str, required: Sequence[str], optional: Sequence[str],
-                where: str) -> None:
+                where: str, expected: Mapping[str, str] = _EXPECTED_FOR_KEY) -> None:
     allowed = tuple(required) + tuple(optional)
     for key in obj:
         if key not in allowed:
@@ -136,7 +141,7 @@ def _check_keys(obj: dict, prefix: str, required: Sequence[str], optional: Seque
         if key not in obj:
             field = _join(prefix, key)
             raise ValidationError(INVALID, MSG_MISSING.format(
-                field=field, expected=_EXPECTED_FOR_KEY[key]), field=field)
+                field=field, expected=expected[key]), field=field)
 
 
 def _int_error(value: object, field: str, expected: str, fix: str) -> ValidationError:
@@ -378,8 +383,10 @@ def _readable_request_id(obj: dict, limits: ValidationLimits) -> str | None:
 
 # ----------------------------------------------------------------------------- public entry
 
-def validate_request(obj: object, limits: ValidationLimits = DEFAULT_LIMITS) -> RankingRequest:
-    """Check a decoded request against ranking-request.v1 and build its arrays.
+def validate_request(obj: object, limits: ValidationLimits = DEFAULT_LIMITS,
+                     schemas: Sequence[str] = V1_ONLY) -> RankingRequest:
+    """Check a decoded request against ranking-request.v1 (or any id in `schemas`: the worker
+    also reads ranking-request.v2) and build its arrays.
 
     Raises ValidationError(code="invalid", field=<path>) on the first broken rule; its
     `request_id` is set whenever the message carried a readable one.
@@ -388,26 +395,39 @@ def validate_request(obj: object, limits: ValidationLimits = DEFAULT_LIMITS) -> 
         raise ValidationError(INVALID, MSG_NOT_A_MAP.format(got=describe(obj)))
     request_id = _readable_request_id(obj, limits)
     try:
-        return _validate(obj, limits)
+        return _validate(obj, limits, schemas)
     except ValidationError as error:
         if error.request_id is None:
             error.request_id = request_id
         raise
 
 
-def _validate(obj: dict, limits: ValidationLimits) -> RankingRequest:
+def _bad_schema(schema: object, schemas: Sequence[str]) -> ValidationError:
+    if len(schemas) == 1:
+        message = MSG_BAD_SCHEMA.format(field="schema", expected=schemas[0],
+                                        got=describe(schema))
+    else:
+        message = MSG_BAD_SCHEMA_ONE_OF.format(
+            field="schema", expected=", ".join(map(repr, schemas)), got=describe(schema))
+    return ValidationError(INVALID, message, field="schema")
+
+
+def _validate(obj: dict, limits: ValidationLimits,
+              schemas: Sequence[str] = V1_ONLY) -> RankingRequest:
     # A foreign schema id explains every other difference, so it is reported first.
     schema = obj.get("schema", REQUEST_SCHEMA)
-    if not (type(schema) is str and schema == REQUEST_SCHEMA):
-        raise ValidationError(INVALID, MSG_BAD_SCHEMA.format(
-            field="schema", expected=REQUEST_SCHEMA, got=describe(schema)),
-            field="schema")
+    if not (type(schema) is str and schema in schemas):
+        raise _bad_schema(schema, schemas)
+    v2 = schema == REQUEST_SCHEMA_V2
     keys = obj.keys()
-    if not (keys <= _TOP_ALLOWED and keys >= _TOP_REQUIRED_SET):
+    if v2:
+        _check_keys(obj, "", _TOP_REQUIRED_V2, _TOP_OPTIONAL_V2, "a ranking request")
+    elif not (keys <= _TOP_ALLOWED and keys >= _TOP_REQUIRED_SET):
         _check_keys(obj, "", _TOP_REQUIRED, _TOP_OPTIONAL, "a ranking request")
     request_id = _request_id(obj["request_id"], limits)
     user_id = _u64(obj["user_id"], "user_id")
-    h_posts, h_authors, h_actions, h_surfaces = _history(obj["history"], limits)
+    # A v2 request without history gets the empty one here; the pipeline fills in the table's.
+    h_posts, h_authors, h_actions, h_surfaces = _history(obj.get("history", []), limits)
     c_posts, c_authors, c_surfaces = _candidates(obj["candidates"], limits)
     top_k = _optional_int(obj, "top_k", 1, TOP_K_MAX, f"an integer in 1..{TOP_K_MAX}",
                           "send how many of the best candidates to return, or omit it for all")
@@ -422,7 +442,9 @@ def _validate(obj: dict, limits: ValidationLimits) -> RankingRequest:
         history_actions=h_actions, history_surfaces=h_surfaces,
         candidate_post_ids=c_posts, candidate_author_ids=c_authors,
         candidate_surfaces=c_surfaces,
-        top_k=top_k, timestamp_ms=timestamp_ms, deadline_ms=deadline_ms)
+        top_k=top_k, timestamp_ms=timestamp_ms, deadline_ms=deadline_ms,
+        **({"version": 2} if v2 else {}),
+        **({"history_source": HISTORY_FROM_TABLE} if v2 and "history" not in obj else {}))
 
 
 _ACTIONS_OF = operator.attrgetter("actions")
@@ -510,16 +532,18 @@ def parse_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS
     return None if checked is None else to_requests([checked])[0]
 
 
-def parse_requests(values: Sequence[bytes], limits: ValidationLimits = DEFAULT_LIMITS
-                   ) -> list[RankingRequest | ValidationError]:
+def parse_requests(values: Sequence[bytes], limits: ValidationLimits = DEFAULT_LIMITS,
+                   schemas: Sequence[str] = V1_ONLY) -> list[RankingRequest | ValidationError]:
     """`parse_request` for a batch of messages, in order, each a request or its error; the
-    arrays of those the typed decoder takes are built in one `to_requests`."""
+    arrays of those the typed decoder takes are built in one `to_requests`. The typed path
+    reads v1 only; a v2 request (`schemas` permitting) takes the untyped one."""
     out: list[RankingRequest | ValidationError | CheckedRequest] = []
     for data in values:
         checked = check_typed(data, limits)
         if checked is None:
             try:
-                checked = validate_request(codec.decode_request_bytes(data, limits), limits)
+                checked = validate_request(codec.decode_request_bytes(data, limits), limits,
+                                           schemas)
             except ValidationError as error:
                 checked = error
         out.append(checked)
@@ -529,9 +553,10 @@ def parse_requests(values: Sequence[bytes], limits: ValidationLimits = DEFAULT_L
     return out
 
 
-def parse_request(data: bytes, limits: ValidationLimits = DEFAULT_LIMITS) -> RankingRequest:
+def parse_request(data: bytes, limits: ValidationLimits = DEFAULT_LIMITS,
+                  schemas: Sequence[str] = V1_ONLY) -> RankingRequest:
     """Decode and validate one request message. Raises only ValidationError."""
-    (parsed,) = parse_requests([data], limits)
+    (parsed,) = parse_requests([data], limits, schemas)
     if isinstance(parsed, ValidationError):
         raise parsed
     return parsed
