@@ -141,15 +141,19 @@ def _schema_rules(node: dict, defs: dict) -> dict:
     return rules
 
 
-def test_typed_decoder_types_match_the_request_schema_both_ways():
+@pytest.mark.parametrize("name, schema_id", [("ranking-request.v1", codec.REQUEST_SCHEMA),
+                                             ("ranking-request.v2", codec.REQUEST_SCHEMA_V2)])
+def test_typed_decoder_types_match_the_request_schema_both_ways(name, schema_id):
     # Every schema property is a Struct field with the same required-ness, type and bounds,
     # and every Struct field is a schema property, at every level: one contract, two spellings.
-    schema = load("ranking-request.v1")
+    schema = load(name)
     written = _schema_rules(schema, schema["$defs"])
-    typed = _as_schema(msgspec.inspect.type_info(wire.request_type(LIMITS)))
+    typed = _as_schema(msgspec.inspect.type_info(wire.request_type(LIMITS, schema_id)))
     # The one rule a type cannot state; check_typed checks it after decoding.
     typed["properties"]["history"]["items"]["properties"]["actions"]["uniqueItems"] = True
+    typed["required"].sort(), written["required"].sort()  # v2's Struct lists keywords last
     assert typed == written
+    assert ("history" in written["required"]) == (schema_id == codec.REQUEST_SCHEMA)
     assert written["properties"]["history"]["items"]["required"] == [
         "post_id", "author_id", "actions", "surface"]  # The comparison reached the items.
 

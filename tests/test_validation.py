@@ -11,11 +11,12 @@ import pytest
 
 from phoenix.actions import ACTION_NAMES
 from phoenix.config import RankerConfig
+from worker import codec
 from worker.codec import encode_request
 from worker.errors import ValidationError
 from worker.request import RankingRequest
-from worker.validation import (ValidationLimits, parse_request, parse_requests, parse_typed,
-                               validate_request)
+from worker.validation import (ValidationLimits, check_typed, parse_request, parse_requests,
+                               parse_typed, validate_request)
 
 LIMITS = ValidationLimits()
 
@@ -464,6 +465,22 @@ def test_a_batch_parses_as_each_message_alone_with_errors_in_place():
         assert got.num_history == alone.num_history and got.num_candidates == len(
             raw["candidates"])
     assert parse_requests([], LIMITS) == []
+
+
+@pytest.mark.parametrize("with_history", [True, False], ids=["history", "no_history"])
+def test_typed_path_reads_v2_requests_as_the_validator_does(with_history):
+    raw = make_request(seed=5, n_history=6, n_candidates=3, schema=codec.REQUEST_SCHEMA_V2)
+    if not with_history:
+        del raw["history"]
+    data = encode_request(raw)
+    assert check_typed(data, LIMITS) is None  # v1 only unless the caller reads v2
+    assert check_typed(data, LIMITS, codec.REQUEST_SCHEMAS) is not None
+    (typed,) = parse_requests([data], LIMITS, codec.REQUEST_SCHEMAS)
+    untyped = validate_request(raw, LIMITS, codec.REQUEST_SCHEMAS)
+    assert _same_arrays(typed, untyped) and typed.num_history == (6 if with_history else 0)
+    assert (typed.version, typed.history_source) == (untyped.version, untyped.history_source)
+    assert typed.version == 2 and typed.history_source == ("request" if with_history
+                                                           else "table")
 
 
 def _repeat_candidate_key(data: bytes) -> bytes:

@@ -443,8 +443,7 @@ def _validate(obj: dict, limits: ValidationLimits,
         candidate_post_ids=c_posts, candidate_author_ids=c_authors,
         candidate_surfaces=c_surfaces,
         top_k=top_k, timestamp_ms=timestamp_ms, deadline_ms=deadline_ms,
-        **({"version": 2} if v2 else {}),
-        **({"history_source": HISTORY_FROM_TABLE} if v2 and "history" not in obj else {}))
+        **_version_fields(schema, "history" in obj))
 
 
 _ACTIONS_OF = operator.attrgetter("actions")
@@ -452,17 +451,28 @@ _IDS_AND_SURFACE_OF = operator.attrgetter("post_id", "author_id", "surface")
 _POST_OF = operator.attrgetter("post_id")
 
 
+def _typed_decode(data: bytes, limits: ValidationLimits,
+                  schemas: Sequence[str]) -> msgspec.Struct | None:
+    """The message as the Struct of the first of `schemas` whose types take it whole."""
+    for schema in schemas:  # v1 first: a v2 message fails it at its first key, the schema id
+        try:
+            return wire.decoder(limits, schema).decode(data)
+        except msgspec.MsgspecError:
+            continue
+    return None
+
+
 class CheckedRequest(NamedTuple):
     """A request the typed decoder took whole and that passed every rule: decoded and
     validated, not yet arrays (`to_requests` builds those for a whole batch at once)."""
 
-    typed: msgspec.Struct  # wire.request_type(limits)
+    typed: msgspec.Struct  # wire.request_type(limits, schema)
     start: int  # the first history item kept (the most recent `history_keep`)
     action_masks: np.ndarray  # [s] uint32, of the kept items
 
 
-def check_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS
-                ) -> CheckedRequest | None:
+def check_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS,
+                schemas: Sequence[str] = V1_ONLY) -> CheckedRequest | None:
     """The checked request if the typed decoder takes `data` whole, else None: then
     `validate_request` must decide, and name what is wrong. It never accepts what
     `validate_request` refuses.
@@ -472,9 +482,8 @@ def check_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS
     """
     if not isinstance(data, (bytes, bytearray)) or len(data) > limits.max_message_bytes:
         return None
-    try:
-        typed = wire.decoder(limits).decode(data)
-    except msgspec.MsgspecError:
+    typed = _typed_decode(data, limits, schemas)
+    if typed is None:
         return None
     # msgspec keeps the last of a repeated key silently. Any repeat makes the message longer
     # than the shortest encoding of what was decoded, and no encoding is shorter than that.
@@ -483,7 +492,7 @@ def check_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS
     candidates = typed.candidates
     if len(set(map(_POST_OF, candidates))) != len(candidates):
         return None
-    history = typed.history
+    history = [] if typed.history is msgspec.UNSET else typed.history
     start = max(0, len(history) - limits.history_keep)  # Most recent last: keep the tail.
     masks = _action_masks(list(map(_ACTIONS_OF, history)), start)  # [s]
     return None if masks is None else CheckedRequest(typed, start, masks)
@@ -498,11 +507,19 @@ def _given(value: object) -> object:
     return None if value is msgspec.UNSET else value
 
 
+def _version_fields(schema: str, has_history: bool) -> dict:
+    """RankingRequest's version and history source (defaults: v1, the request's own)."""
+    if schema != REQUEST_SCHEMA_V2:
+        return {}
+    return {"version": 2, **({} if has_history else {"history_source": HISTORY_FROM_TABLE})}
+
+
 def to_requests(checked: Sequence[CheckedRequest]) -> list[RankingRequest]:
     """The requests' arrays, built for all of them at once: one array per field over every
     request (numpy's per-call cost dominates at a request's size), cut into per-request views.
     """
-    kept = [c.typed.history[c.start:] for c in checked]
+    kept = [() if c.typed.history is msgspec.UNSET else c.typed.history[c.start:]
+            for c in checked]
     candidates = [c.typed.candidates for c in checked]
     h_ends = list(itertools.accumulate(map(len, kept)))
     c_ends = list(itertools.accumulate(map(len, candidates)))
@@ -520,7 +537,8 @@ def to_requests(checked: Sequence[CheckedRequest]) -> list[RankingRequest]:
             candidate_post_ids=every[c0:c1, 0], candidate_author_ids=every[c0:c1, 1],  # [c]
             candidate_surfaces=c_surfaces[c0:c1],  # [c]
             top_k=_given(typed.top_k), timestamp_ms=_given(typed.timestamp_ms),
-            deadline_ms=_given(typed.deadline_ms)))
+            deadline_ms=_given(typed.deadline_ms),
+            **_version_fields(typed.schema, typed.history is not msgspec.UNSET)))
         h0, c0 = h1, c1
     return requests
 
@@ -535,11 +553,10 @@ def parse_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS
 def parse_requests(values: Sequence[bytes], limits: ValidationLimits = DEFAULT_LIMITS,
                    schemas: Sequence[str] = V1_ONLY) -> list[RankingRequest | ValidationError]:
     """`parse_request` for a batch of messages, in order, each a request or its error; the
-    arrays of those the typed decoder takes are built in one `to_requests`. The typed path
-    reads v1 only; a v2 request (`schemas` permitting) takes the untyped one."""
+    arrays of those the typed decoder takes are built in one `to_requests`."""
     out: list[RankingRequest | ValidationError | CheckedRequest] = []
     for data in values:
-        checked = check_typed(data, limits)
+        checked = check_typed(data, limits, schemas)
         if checked is None:
             try:
                 checked = validate_request(codec.decode_request_bytes(data, limits), limits,

@@ -1,6 +1,6 @@
-"""ranking-request.v1 as msgspec Struct types, for the typed decoder of valid requests.
+"""ranking-request.v1 and v2 as msgspec Struct types, for the typed decoder of valid requests.
 
-The types mirror schemas/ranking-request.v1.json (tests/test_schemas.py keeps the two in
+The types mirror schemas/ranking-request.v1.json and v2 (tests/test_schemas.py keeps the two in
 agreement both ways), with the runtime caps of a `ValidationLimits` as their bounds: a decoder
 is built once per limits and cached. Decoding with them checks every per-field rule of the
 contract in C; the rules a type cannot state (no repeated key, action or candidate post id)
@@ -14,7 +14,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from phoenix.actions import ACTION_NAMES
-from worker.codec import REQUEST_SCHEMA
+from worker.codec import REQUEST_SCHEMA, REQUEST_SCHEMA_V2
 
 if TYPE_CHECKING:  # validation imports this module; the import is for type hints only.
     from worker.validation import ValidationLimits
@@ -32,8 +32,9 @@ EpochMs = Annotated[int, Meta(ge=0, le=EPOCH_MS_MAX)]
 
 
 @functools.lru_cache(maxsize=32)
-def request_type(limits: "ValidationLimits") -> type[Struct]:
-    """The request Struct whose bounds are `limits`' caps.
+def request_type(limits: "ValidationLimits", schema: str = REQUEST_SCHEMA) -> type[Struct]:
+    """The request Struct of `schema` (v1, or v2 where history is optional) whose bounds are
+    `limits`' caps.
 
     Bounds are never looser than the untyped decoder's caps either (`codec`'s max_array_len
     is the larger of the two list caps), so what these types accept, that decoder accepts.
@@ -67,12 +68,18 @@ def request_type(limits: "ValidationLimits") -> type[Struct]:
         timestamp_ms: EpochMs | None | UnsetType = UNSET
         deadline_ms: EpochMs | None | UnsetType = UNSET
 
-    return Request
+    # v2: the same fields, history optional (absent: the worker's history table fills it in).
+    class RequestV2(Request, kw_only=True):
+        schema: Literal[REQUEST_SCHEMA_V2]  # type: ignore[valid-type]
+        history: Annotated[list[HistoryItem], Meta(max_length=limits.max_history)
+                           ] | UnsetType = UNSET
+
+    return {REQUEST_SCHEMA: Request, REQUEST_SCHEMA_V2: RequestV2}[schema]
 
 
 @functools.lru_cache(maxsize=32)
-def decoder(limits: "ValidationLimits") -> msgspec.msgpack.Decoder:
-    return msgspec.msgpack.Decoder(request_type(limits))
+def decoder(limits: "ValidationLimits", schema: str = REQUEST_SCHEMA) -> msgspec.msgpack.Decoder:
+    return msgspec.msgpack.Decoder(request_type(limits, schema))
 
 
 ENCODER = msgspec.msgpack.Encoder()  # Thread-safe: each call writes its own buffer.
