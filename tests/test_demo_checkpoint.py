@@ -25,7 +25,7 @@ def trained() -> RankingRunner:
 
 @pytest.fixture(scope="module")
 def results(trained):
-    return evaluate(trained, EVAL, methods=("trained", "random", "oracle"))
+    return evaluate(trained, EVAL, methods=("trained", "table", "random", "oracle"))
 
 
 def test_demo_checkpoint_is_small_and_the_demo_architecture(trained):
@@ -43,6 +43,13 @@ def test_trained_model_beats_the_random_model(results):
     assert trained.auc["favorite"] > random.auc["favorite"] + 0.15
     assert trained.mean_auc > random.mean_auc + 0.1
     assert trained.ndcg_at_5 > random.ndcg_at_5 + 0.1
+
+
+def test_the_history_table_path_gives_the_trained_figures_exactly(results):
+    # Same requests, history sent as engagements and read back from a table: same rankings.
+    trained, table = results["trained"], results["table"]
+    assert table.auc == trained.auc and table.ndcg_at_5 == trained.ndcg_at_5
+    assert table.ndcg_all == trained.ndcg_all
 
 
 def test_oracle_bounds_the_trained_model(results):

@@ -9,6 +9,9 @@ requests are new. Every method ranks the same requests:
 * trained  - the checkpoint, through the serving path: wire dict -> msgpack ->
              `worker.validation.parse_request` -> `worker.assembly.Assembler` ->
              `RankingRunner.rank` -> `Assembler.rankings` (what the worker publishes);
+* table    - the checkpoint through the server-side history path: each request's history
+             ingested as engagement.v1 messages into a history table, the request sent as
+             ranking-request.v2 without history (must equal `trained` exactly);
 * random   - `RankingRunner.create(config, seed)`: a randomly initialised model, same path;
 * zero     - the reference's zero initialisation (every parameter and table row 0): every
              probability is 0.5, so scores tie and the order is the input order, apart from the
@@ -51,8 +54,10 @@ from phoenix.runner import RankingRunner
 from phoenix.scoring import ScoringConfig, finalize, weighted_scores
 from training import ranking_metrics
 from training.world import RequestTruth, World, WorldConfig
-from worker import codec
+from worker import codec, history
 from worker.assembly import Assembler, Buckets, widths_for
+from worker.engagement import encode_engagement, parse_engagement
+from worker.request import RankingRequest
 from worker.validation import ValidationLimits, parse_request
 
 _LABEL_STREAM = 0x1ABE1  # separates the label draws from the request draws of a seed
@@ -117,6 +122,35 @@ def rank_with_runner(runner: RankingRunner, wire: Sequence[dict[str, Any]]) -> M
     widths = widths_for(runner.config.candidate_seq_len, limits.max_candidates)
     assembler = Assembler(runner.config, Buckets(widths=widths))
     requests = [parse_request(codec.encode_request(w), limits) for w in wire]
+    return _rank_requests(runner, assembler, requests)
+
+
+def rank_through_table(runner: RankingRunner, wire: Sequence[dict[str, Any]]) -> MethodRankings:
+    """The worker's server-side history path: each request's history goes into a history
+    table as engagement.v1 messages (oldest first, one millisecond apart), and the request is
+    sent as ranking-request.v2 without history and ranked with the table's. Each request gets
+    a fresh table, so its user's history is exactly the one it carried."""
+    limits = ValidationLimits.from_config(runner.config)
+    widths = widths_for(runner.config.candidate_seq_len, limits.max_candidates)
+    assembler = Assembler(runner.config, Buckets(widths=widths))
+    requests = []
+    for w in wire:
+        table: history.HistoryTable = {}
+        for t, item in enumerate(w["history"], start=1):
+            engagement = {"schema": codec.ENGAGEMENT_SCHEMA, "user_id": w["user_id"],
+                          "timestamp_ms": t, **item}
+            history.apply(table, parse_engagement(encode_engagement(engagement), limits),
+                          max(len(w["history"]), 1))
+        bare = {key: value for key, value in w.items() if key != "history"}
+        request = parse_request(codec.encode_request({**bare, "schema": codec.REQUEST_SCHEMA_V2}),
+                                limits, codec.REQUEST_SCHEMAS)
+        requests.append(history.with_table_history(request, history.lookup(table)(w["user_id"]),
+                                                   limits.history_keep))
+    return _rank_requests(runner, assembler, requests)
+
+
+def _rank_requests(runner: RankingRunner, assembler: Assembler,
+                   requests: Sequence[RankingRequest]) -> MethodRankings:
     probabilities, orders = [], []
     for start in range(0, len(requests), _CHUNK):
         for ranking in assembler.rank(requests[start:start + _CHUNK], runner.rank_cached):
@@ -202,7 +236,8 @@ def gap_closed(value: float, low: float, high: float) -> float:
 
 
 def evaluate(trained: RankingRunner, ec: EvalConfig,
-             methods: Sequence[str] = ("trained", "random", "zero", "popularity", "oracle"),
+             methods: Sequence[str] = ("trained", "table", "random", "zero", "popularity",
+                                       "oracle"),
              log: Callable[[str], None] = lambda _: None) -> dict[str, MethodResult]:
     """Ranks `ec.requests` held-out requests with each method and scores them."""
     world = World.create(WorldConfig(seed=ec.world_seed))
@@ -210,6 +245,7 @@ def evaluate(trained: RankingRunner, ec: EvalConfig,
     config = trained.config
     makers: dict[str, Callable[[], MethodRankings]] = {
         "trained": lambda: rank_with_runner(trained, data.wire),
+        "table": lambda: rank_through_table(trained, data.wire),
         "random": lambda: rank_with_runner(
             RankingRunner.create(config, seed=ec.random_seed), data.wire),
         "zero": lambda: rank_with_runner(zero_runner(config), data.wire),
