@@ -10,6 +10,9 @@ producer's stream with a full history: S=32 history items, C=8 candidates), for:
 - `parse_request`: one request decoded, validated and turned into its numpy arrays;
 - `parse_requests`, per request of a batch of 64: what the worker's decode thread calls (the
   arrays of a whole batch are built at once);
+- the history table's host cost for a ranking-request.v2 without history: the table lookup
+  and `with_table_history` filling the request from the user's stored value (the same
+  history the demo request carries, as engagements);
 - and, for the result side, `build_result` + `encode_result` of an answer to that request.
 
 The functions are timed in interleaved rounds so that a busy machine slows them alike; compare
@@ -29,7 +32,10 @@ import numpy as np
 from phoenix.actions import NUM_ACTIONS
 from tools.producer import generate_events
 from training.world import WorldConfig
-from worker import codec
+from worker import codec, history
+from worker.codec import ENGAGEMENT_SCHEMA, REQUEST_SCHEMA_V2, REQUEST_SCHEMAS
+from worker.engagement import encode_engagement, parse_engagement
+from worker.request import RankingRequest
 from worker.validation import (DEFAULT_LIMITS, check_typed, parse_request, parse_requests,
                                validate_request)
 
@@ -76,6 +82,20 @@ def _encode_answer(data: bytes) -> Callable[[], bytes]:
         timings={"queue_wait_ms": 1.25, "model_ms": 3.5}, produced_at_ms=1_700_000_000_000))
 
 
+def _table_fill(data: bytes) -> Callable[[], RankingRequest]:
+    """Lookup + fill of the v2 form of `data` from a table holding its history."""
+    raw = msgpack.unpackb(data)
+    table: history.HistoryTable = {}
+    for t, item in enumerate(raw.pop("history"), start=1):
+        history.apply(table, parse_engagement(encode_engagement(
+            {"schema": ENGAGEMENT_SCHEMA, "user_id": raw["user_id"], "timestamp_ms": t, **item}),
+            DEFAULT_LIMITS), DEFAULT_LIMITS.max_history)
+    bare = parse_request(codec.encode_request({**raw, "schema": REQUEST_SCHEMA_V2}),
+                         DEFAULT_LIMITS, REQUEST_SCHEMAS)
+    lookup, keep = history.lookup(table), DEFAULT_LIMITS.history_keep
+    return lambda: history.with_table_history(bare, lookup(bare.user_id), keep)
+
+
 def measure(data: bytes, rounds: int = 31, number: int = 200) -> dict[str, float]:
     """Median us per call of each way to read `data` (and to answer it), interleaved; the
     batch figure is divided by the batch size."""
@@ -88,6 +108,7 @@ def measure(data: bytes, rounds: int = 31, number: int = 200) -> dict[str, float
         "check_typed (decode + validate)": lambda: check_typed(data, limits),
         "parse_request": lambda: parse_request(data, limits),
         f"parse_requests, per request of {BATCH}": lambda: parse_requests(batch, limits),
+        "table lookup + fill (v2, no history)": _table_fill(data),
         "build_result + encode_result": _encode_answer(data),
     }, rounds, number)
     times[f"parse_requests, per request of {BATCH}"] /= BATCH

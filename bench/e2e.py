@@ -33,7 +33,7 @@ import statistics
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -47,7 +47,8 @@ from bench.load import BenchWorker, ResultCollector, run_naive, run_phase
 from bench.profile import assembly_ratio, demo_records, profile_batch_path
 from bench.stats import Target, markdown_table, shares
 from tools.broker import EmbeddedBroker
-from tools.producer import generate_events
+from tools.producer import VALID, Event, generate_events
+from worker.codec import ENGAGEMENT_SCHEMA, REQUEST_SCHEMA_V2
 from worker.serving import build_pipeline, configure_jax
 from worker.settings import Settings
 
@@ -66,6 +67,7 @@ class BenchConfig:
     half_seconds: float = 8.0  # duration of the half-max phase
     light_rate: float = 20.0  # requests/s of the light-load phase
     light_seconds: float = 12.0
+    history_seconds: float = 8.0  # engagements + v2 requests without history, at half max
     naive_requests: int = 200
     wide_requests: int = 600  # the 256-candidate phase
     wide_candidates: int = 256
@@ -87,6 +89,21 @@ def _environment() -> dict:
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+def engagement_then_request(events: Sequence[Event]) -> Iterator[Event]:
+    """For each valid request: one fresh engagement of its user (its last history item,
+    stamped at its send time, so the worker's lag metric measures engagement to visible),
+    then the request as ranking-request.v2 without history, ranked with the table's."""
+    for event in events:
+        if event.kind != VALID:
+            continue
+        request = dict(event.request)
+        latest = request.pop("history")[-1]
+        yield dataclasses.replace(event, truth=None, engagement=True, time_offset_ms=0,
+                                  request={"schema": ENGAGEMENT_SCHEMA,
+                                           "user_id": request["user_id"], **latest})
+        yield dataclasses.replace(event, request={**request, "schema": REQUEST_SCHEMA_V2})
 
 
 def run_model_alone(settings: Settings, cfg: BenchConfig) -> list[dict]:
@@ -117,21 +134,24 @@ async def run_kafka(settings: Settings, cfg: BenchConfig,
         bootstrap = broker.bootstrap_servers
         run_id = uuid.uuid4().hex[:8]
         names = {kind: f"bench-{kind}-{run_id}" for kind in
-                 ("requests", "results", "dead-letters", "naive-requests", "naive-results",
+                 ("requests", "results", "dead-letters", "engagements", "naive-requests", "naive-results",
                   "naive-dead-letters")}
         await broker.create_topics_async({name: partitions for name in names.values()})
         worker = await asyncio.to_thread(
             BenchWorker(bootstrap, names["requests"], names["results"], names["dead-letters"],
-                        cfg.checkpoint, partitions).start)
+                        cfg.checkpoint, partitions, engagements=names["engagements"]).start)
         print(f"worker ready after {worker.ready_after_s:.1f} s", flush=True)
         phases = []
         try:
             at_ready = worker.snapshot()
             async with ResultCollector(bootstrap, names["results"]) as collector:
-                async def phase(name, seed, count, rate, candidates=None):
+                async def phase(name, seed, count, rate, candidates=None, history=False):
                     events = list(generate_events(seed, count, candidates=candidates))
+                    if history:
+                        events = list(engagement_then_request(events))
                     result = await run_phase(name, events, rate, bootstrap, names["requests"],
-                                             collector, worker, broker.pid)
+                                             collector, worker, broker.pid,
+                                             engagements_topic=names["engagements"])
                     print(_phase_line(result), flush=True)
                     return result
 
@@ -147,6 +167,9 @@ async def run_kafka(settings: Settings, cfg: BenchConfig,
                                       half_rate),
                           await phase("light", 103, int(cfg.light_rate * cfg.light_seconds),
                                       cfg.light_rate),
+                          await phase("history table", 106,
+                                      int(half_rate * cfg.history_seconds), half_rate,
+                                      history=True),
                           await phase(f"N={cfg.wide_candidates}", 105, cfg.wide_requests, 0.0,
                                       (cfg.wide_candidates, cfg.wide_candidates))]
                 duplicates = collector.duplicates
@@ -168,10 +191,13 @@ async def run_kafka(settings: Settings, cfg: BenchConfig,
 
 def _phase_line(p: dict) -> str:
     lat = p["latency_ms"]
+    lag = p.get("engagement_lag_ms")
+    lag_text = (f"  engagement->visible p50 {lag['p50_ms']:.1f} p99 {lag['p99_ms']:.1f} ms"
+                if lag else "")
     return (f"{p['phase']:<9} {p['requests']:>6} req  sent {p['sent_req_per_s']:7.0f}/s  "
             f"results {p['results_req_per_s']:7.0f}/s  p50 {lat['p50_ms']:7.1f}  "
             f"p99 {lat['p99_ms']:7.1f}  max {lat['max_ms']:7.1f} ms  "
-            f"mean batch {p['mean_batch']:5.1f}")
+            f"mean batch {p['mean_batch']:5.1f}{lag_text}")
 
 
 def worker_breakdown(phase: dict) -> dict:
@@ -290,6 +316,15 @@ def report(results: dict) -> str:
     out += ["", f"Model alone at B={results['settings']['max_batch_size']} measured right "
                 f"before and after the max phase (the throughput target's reference): "
                 f"{around[0]:.0f} and {around[1]:.0f} requests/s."]
+    table = next((p for p in kafka["phases"] if p["phase"] == "history table"), None)
+    if table is not None and table["engagement_lag_ms"]:
+        lag = table["engagement_lag_ms"]
+        out += ["", f"History table phase: each request is ranking-request.v2 without history, "
+                    f"right after one fresh engagement of its user (stamped at send) on the "
+                    f"engagement topic; {lag['count']:.0f} engagements applied. Engagement to "
+                    f"visible in the table (the worker's "
+                    f"`ranker_engagement_visible_lag_seconds`, buckets interpolated): p50 "
+                    f"{lag['p50_ms']:.1f} ms, p99 {lag['p99_ms']:.1f} ms."]
     out += ["", f"Naive baseline (aiokafka loop, one request at a time, eager model, publish "
                 f"and wait for the ack): {naive['req_per_s']:.1f} requests/s over "
                 f"{naive['requests']} requests. Compilations: {kafka['compilations_at_ready']:.0f}"

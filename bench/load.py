@@ -52,6 +52,8 @@ class Snapshot:
     batch_count: float
     stage_sum_s: dict[str, float]  # ranker_stage_seconds sum per stage
     stage_count: dict[str, float]
+    # ranker_engagement_visible_lag_seconds cumulative bucket counts by upper bound
+    lag_le: dict[float, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str) -> "Snapshot":
@@ -59,10 +61,13 @@ class Snapshot:
         batch_le: dict[float, float] = {}
         stage_sum: dict[str, float] = {}
         stage_count: dict[str, float] = {}
+        lag_le: dict[float, float] = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 if s.name == "ranker_batch_size_bucket":
                     batch_le[float(s.labels["le"])] = s.value
+                elif s.name == "ranker_engagement_visible_lag_seconds_bucket":
+                    lag_le[float(s.labels["le"])] = s.value
                 elif s.name == "ranker_stage_seconds_sum":
                     stage_sum[s.labels["stage"]] = s.value
                 elif s.name == "ranker_stage_seconds_count":
@@ -72,7 +77,7 @@ class Snapshot:
         return cls(values.get("ranker_compilations", math.nan),
                    values.get("ranker_results_total", 0.0), batch_le,
                    values.get("ranker_batch_size_sum", 0.0),
-                   values.get("ranker_batch_size_count", 0.0), stage_sum, stage_count)
+                   values.get("ranker_batch_size_count", 0.0), stage_sum, stage_count, lag_le)
 
 
 def stage_means_ms(before: Snapshot, after: Snapshot) -> dict[str, float]:
@@ -91,9 +96,10 @@ class BenchWorker(WorkerProcess):
 
     def __init__(self, bootstrap: str, requests: str, results: str, dead_letters: str,
                  checkpoint: str, partitions: int, extra_args: Sequence[str] = (),
-                 entry: Sequence[str] = ("-m", "worker.app")):
+                 entry: Sequence[str] = ("-m", "worker.app"), engagements: str | None = None):
         super().__init__(bootstrap, requests=requests, results=results,
                          dead_letters=dead_letters, checkpoint=checkpoint, partitions=partitions,
+                         engagements=engagements,
                          group_id=f"bench-{os.getpid()}-{time.time_ns()}",
                          extra_args=("--log-level", "WARNING", *extra_args), entry=entry,
                          log_prefix="bench-worker-")
@@ -232,18 +238,22 @@ class ResultCollector(TopicFollower):
 
 async def run_phase(name: str, events: Sequence[Event], rate: float, bootstrap: str,
                     topic: str, collector: ResultCollector, worker: BenchWorker,
-                    broker_pid: int | None = None, timeout_s: float = 120.0) -> dict:
-    """Offers `events` at `rate` per second (0: as fast as possible) and waits for every
-    result. Returns the phase's figures (see `bench.e2e` for their meaning)."""
+                    broker_pid: int | None = None, timeout_s: float = 120.0,
+                    engagements_topic: str | None = None) -> dict:
+    """Offers `events` at `rate` requests per second (0: as fast as possible; engagement
+    events go to `engagements_topic` as they come) and waits for every result. Returns the
+    phase's figures (see `bench.e2e` for their meaning)."""
     before = await asyncio.to_thread(worker.snapshot)
     cpu = CpuMeter(worker.proc.pid, broker_pid)
     cpu.start()
     started_ms = time.time() * 1000.0
-    await send_events_to_kafka(events, bootstrap=bootstrap, topic=topic, rate=rate)
+    await send_events_to_kafka(events, bootstrap=bootstrap, topic=topic, rate=rate,
+                               **({"engagements_topic": engagements_topic}
+                                  if engagements_topic else {}))
     sent_s = time.time() - started_ms / 1000.0
-    ids = [e.request_id for e in events]
+    ids = [e.request_id for e in events if not e.engagement]
     await collector.wait_for(ids, timeout_s)
-    cpu_us = cpu.stop(len(events))
+    cpu_us = cpu.stop(len(ids))
     after = await asyncio.to_thread(worker.snapshot)
     arrivals = [collector.arrivals[i] for i in ids]
     timed = [a for a in arrivals if a.sent_ms is not None]
@@ -257,9 +267,9 @@ async def run_phase(name: str, events: Sequence[Event], rate: float, bootstrap: 
     batches = after.batch_count - before.batch_count
     return {
         "phase": name,
-        "requests": len(events),
+        "requests": len(ids),
         "offered_req_per_s": rate if rate > 0 else None,
-        "sent_req_per_s": len(events) / sent_s,
+        "sent_req_per_s": len(ids) / sent_s,
         "results_req_per_s": sustained_rate([a.arrived_ms for a in arrivals]),
         "latency_ms": latency_summary([a.arrived_ms - a.sent_ms for a in timed]),
         "latency_segments_ms": segments,
@@ -270,7 +280,30 @@ async def run_phase(name: str, events: Sequence[Event], rate: float, bootstrap: 
         "compilations": [before.compilations, after.compilations],
         "results_published": int(after.results - before.results),
         "cpu_us_per_request": cpu_us,
+        "engagement_lag_ms": lag_quantiles_ms(before.lag_le, after.lag_le),
     }
+
+
+def lag_quantiles_ms(before: dict[float, float], after: dict[float, float]
+                     ) -> dict[str, float] | None:
+    """p50/p99 engagement-to-visible lag between two snapshots of the worker's histogram,
+    interpolated linearly within a bucket (as Prometheus' histogram_quantile does); None
+    when no engagement was applied in between."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]  # cumulative
+    if not counts or counts[-1] <= 0:
+        return None
+    out = {"count": counts[-1]}
+    for q in (0.5, 0.99):
+        rank = q * counts[-1]
+        i = next(i for i, c in enumerate(counts) if c >= rank)
+        if math.isinf(bounds[i]):  # beyond the last finite bound: report that bound
+            out[f"p{round(q * 100)}_ms"] = bounds[i - 1] * 1000.0
+            continue
+        lo, below = (bounds[i - 1], counts[i - 1]) if i else (0.0, 0.0)
+        share = (rank - below) / (counts[i] - below) if counts[i] > below else 1.0
+        out[f"p{round(q * 100)}_ms"] = (lo + (bounds[i] - lo) * share) * 1000.0
+    return out
 
 
 # ----------------------------------------------------------------------------- naive baseline

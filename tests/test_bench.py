@@ -8,7 +8,7 @@ import math
 import prometheus_client
 import pytest
 
-from bench.load import Snapshot, stage_means_ms
+from bench.load import Snapshot, lag_quantiles_ms, stage_means_ms
 from bench.stats import (BenchStatsError, Target, bucket_counts, latency_summary,
                                 markdown_table, percentile, shares, sustained_rate)
 from worker.monitoring import WorkerMetrics
@@ -104,3 +104,23 @@ def test_snapshot_reads_the_worker_metrics_it_relies_on():
     assert (after.batch_count, after.batch_sum) == (3, 68)
     assert bucket_counts(before.batch_le, after.batch_le) == {"1": 1, "3-4": 1, "33-64": 1}
     assert stage_means_ms(before, after) == {"decode": pytest.approx(5.0)}
+
+
+def test_engagement_lag_quantiles_come_from_the_worker_histogram_delta():
+    metrics = WorkerMetrics()
+    metrics.engagement_visible_lag.observe(10.0)  # before the phase: must not count
+    before = Snapshot.parse(prometheus_client.generate_latest(metrics.registry).decode())
+    lag = metrics.engagement_visible_lag
+    for seconds in [0.003] * 50 + [0.007] * 49 + [0.3]:
+        lag.observe(seconds)
+    after = Snapshot.parse(prometheus_client.generate_latest(metrics.registry).decode())
+    got = lag_quantiles_ms(before.lag_le, after.lag_le)
+    assert got["count"] == 100
+    bounds = sorted(after.lag_le)
+    # The median lies in the bucket holding 3 ms, p99 in the one holding 7 ms, by interpolation.
+    lo50 = max(b for b in bounds if b < 0.003)
+    hi50 = min(b for b in bounds if b >= 0.003)
+    assert lo50 * 1000 <= got["p50_ms"] <= hi50 * 1000
+    hi99 = min(b for b in bounds if b >= 0.007)
+    assert 3.0 < got["p99_ms"] <= hi99 * 1000
+    assert lag_quantiles_ms(after.lag_le, after.lag_le) is None  # nothing applied in between
