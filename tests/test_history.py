@@ -82,6 +82,8 @@ def test_any_delivery_order_gives_the_same_history():
 
 def test_every_field_survives_the_round_trip():
     e = Engagement(2**64 - 1, 2**64 - 2, 2**63 + 5, (1 << 19) - 1, 15, 2**62)
+    # The append path packs bytes itself: exactly the RECORD the array path writes.
+    assert history.add(None, e, cap=4) == history.record_of(e).tobytes()
     (item,) = history.items(history.add(None, e, cap=4))
     assert (int(item["post_id"]), int(item["author_id"]), int(item["actions"]),
             int(item["surface"]), int(item["timestamp_ms"])) == (

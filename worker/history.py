@@ -12,6 +12,7 @@ dropped (the cap keeps the most recent items by event time).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, MutableMapping
 
 import msgspec
@@ -42,12 +43,21 @@ def record_of(engagement: Engagement) -> np.ndarray:
                       engagement.actions, engagement.surface)], RECORD)
 
 
+_PACK = struct.Struct("<qQQIH")  # one RECORD, field for field
+assert _PACK.size == RECORD_BYTES
+
+
 def add(value: bytes | None, engagement: Engagement, cap: int) -> bytes | None:
     """The stored value with `engagement` added, or None when it changes nothing (a duplicate,
     or older than everything kept in a full history)."""
+    t = engagement.timestamp_ms
+    # The usual case, an engagement newer than all kept: append bytes, no array needed.
+    if not value or _PACK.unpack_from(value, len(value) - RECORD_BYTES)[0] < t:
+        record = _PACK.pack(t, engagement.post_id, engagement.author_id, engagement.actions,
+                            engagement.surface)
+        return ((value or b"") + record)[-cap * RECORD_BYTES:]
     kept = items(value)  # [n]
     times = kept["timestamp_ms"]
-    t = engagement.timestamp_ms
     first, after = np.searchsorted(times, t, "left"), np.searchsorted(times, t, "right")
     if np.any(kept["post_id"][first:after] == engagement.post_id):
         return None  # same post at the same time: already applied (a re-delivery)
