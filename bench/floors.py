@@ -31,7 +31,7 @@ from typing import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.load import BenchWorker, CpuMeter, ResultCollector, run_phase
+from bench.load import NATIVE, BenchWorker, CpuMeter, ResultCollector, run_phase
 from bench.stats import markdown_table, sustained_rate
 from tools.broker import EmbeddedBroker
 from tools.kafka_io import TopicFollower, connection
@@ -224,8 +224,7 @@ def _line(row: dict) -> str:
 def process_us(row: dict) -> float:
     """CPU microseconds per message of the floor's own process (all its threads)."""
     cpu = row["cpu_us"] or {}
-    return cpu.get("worker python threads", float("nan")) + cpu.get(
-        "worker XLA threads (model)", 0.0)
+    return cpu.get("worker python threads", float("nan")) + cpu.get(NATIVE, 0.0)
 
 
 def table(rows: list[dict]) -> str:

@@ -17,7 +17,7 @@ import math
 import os
 import statistics
 import time
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import msgpack
 from aiokafka import AIOKafkaProducer
@@ -131,50 +131,48 @@ def _stat_cpu_s(path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / _clock_ticks()
 
 
-def process_cpu(pid: int) -> dict[str, float] | None:
-    """CPU seconds of a process split into XLA's compute threads and everything else (the
-    Python threads: event loop, Kafka client, ranker thread). None where /proc is missing."""
-    out = {"python": 0.0, "xla": 0.0}
+NATIVE = "worker native threads (XLA, JAX: the model)"
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds of a whole process (threads that ended included); None where /proc is
+    missing."""
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
+        return _stat_cpu_s(f"/proc/{pid}/stat")
     except OSError:
         return None
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as comm:
-                name = comm.read().strip()
-            seconds = _stat_cpu_s(f"/proc/{pid}/task/{tid}/stat")
-        except OSError:  # the thread ended meanwhile
-            continue
-        out["xla" if name.startswith(("tf_", "XLA", "xla")) else "python"] += seconds
-    return out
 
 
 @dataclasses.dataclass
 class CpuMeter:
     """CPU used by the worker, the broker and this process between `start()` and `stop()`,
-    in microseconds per request: where a 2-core machine's capacity goes."""
+    in microseconds per request: where a 2-core machine's capacity goes. The worker's Python
+    threads come from its own `ranker_python_threads_cpu_seconds` (`python_cpu`); the rest of
+    its CPU is native: XLA's compute pool and JAX's runtime threads, i.e. the model."""
 
     worker_pid: int
     broker_pid: int | None
+    python_cpu: Callable[[], float] | None = None  # None: all the worker's CPU counts as Python
     _start: tuple | None = None
 
     def _read(self) -> tuple:
         broker = process_cpu(self.broker_pid) if self.broker_pid else None
-        return (process_cpu(self.worker_pid), broker, time.process_time(), time.perf_counter())
+        worker = process_cpu(self.worker_pid)
+        python = self.python_cpu() if self.python_cpu else worker
+        return worker, python, broker, time.process_time(), time.perf_counter()
 
     def start(self) -> None:
         self._start = self._read()
 
     def stop(self, requests: int) -> dict[str, float] | None:
-        (w0, b0, s0, t0), (w1, b1, s1, t1) = self._start, self._read()
-        if w0 is None or w1 is None:
+        (w0, p0, b0, s0, t0), (w1, p1, b1, s1, t1) = self._start, self._read()
+        if None in (w0, w1, p0, p1):
             return None
         per = 1e6 / requests
-        out = {"worker python threads": (w1["python"] - w0["python"]) * per,
-               "worker XLA threads (model)": (w1["xla"] - w0["xla"]) * per}
+        out = {"worker python threads": (p1 - p0) * per,
+               NATIVE: ((w1 - w0) - (p1 - p0)) * per}
         if b0 is not None and b1 is not None:
-            out["broker"] = (sum(b1.values()) - sum(b0.values())) * per
+            out["broker"] = (b1 - b0) * per
         out["bench producer + consumer"] = (s1 - s0) * per
         out["total"] = sum(out.values())
         out["cores busy"] = out["total"] * requests / 1e6 / (t1 - t0)
@@ -244,7 +242,8 @@ async def run_phase(name: str, events: Sequence[Event], rate: float, bootstrap: 
     events go to `engagements_topic` as they come) and waits for every result. Returns the
     phase's figures (see `bench.e2e` for their meaning)."""
     before = await asyncio.to_thread(worker.snapshot)
-    cpu = CpuMeter(worker.proc.pid, broker_pid)
+    cpu = CpuMeter(worker.proc.pid, broker_pid,
+                   lambda: worker.metric("ranker_python_threads_cpu_seconds"))
     cpu.start()
     started_ms = time.time() * 1000.0
     await send_events_to_kafka(events, bootstrap=bootstrap, topic=topic, rate=rate,

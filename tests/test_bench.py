@@ -4,6 +4,8 @@ The benchmark itself (`make bench`) is never run here: it times things.
 """
 
 import math
+import threading
+import time
 
 import prometheus_client
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from bench.load import Snapshot, lag_quantiles_ms, stage_means_ms
 from bench.stats import (BenchStatsError, Target, bucket_counts, latency_summary,
                                 markdown_table, percentile, shares, sustained_rate)
-from worker.monitoring import WorkerMetrics
+from worker.monitoring import WorkerMetrics, python_threads_cpu_s
 
 
 @pytest.mark.parametrize("q, expected", [(0, 1.0), (50, 3.0), (100, 5.0), (25, 2.0), (90, 4.6)])
@@ -124,3 +126,28 @@ def test_engagement_lag_quantiles_come_from_the_worker_histogram_delta():
     hi99 = min(b for b in bounds if b >= 0.007)
     assert 3.0 < got["p99_ms"] <= hi99 * 1000
     assert lag_quantiles_ms(after.lag_le, after.lag_le) is None  # nothing applied in between
+
+
+def test_python_thread_cpu_counts_a_busy_python_thread_and_is_exported():
+    done = threading.Event()
+    started = threading.Event()
+
+    def spin() -> None:
+        started.set()
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+        done.wait()
+
+    thread = threading.Thread(target=spin)
+    before = python_threads_cpu_s()
+    thread.start()
+    started.wait()
+    time.sleep(0.5)  # the thread spins 0.3 s of CPU, then waits
+    during = python_threads_cpu_s()
+    text = prometheus_client.generate_latest(WorkerMetrics().registry).decode()
+    done.set()
+    thread.join()
+    assert during - before >= 0.25
+    (line,) = [l for l in text.splitlines() if l.startswith("ranker_python_threads_cpu_seconds ")]
+    assert float(line.split()[1]) >= during

@@ -6,6 +6,7 @@ the model is compiled and partitions are assigned, 503 with the reason otherwise
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -18,6 +19,20 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Engagement time to visible in the history table: milliseconds when live, hours for a replay.
 _VISIBLE_LAG_BUCKETS = _LATENCY_BUCKETS + (30.0, 60.0, 300.0, 3600.0)
+
+
+def python_threads_cpu_s() -> float:
+    """User + system CPU seconds of this process's live Python threads, from /proc (0.0 where
+    there is none). Thread names cannot tell them apart: JAX's native threads are "python" too."""
+    total = 0
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()  # the name may hold spaces
+        except OSError:  # no /proc, or the thread just ended
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class WorkerMetrics:
@@ -66,6 +81,12 @@ class WorkerMetrics:
             "ranker_engagement_visible_lag_seconds", "Engagement timestamp_ms to the moment "
             "it is in the history table (the worker's clock; applied engagements only)",
             buckets=_VISIBLE_LAG_BUCKETS, registry=r)
+        self.python_cpu = Gauge(
+            "ranker_python_threads_cpu_seconds", "CPU seconds used so far by the process's "
+            "live Python threads (event loop, Kafka client, decode and ranker threads): the host "
+            "path; the rest of the process's CPU is native (XLA's and JAX's own threads)",
+            registry=r)
+        self.python_cpu.set_function(python_threads_cpu_s)
         self.ready = Gauge("ranker_ready", "1 when compiled and assigned", registry=r)
         self.breaker_open = Gauge("ranker_breaker_open",
                                   "1 while the dead-letter circuit breaker has stopped "
