@@ -267,3 +267,37 @@ def test_rocksdb_store_serves_the_same_history(kafka, worker_factory, tmp_path):
         assert_same_ranking(results[f"v2-{i}"], results[f"v1-{i}"])
     assert list((tmp_path / "state").rglob("user-history-*.db")), "no RocksDB files"
     assert worker.stop() == 0
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_a_worker_that_gives_partitions_up_drops_their_users_from_memory(
+        kafka, worker_factory):
+    """The memory store keeps only the users of the partitions a worker owns: when a second
+    worker joins, the first drops the users of the partitions it gave up and the second
+    rebuilds them from the changelog; together they hold each user once."""
+    rng = random.Random(21)
+    topics = WorkerTopics.create(kafka, partitions=4)
+    group = f"mem-{rng.randrange(10**6)}"
+    a = worker_factory(topics, partitions=4, group_id=group).start()
+    a.wait_ready()
+    users = [rng.randint(1, 2**64 - 1) for _ in range(40)]
+    kafka.produce(topics.engagements, [
+        (codec.user_key(u), codec.encode_request(e)) for u in users
+        for e in engagements_of(u, 3, rng, int(time.time() * 1000) - 100_000)])
+    wait_until(lambda: a.metric("ranker_history_users") == 40, 30, "a holds every user")
+    b = worker_factory(topics, partitions=4, group_id=group).start()
+    b.wait_ready()
+
+    def split() -> tuple[float, float]:
+        return a.metric("ranker_history_users"), b.metric("ranker_history_users")
+
+    wait_until(lambda: sum(split()) == 40 and min(split()) > 0, 40,
+               f"each user held once (a, b) = {split()}")
+    print(f"\nhistory memory: a alone held 40 users; after b joined a holds {split()[0]:.0f}, "
+          f"b {split()[1]:.0f}")

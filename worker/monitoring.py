@@ -66,6 +66,9 @@ class WorkerMetrics:
             "ranker_engagement_visible_lag_seconds", "Engagement timestamp_ms to the moment "
             "it is in the history table (the worker's clock; applied engagements only)",
             buckets=_VISIBLE_LAG_BUCKETS, registry=r)
+        self.history_users = Gauge(
+            "ranker_history_users", "Users in this worker's history table (memory store; "
+            "updated every 5 s)", registry=r)
         self.ready = Gauge("ranker_ready", "1 when compiled and assigned", registry=r)
         self.breaker_open = Gauge("ranker_breaker_open",
                                   "1 while the dead-letter circuit breaker has stopped "
