@@ -301,3 +301,35 @@ def test_a_worker_that_gives_partitions_up_drops_their_users_from_memory(
                f"each user held once (a, b) = {split()}")
     print(f"\nhistory memory: a alone held 40 users; after b joined a holds {split()[0]:.0f}, "
           f"b {split()[1]:.0f}")
+
+
+def test_a_restarted_worker_rebuilds_every_history_from_the_changelog(kafka, worker_factory):
+    """SIGTERM, then a new worker in the group: nothing left to read on the engagement topic
+    (all committed), so every history comes from the changelog alone."""
+    rng = random.Random(31)
+    topics = WorkerTopics.create(kafka, partitions=2)
+    group = f"restart-{rng.randrange(10**6)}"
+    first = worker_factory(topics, partitions=2, group_id=group).start()
+    first.wait_ready()
+    users = [rng.randint(1, 2**64 - 1) for _ in range(20)]
+    items = {u: engagements_of(u, 36, rng, int(time.time() * 1000) - 100_000) for u in users}
+    kafka.produce(topics.engagements, [(codec.user_key(e["user_id"]), codec.encode_request(e))
+                                       for i in range(36) for e in (items[u][i] for u in users)])
+    wait_for_metric(first, 'ranker_engagements_total{outcome="applied"}', 20 * 36)
+    assert first.stop() == 0
+    second = worker_factory(topics, partitions=2, group_id=group).start()
+    second.wait_ready()
+    wait_until(lambda: second.metric("ranker_history_users") == 20, 30,
+               f"users rebuilt: {second.metric('ranker_history_users')}")
+    assert second.metric("ranker_engagements_total") == 0  # nothing re-read: all from the log
+    candidates = [{"post_id": p, "author_id": rng.randint(1, 300), "surface": rng.randrange(16)}
+                  for p in rng.sample(range(1, 5000), 8)]
+    messages = []
+    for i, user in enumerate(users):
+        messages += [request(codec.REQUEST_SCHEMA, f"v1-{i}", user, candidates,
+                             wire_history(items[user])),
+                     request(codec.REQUEST_SCHEMA_V2, f"v2-{i}", user, candidates)]
+    results = rank_all(kafka, topics, messages)
+    for i in range(len(users)):
+        assert results[f"v2-{i}"]["history_items"] == S
+        assert_same_ranking(results[f"v2-{i}"], results[f"v1-{i}"])
