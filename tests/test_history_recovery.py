@@ -99,3 +99,15 @@ def test_rocksdb_store_keeps_one_raw_rocksdict_per_partition_in_dbs():
     assert "db = self._dbs[partition] = self._open_for_partition(partition)" in opened
     assert "Options(raw_mode=True)" in _source(faust_rocksdb.RocksDBOptions.as_options)
     assert "self._key_index[key]" in _source(faust_rocksdb.Store._get_bucket_for_key)
+
+
+def test_memory_store_drops_keys_of_partitions_no_longer_owned_by_their_recorded_partition():
+    """worker.app records each written user's partition in the memory store's key index, the
+    one Faust fills for restored keys and empties of partitions no longer active."""
+    from faust.stores import memory
+
+    assert "self._key_partition[key] = event.message.partition" in _source(
+        memory.Store._create_batch_iterator)
+    completed = _source(memory.Store.on_recovery_completed)
+    assert "for k, p in self._key_partition.items():" in completed
+    assert "self.data.pop(k, None)" in completed

@@ -116,9 +116,19 @@ def _thread_safe_lookup(table: Any, store: str) -> Any:
     return get
 
 
+def _track_partition(table: Any, user_id: int, partition: int) -> None:
+    """Memory store: records which partition a user's value belongs to, as Faust does for
+    the keys it restores from the changelog, so that after a rebalance the store drops the
+    users of partitions this worker no longer owns (Store.on_recovery_completed). Without it,
+    values written here stay in memory after their partition moved to another worker."""
+    key_partition = getattr(table.data, "_key_partition", None)  # Faust 0.15.3, pinned
+    if key_partition is not None:
+        key_partition[codec.user_key(user_id)] = partition
+
+
 def _add_history(app: faust.App, engagements: Any, settings: Settings, partitions: int,
                  pipeline: RankingPipeline, handler: BatchHandler, metrics: WorkerMetrics,
-                 on_bug: Any) -> None:
+                 on_bug: Any) -> Any:
     """The history table (user key -> packed history, worker.history) and the agent that
     appends each engagement to it; v2 requests without history read it through `pipeline`."""
     # bytes keys and values: Faust stores and logs them raw (no json).
@@ -137,6 +147,7 @@ def _add_history(app: faust.App, engagements: Any, settings: Settings, partition
             metrics.dead_letters.labels(error.code).inc()
             return pipeline.dead_letter(record, error)
         if history.apply(table, engagement, settings.history_cap):
+            _track_partition(table, engagement.user_id, record.partition)
             metrics.engagements.labels("applied").inc()
             metrics.engagement_visible_lag.observe(
                 max(0.0, time.time() * 1000 - engagement.timestamp_ms) / 1000)
@@ -158,6 +169,8 @@ def _add_history(app: faust.App, engagements: Any, settings: Settings, partition
             on_bug(error)
             await asyncio.Event().wait()  # no agent restart: held until the stop cancels it
 
+    return table
+
 
 def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState,
                metrics: WorkerMetrics, watcher: CheckpointWatcher | None = None,
@@ -176,8 +189,8 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
                            flow_active=app.flow_control.is_active, decode_executor=decoder,
                            on_bug=on_bug)
     max_wait_s = settings.max_batch_wait_ms / 1000
-    _add_history(app, engagements, settings, partitions or settings.partitions, pipeline,
-                 handler, metrics, on_bug)
+    table = _add_history(app, engagements, settings, partitions or settings.partitions,
+                         pipeline, handler, metrics, on_bug)
     state.recovering = lambda: bool(app.in_recovery)
 
     @app.agent(requests, concurrency=1)
@@ -243,6 +256,8 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         metrics.fetch_deliveries.labels("inline").set(consumer.inline_deliveries)
         metrics.fetch_deliveries.labels("waited").set(consumer.waited_deliveries)
         metrics.ready.set(1 if state.readiness()[0] else 0)
+        if settings.history_store == "memory":  # a RocksDB count would read every key
+            metrics.history_users.set(len(table.data))
 
     return app
 

@@ -87,6 +87,9 @@ class WorkerMetrics:
             "path; the rest of the process's CPU is native (XLA's and JAX's own threads)",
             registry=r)
         self.python_cpu.set_function(python_threads_cpu_s)
+        self.history_users = Gauge(
+            "ranker_history_users", "Users in this worker's history table (memory store; "
+            "updated every 5 s)", registry=r)
         self.ready = Gauge("ranker_ready", "1 when compiled and assigned", registry=r)
         self.breaker_open = Gauge("ranker_breaker_open",
                                   "1 while the dead-letter circuit breaker has stopped "
