@@ -227,21 +227,11 @@ def test_sigkill_while_ingesting_then_restart_keeps_exactly_what_was_produced(
             last, stable_since = now, time.monotonic()
         time.sleep(0.2)
     ignored = second.metric('ranker_engagements_total{outcome="ignored"}')
-    candidates = [{"post_id": p, "author_id": rng.randint(1, 300), "surface": rng.randrange(16)}
-                  for p in rng.sample(range(1, 5000), 8)]
-    messages = []
-    for i, user in enumerate(users):
-        messages += [request(codec.REQUEST_SCHEMA, f"v1-{i}", user, candidates,
-                             wire_history(items[user])),
-                     request(codec.REQUEST_SCHEMA_V2, f"v2-{i}", user, candidates)]
-    results = rank_all(kafka, topics, messages)
     print(f"\nhistory crash: killed after {seen:.0f} of {len(produced)} engagements; the "
           f"restarted worker read {last:.0f}, {ignored:.0f} of them re-deliveries (ignored)")
     assert last < len(produced)  # the committed first half came from the changelog
     assert last + seen >= len(produced)
-    for i in range(len(users)):
-        assert results[f"v2-{i}"]["history_items"] == S
-        assert_same_ranking(results[f"v2-{i}"], results[f"v1-{i}"])
+    assert_v2_ranks_as_v1_with_history(kafka, topics, users, items, rng)
 
 
 def test_rocksdb_store_serves_the_same_history(kafka, worker_factory, tmp_path):
@@ -260,6 +250,14 @@ def test_rocksdb_store_serves_the_same_history(kafka, worker_factory, tmp_path):
     kafka.produce(topics.engagements, [(codec.user_key(u), codec.encode_request(e))
                                        for u in users for e in items[u]])
     wait_for_metric(worker, 'ranker_engagements_total{outcome="applied"}', 8 * 40)
+    assert_v2_ranks_as_v1_with_history(kafka, topics, users, items, rng)
+    assert list((tmp_path / "state").rglob("user-history-*.db")), "no RocksDB files"
+    assert worker.stop() == 0
+
+
+def assert_v2_ranks_as_v1_with_history(kafka, topics, users, items, rng) -> None:
+    """Each user's v2 request without history ranks as its v1 request carrying `items[user]`,
+    with S items from the table."""
     candidates = [{"post_id": p, "author_id": rng.randint(1, 300), "surface": rng.randrange(16)}
                   for p in rng.sample(range(1, 5000), 8)]
     messages = []
@@ -271,8 +269,6 @@ def test_rocksdb_store_serves_the_same_history(kafka, worker_factory, tmp_path):
     for i in range(len(users)):
         assert results[f"v2-{i}"]["history_items"] == S
         assert_same_ranking(results[f"v2-{i}"], results[f"v1-{i}"])
-    assert list((tmp_path / "state").rglob("user-history-*.db")), "no RocksDB files"
-    assert worker.stop() == 0
 
 
 def wait_until(condition, timeout_s: float, what: str) -> None:
@@ -335,14 +331,4 @@ def test_a_restarted_worker_rebuilds_every_history_from_the_changelog(kafka, wor
     wait_until(lambda: second.metric("ranker_history_users") == 20, 30,
                f"users rebuilt: {second.metric('ranker_history_users')}")
     assert second.metric("ranker_engagements_total") == 0  # nothing re-read: all from the log
-    candidates = [{"post_id": p, "author_id": rng.randint(1, 300), "surface": rng.randrange(16)}
-                  for p in rng.sample(range(1, 5000), 8)]
-    messages = []
-    for i, user in enumerate(users):
-        messages += [request(codec.REQUEST_SCHEMA, f"v1-{i}", user, candidates,
-                             wire_history(items[user])),
-                     request(codec.REQUEST_SCHEMA_V2, f"v2-{i}", user, candidates)]
-    results = rank_all(kafka, topics, messages)
-    for i in range(len(users)):
-        assert results[f"v2-{i}"]["history_items"] == S
-        assert_same_ranking(results[f"v2-{i}"], results[f"v1-{i}"])
+    assert_v2_ranks_as_v1_with_history(kafka, topics, users, items, rng)
