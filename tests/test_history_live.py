@@ -7,7 +7,6 @@ import random
 import time
 
 import numpy as np
-import pytest
 
 from phoenix.actions import ACTION_NAMES
 from tests.worker_harness import WorkerTopics
@@ -138,11 +137,6 @@ def engagements_total(*workers) -> float:
     return sum(w.metric("ranker_engagements_total") for w in workers if w.alive())
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "flaky on the embedded broker (about 1 run in 4 late in this session): either a stale "
-    "history for one of the dead worker's users (its changelog's last batch cut short on "
-    "recovery, README: Limits) or, twice, none of the dead worker's users answered within "
-    "90 s after the kill (not diagnosed)"))
 def test_two_workers_answer_their_users_and_the_survivor_recovers_before_ranking(
         kafka, worker_factory):
     """Each worker answers its own users with their full history; after one is killed, the
@@ -236,13 +230,14 @@ def test_sigkill_while_ingesting_then_restart_keeps_exactly_what_was_produced(
 
 def test_rocksdb_store_serves_the_same_history(kafka, worker_factory, tmp_path):
     """RANKER_HISTORY_STORE=rocksdb: the table in RocksDB files under --data-dir, read from the
-    decode thread through rocksdict. (A restart is not tested on the embedded broker: its end
-    offsets are the last record batch's base offset + 1, so Faust's recovery consistency
-    check refuses the persisted offset; see README, Limits.)"""
+    decode thread through rocksdict, and kept across a restart: the new worker starts from the
+    persisted offsets (Faust refuses to start when they are past the changelog's end as the
+    broker reports it, which tansu's listed end offsets alone would make it do)."""
     rng = random.Random(11)
     topics = WorkerTopics.create(kafka, partitions=2)
     args = ("--history-store", "rocksdb", "--data-dir", str(tmp_path / "state"))
-    worker = worker_factory(topics, partitions=2, extra_args=args).start()
+    group = f"rocks-{rng.randrange(10**6)}"
+    worker = worker_factory(topics, partitions=2, group_id=group, extra_args=args).start()
     worker.wait_ready()
     users = [rng.randint(1, 2**64 - 1) for _ in range(8)]
     items = {user: engagements_of(user, 40, rng, int(time.time() * 1000) - 200_000)
@@ -253,6 +248,11 @@ def test_rocksdb_store_serves_the_same_history(kafka, worker_factory, tmp_path):
     assert_v2_ranks_as_v1_with_history(kafka, topics, users, items, rng)
     assert list((tmp_path / "state").rglob("user-history-*.db")), "no RocksDB files"
     assert worker.stop() == 0
+    again = worker_factory(topics, partitions=2, group_id=group, extra_args=args).start()
+    again.wait_ready()
+    assert_v2_ranks_as_v1_with_history(kafka, topics, users, items, rng)
+    assert again.metric("ranker_engagements_total") == 0  # all from the RocksDB files
+    assert again.stop() == 0
 
 
 def assert_v2_ranks_as_v1_with_history(kafka, topics, users, items, rng) -> None:
@@ -308,10 +308,6 @@ def test_a_worker_that_gives_partitions_up_drops_their_users_from_memory(
           f"b {split()[1]:.0f}")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "embedded broker: tansu reports a partition's end offset as its last record batch's base "
-    "offset + 1, Faust's recovery stops reading the changelog there and pauses it, so the "
-    "rest of that batch is skipped (about half of the runs here); README: Limits"))
 def test_a_restarted_worker_rebuilds_every_history_from_the_changelog(kafka, worker_factory):
     """SIGTERM, then a new worker in the group: nothing left to read on the engagement topic
     (all committed), so every history comes from the changelog alone."""

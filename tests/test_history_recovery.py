@@ -11,7 +11,9 @@ How Faust 0.15.3 guarantees it, step by step (each step pinned below):
      (`Consumer.getmany`);
   4. the assignor co-partitions topics with the same partition count: partition p of
      requests, engagements and the changelog goes to one worker;
-  5. `TunedConsumer` overrides none of that: only how a record already chosen is delivered.
+  5. `TunedConsumer` overrides none of that: only how a record already chosen is delivered;
+     `TunedConsumerThread` only raises the highwaters of step 2 to the ends a fetch reports
+     (the embedded broker lists them short: tests/test_kafka_tuning.py), never lowers them.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ def test_our_consumer_overrides_nothing_of_pausing_or_choosing_records():
     # perform_seek only stops the flow around Faust's own seek (tests/test_kafka_tuning.py);
     # a new override: re-check this list of guarantees.
     assert methods == {"_new_consumer_thread", "wait_first", "perform_seek"}
+    thread_methods = {name for name, value in vars(TunedConsumerThread).items()
+                      if callable(value) and not name.startswith("__")}
+    assert thread_methods == {"_create_worker_consumer", "_highwaters"}
 
 
 def test_readiness_says_so_while_the_table_is_rebuilt():

@@ -447,3 +447,72 @@ def test_perform_seek_during_a_rebalance_leaves_resuming_to_faust() -> None:
     flow_during, after = _seek_scenario(rebalancing=True)
     assert flow_during == [False, True]
     assert not after  # Faust's recovery resumes it right after the seek
+
+
+# ---- end offsets for table recovery ------------------------------------------------------------
+
+
+def test_faust_recovery_reads_changelogs_up_to_the_threads_highwaters() -> None:
+    """Why TunedConsumerThread._highwaters is where the end offsets are corrected: Faust's
+    recovery takes each changelog's end from consumer.highwaters(), which the consumer
+    thread answers with `_highwaters` (end_offsets unless in a transaction)."""
+    from faust.tables import recovery
+
+    build = inspect.getsource(recovery.Recovery._build_highwaters)
+    assert "await consumer.highwaters(*tps)" in build
+    assert "await self.call_thread(self._highwaters, partitions)" in inspect.getsource(
+        faust_aiokafka.AIOKafkaConsumerThread.highwaters)
+    assert "await consumer.end_offsets(partitions)" in inspect.getsource(
+        faust_aiokafka.AIOKafkaConsumerThread._highwaters)
+    assert TunedConsumerThread._highwaters is not faust_aiokafka.AIOKafkaConsumerThread._highwaters
+    assert "self._create_client_consumer(self.transport)" in inspect.getsource(
+        TunedConsumerThread._highwaters)
+
+
+async def _end_offsets_scenario(bootstrap: str, topic: str) -> tuple[dict, dict, dict]:
+    producer = aiokafka.AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
+    await producer.start()
+    try:  # two flushes: offsets 0..9 in one record batch, 10..16 in the next
+        for count in (10, 7):
+            await asyncio.gather(*[await producer.send(topic, b"v", partition=0)
+                                   for _ in range(count)])
+    finally:
+        await producer.stop()
+    tps = [aiokafka.TopicPartition(topic, 0), aiokafka.TopicPartition(topic, 1)]
+    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        listed = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    fixed = await kafka_tuning.fetched_end_offsets(
+        lambda: aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap), listed, ConsumerTuning())
+    return ({tp.partition: v for tp, v in listed.items()},
+            {tp.partition: v for tp, v in fixed.items()},
+            {0: 17, 1: 0})
+
+
+def test_fetched_end_offsets_reach_past_the_last_batch_the_broker_lists(kafka: Kafka) -> None:
+    """The embedded broker lists a partition's end as its last batch's base offset + 1 (11
+    here, where 17 records were written); the fetch high watermark says 17. An empty
+    partition stays at 0 and is not fetched."""
+    topic = kafka.new_topic(partitions=2)
+    listed, fixed, written = asyncio.run(_end_offsets_scenario(kafka.bootstrap, topic))
+    assert fixed == written
+    assert listed[0] <= written[0]  # never above; 11 on tansu 0.6, 17 on a broker without the bug
+
+
+def test_fetched_end_offsets_keep_the_listed_end_when_no_fetch_answers(monkeypatch) -> None:
+    class Silent:
+        async def start(self): pass
+        async def stop(self): pass
+        def assign(self, tps): pass
+        def seek(self, tp, offset): pass
+        async def getmany(self, *tps, timeout_ms): await asyncio.sleep(timeout_ms / 1000)
+        def highwater(self, tp): return None
+
+    tp = aiokafka.TopicPartition("t", 0)
+    monkeypatch.setattr(kafka_tuning, "apply_tuning", lambda consumer, tuning: None)
+    ends = asyncio.run(kafka_tuning.fetched_end_offsets(Silent, {tp: 5}, ConsumerTuning(),
+                                                        timeout_s=0.3))
+    assert ends == {tp: 5}

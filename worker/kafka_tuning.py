@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import aiokafka
@@ -29,7 +29,7 @@ import uvloop
 from mode.services import WaitResults
 from faust.transport import by_url as transport_by_url
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TransportT
+from faust.types import TP, TransportT
 
 SUPPORTED_FAUST_VERSION = "0.15.3"
 SUPPORTED_AIOKAFKA_VERSION = "0.14.0"
@@ -114,6 +114,59 @@ class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         apply_tuning(consumer, _tuning_of(transport))
         return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        """End offsets as Faust's table recovery reads them, checked against a fetch.
+
+        Why: the embedded tansu broker answers ListOffsets(latest) with the *base* offset of
+        a partition's last record batch + 1, not the last offset + 1. Faust's recovery reads a
+        changelog up to that end and then stops consuming it, so every record after the first
+        of the changelog's last batch (one producer flush) was never applied: stale table
+        state after a restart or takeover. A fetch response's high watermark is right, so
+        each partition with records is fetched once from just below the reported end, and the
+        larger of the two ends is used. Real Kafka reports both the same; the probe costs one
+        short-lived consumer per recovery there.
+        """
+        reported = dict(await super()._highwaters(partitions))
+        if self.consumer.in_transaction:
+            return reported  # last stable offsets come from fetches already
+        return await fetched_end_offsets(
+            lambda: self._create_client_consumer(self.transport), reported,
+            _tuning_of(self.transport))
+
+
+async def fetched_end_offsets(
+    new_consumer: Callable[[], aiokafka.AIOKafkaConsumer], reported: Mapping[TP, int],
+    tuning: ConsumerTuning, *, timeout_s: float = 10.0,
+) -> dict[TP, int]:
+    """`reported` end offsets, each raised to the high watermark a fetch returns for it.
+
+    Partitions reported empty (end 0) are not fetched. A partition whose fetch does not
+    answer within `timeout_s` keeps its reported end (what Faust would have used anyway).
+    """
+    ends = dict(reported)
+    probe = [tp for tp, end in reported.items() if end and end > 0]
+    if not probe:
+        return ends
+    consumer = new_consumer()
+    apply_tuning(consumer, tuning)
+    await consumer.start()
+    try:
+        consumer.assign(probe)
+        for tp in probe:
+            consumer.seek(tp, reported[tp] - 1)  # a record below the end: the fetch answers
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        pending = set(probe)
+        while pending and asyncio.get_running_loop().time() < deadline:
+            await consumer.getmany(*pending, timeout_ms=200)
+            for tp in list(pending):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    ends[tp] = max(ends[tp], highwater)
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return ends
 
 
 class TunedConsumer(faust_aiokafka.Consumer):
