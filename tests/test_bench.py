@@ -151,3 +151,16 @@ def test_python_thread_cpu_counts_a_busy_python_thread_and_is_exported():
     assert during - before >= 0.25
     (line,) = [l for l in text.splitlines() if l.startswith("ranker_python_threads_cpu_seconds ")]
     assert float(line.split()[1]) >= during
+
+
+def test_a_floor_is_reported_as_its_median_round():
+    from bench.floors import NATIVE, median_round
+
+    rounds = [{"floor": "f", "msgs_per_s": rate, "cpu_us": {"worker python threads": py,
+                                                            NATIVE: 10.0, "broker": broker}}
+              for rate, py, broker in [(900.0, 300.0, 1.0), (1000.0, 100.0, 2.0),
+                                       (1200.0, 200.0, 3.0)]]
+    row = median_round(rounds)
+    assert row["cpu_us"]["broker"] == 3.0  # the 210 us round's figures, not a blend
+    assert row["msgs_per_s"] == 1000.0  # rates: their own median
+    assert row["rounds_cpu_us"] == [310.0, 110.0, 210.0]  # every round, in order
