@@ -3,8 +3,10 @@ history ranked exactly as the same request carrying that history."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -61,19 +63,59 @@ def wait_for_metric(worker, name: str, value: float, timeout_s: float = 30.0) ->
         time.sleep(0.1)
 
 
+@dataclasses.dataclass
+class WorkerGroup:
+    """Fresh topics and one consumer group for the workers of a test."""
+
+    topics: WorkerTopics
+    group_id: str
+    partitions: int
+    worker_factory: Callable
+    extra_args: tuple[str, ...] = ()
+
+    @classmethod
+    def create(cls, kafka, worker_factory, rng: random.Random, partitions: int = 2,
+               extra_args: tuple[str, ...] = ()) -> "WorkerGroup":
+        return cls(WorkerTopics.create(kafka, partitions=partitions),
+                   f"hist-{rng.randrange(10**6)}", partitions, worker_factory, extra_args)
+
+    def start(self, *extra_args: str):
+        """A worker joining the group, started (not yet ready)."""
+        return self.worker_factory(self.topics, partitions=self.partitions,
+                                   group_id=self.group_id,
+                                   extra_args=self.extra_args + extra_args).start()
+
+    def ready(self, *extra_args: str):
+        worker = self.start(*extra_args)
+        worker.wait_ready()
+        return worker
+
+
+def users_with_engagements(rng: random.Random, count: int, per_user: int
+                           ) -> tuple[list[int], dict[int, list[dict]]]:
+    """`count` random users, each with `per_user` engagements from the last 200 s."""
+    users = [rng.randint(1, 2**64 - 1) for _ in range(count)]
+    start_ms = int(time.time() * 1000) - 200_000
+    return users, {user: engagements_of(user, per_user, rng, start_ms) for user in users}
+
+
+def produce_engagements(kafka, topics: WorkerTopics, engagements: list[dict]) -> None:
+    kafka.produce(topics.engagements, [(codec.user_key(e["user_id"]), codec.encode_request(e))
+                                       for e in engagements])
+
+
 def test_request_without_history_ranks_like_the_request_carrying_it(kafka, worker_factory):
     rng = random.Random(16)
-    topics = WorkerTopics.create(kafka, partitions=2)
-    worker = worker_factory(topics, partitions=2).start()
-    worker.wait_ready()
+    group = WorkerGroup.create(kafka, worker_factory, rng)
+    topics = group.topics
+    worker = group.ready()
     users = [rng.randint(1, 2**64 - 1) for _ in range(6)]
     start_ms = int(time.time() * 1000) - 200_000
     items = {user: engagements_of(user, rng.choice([5, 40]), rng, start_ms) for user in users}
     sent = [item for user in users for item in items[user]]
     resent = rng.sample(sent, 20)  # a producer's retries: ignored, nothing changes
     bad = {**sent[0], "actions": ["click", "click"]}
-    kafka.produce(topics.engagements, [(codec.user_key(e["user_id"]), codec.encode_request(e))
-                                       for e in sent + [bad] + resent])
+    produce_engagements(kafka, topics, sent + [bad] + resent)
     wait_for_metric(worker, 'ranker_engagements_total{outcome="applied"}', len(sent))
     wait_for_metric(worker, 'ranker_engagements_total{outcome="ignored"}', len(resent))
 
@@ -109,8 +151,7 @@ def test_request_without_history_ranks_like_the_request_carrying_it(kafka, worke
     before_sum = worker.metric("ranker_engagement_visible_lag_seconds_sum")
     for i in range(20):
         fresh = {**sent[0], "post_id": 10_000 + i, "timestamp_ms": int(time.time() * 1000)}
-        kafka.produce(topics.engagements, [(codec.user_key(fresh["user_id"]),
-                                            codec.encode_request(fresh))])
+        produce_engagements(kafka, topics, [fresh])
     wait_for_metric(worker, "ranker_engagement_visible_lag_seconds_count", len(sent) + 20)
     mean_ms = (worker.metric("ranker_engagement_visible_lag_seconds_sum") - before_sum) / 20 * 1000
     print(f"\nengagement timestamp -> visible in the table: mean {mean_ms:.1f} ms over 20")
@@ -143,17 +184,13 @@ def test_two_workers_answer_their_users_and_the_survivor_recovers_before_ranking
     other rebuilds the dead one's partitions from the changelog before it ranks any request
     of those users (they were queued before the takeover), so nothing is lost."""
     rng = random.Random(7)
-    topics = WorkerTopics.create(kafka, partitions=4)
-    group = f"hist-{rng.randrange(10**6)}"
-    a, b = (worker_factory(topics, partitions=4, group_id=group,
-                           extra_args=("--worker-id", name)).start() for name in ("a", "b"))
+    group = WorkerGroup.create(kafka, worker_factory, rng, partitions=4)
+    topics = group.topics
+    a, b = (group.start("--worker-id", name) for name in ("a", "b"))
     a.wait_ready()
     b.wait_ready()
-    users = [rng.randint(1, 2**64 - 1) for _ in range(40)]
-    start_ms = int(time.time() * 1000) - 200_000
-    items = {user: engagements_of(user, 40, rng, start_ms) for user in users}
-    kafka.produce(topics.engagements, [(codec.user_key(user), codec.encode_request(e))
-                                       for user in users for e in items[user]])
+    users, items = users_with_engagements(rng, 40, 40)
+    produce_engagements(kafka, topics, [e for user in users for e in items[user]])
     deadline = time.monotonic() + 60
     while engagements_total(a, b) < 40 * 40:
         assert time.monotonic() < deadline, engagements_total(a, b)
@@ -193,27 +230,22 @@ def test_sigkill_while_ingesting_then_restart_keeps_exactly_what_was_produced(
     table rebuilt from its changelog, uncommitted engagements read again and ignored as
     duplicates), every user's history is exactly what was produced."""
     rng = random.Random(9)
-    topics = WorkerTopics.create(kafka, partitions=2)
-    group = f"crash-hist-{rng.randrange(10**6)}"
-    first = worker_factory(topics, partitions=2, group_id=group).start()
-    first.wait_ready()
-    users = [rng.randint(1, 2**64 - 1) for _ in range(30)]
-    start_ms = int(time.time() * 1000) - 200_000
-    items = {user: engagements_of(user, 60, rng, start_ms) for user in users}
-    produced = [(codec.user_key(e["user_id"]), codec.encode_request(e))
-                for i in range(60) for e in (items[u][i] for u in users)]
+    group = WorkerGroup.create(kafka, worker_factory, rng)
+    topics = group.topics
+    first = group.ready()
+    users, items = users_with_engagements(rng, 30, 60)
+    produced = [items[u][i] for i in range(60) for u in users]
     half = len(produced) // 2
-    kafka.produce(topics.engagements, produced[:half])
+    produce_engagements(kafka, topics, produced[:half])
     wait_for_metric(first, "ranker_engagements_total", half)
     time.sleep(1.5)  # committed (every 0.5 s), so the restart must take it from the changelog
-    kafka.produce(topics.engagements, produced[half:])
+    produce_engagements(kafka, topics, produced[half:])
     deadline = time.monotonic() + 60
     while (seen := first.metric("ranker_engagements_total")) < half + half // 3:
         assert time.monotonic() < deadline, seen
         time.sleep(0.01)
     first.kill()
-    second = worker_factory(topics, partitions=2, group_id=group).start()
-    second.wait_ready()  # /ready waits for the changelog to be read
+    second = group.ready()  # /ready waits for the changelog to be read
     last, stable_since = -1.0, time.monotonic()
     while time.monotonic() - stable_since < 2.0:  # until it has read everything left
         now = second.metric("ranker_engagements_total")
@@ -234,22 +266,17 @@ def test_rocksdb_store_serves_the_same_history(kafka, worker_factory, tmp_path):
     persisted offsets (Faust refuses to start when they are past the changelog's end as the
     broker reports it, which tansu's listed end offsets alone would make it do)."""
     rng = random.Random(11)
-    topics = WorkerTopics.create(kafka, partitions=2)
-    args = ("--history-store", "rocksdb", "--data-dir", str(tmp_path / "state"))
-    group = f"rocks-{rng.randrange(10**6)}"
-    worker = worker_factory(topics, partitions=2, group_id=group, extra_args=args).start()
-    worker.wait_ready()
-    users = [rng.randint(1, 2**64 - 1) for _ in range(8)]
-    items = {user: engagements_of(user, 40, rng, int(time.time() * 1000) - 200_000)
-             for user in users}
-    kafka.produce(topics.engagements, [(codec.user_key(u), codec.encode_request(e))
-                                       for u in users for e in items[u]])
+    group = WorkerGroup.create(kafka, worker_factory, rng, extra_args=(
+        "--history-store", "rocksdb", "--data-dir", str(tmp_path / "state")))
+    topics = group.topics
+    worker = group.ready()
+    users, items = users_with_engagements(rng, 8, 40)
+    produce_engagements(kafka, topics, [e for u in users for e in items[u]])
     wait_for_metric(worker, 'ranker_engagements_total{outcome="applied"}', 8 * 40)
     assert_v2_ranks_as_v1_with_history(kafka, topics, users, items, rng)
     assert list((tmp_path / "state").rglob("user-history-*.db")), "no RocksDB files"
     assert worker.stop() == 0
-    again = worker_factory(topics, partitions=2, group_id=group, extra_args=args).start()
-    again.wait_ready()
+    again = group.ready()
     assert_v2_ranks_as_v1_with_history(kafka, topics, users, items, rng)
     assert again.metric("ranker_engagements_total") == 0  # all from the RocksDB files
     assert again.stop() == 0
@@ -284,17 +311,12 @@ def test_a_worker_that_gives_partitions_up_drops_their_users_from_memory(
     worker joins, the first drops the users of the partitions it gave up and the second
     rebuilds them from the changelog; together they hold each user once."""
     rng = random.Random(21)
-    topics = WorkerTopics.create(kafka, partitions=4)
-    group = f"mem-{rng.randrange(10**6)}"
-    a = worker_factory(topics, partitions=4, group_id=group).start()
-    a.wait_ready()
-    users = [rng.randint(1, 2**64 - 1) for _ in range(40)]
-    kafka.produce(topics.engagements, [
-        (codec.user_key(u), codec.encode_request(e)) for u in users
-        for e in engagements_of(u, 3, rng, int(time.time() * 1000) - 100_000)])
+    group = WorkerGroup.create(kafka, worker_factory, rng, partitions=4)
+    a = group.ready()
+    users, items = users_with_engagements(rng, 40, 3)
+    produce_engagements(kafka, group.topics, [e for u in users for e in items[u]])
     wait_until(lambda: a.metric("ranker_history_users") == 40, 30, "a holds every user")
-    b = worker_factory(topics, partitions=4, group_id=group).start()
-    b.wait_ready()
+    b = group.ready()
 
     def split() -> tuple[float, float]:
         return a.metric("ranker_history_users"), b.metric("ranker_history_users")
@@ -312,18 +334,14 @@ def test_a_restarted_worker_rebuilds_every_history_from_the_changelog(kafka, wor
     """SIGTERM, then a new worker in the group: nothing left to read on the engagement topic
     (all committed), so every history comes from the changelog alone."""
     rng = random.Random(31)
-    topics = WorkerTopics.create(kafka, partitions=2)
-    group = f"restart-{rng.randrange(10**6)}"
-    first = worker_factory(topics, partitions=2, group_id=group).start()
-    first.wait_ready()
-    users = [rng.randint(1, 2**64 - 1) for _ in range(20)]
-    items = {u: engagements_of(u, 36, rng, int(time.time() * 1000) - 100_000) for u in users}
-    kafka.produce(topics.engagements, [(codec.user_key(e["user_id"]), codec.encode_request(e))
-                                       for i in range(36) for e in (items[u][i] for u in users)])
+    group = WorkerGroup.create(kafka, worker_factory, rng)
+    topics = group.topics
+    first = group.ready()
+    users, items = users_with_engagements(rng, 20, 36)
+    produce_engagements(kafka, topics, [items[u][i] for i in range(36) for u in users])
     wait_for_metric(first, 'ranker_engagements_total{outcome="applied"}', 20 * 36)
     assert first.stop() == 0
-    second = worker_factory(topics, partitions=2, group_id=group).start()
-    second.wait_ready()
+    second = group.ready()
     wait_until(lambda: second.metric("ranker_history_users") == 20, 30,
                f"users rebuilt: {second.metric('ranker_history_users')}")
     assert second.metric("ranker_engagements_total") == 0  # nothing re-read: all from the log
