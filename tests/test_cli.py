@@ -6,11 +6,13 @@ SIGINT and SIGTERM before serving stop the worker cleanly (exit 0, no traceback)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,8 +82,21 @@ def test_a_metrics_port_in_use_is_one_line_naming_the_port_and_the_setting():
                                "RANKER_METRICS_PORT / --metrics-port")
 
 
+@contextlib.contextmanager
+def _sigint_not_ignored() -> Iterator[None]:
+    """Children start with SIGINT at its default, as from a terminal. A shell starts
+    background jobs with SIGINT ignored and an ignored signal stays ignored across exec, so
+    under such a parent the worker would drop a Ctrl-C sent before its own handler is set
+    (and wait for the broker until the test times out). A handled signal is reset on exec."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _start_waiting_for_broker(log_path: Path) -> subprocess.Popen:
-    with log_path.open("wb") as log:
+    with log_path.open("wb") as log, _sigint_not_ignored():
         return subprocess.Popen(
             [sys.executable, "-m", "worker.app", *SMALL, "--metrics-port", "0",
              "--broker", f"kafka://127.0.0.1:{free_port()}"],
