@@ -9,8 +9,12 @@ when data arrives, so that constant makes one Faust hop cost ~400 ms p50 there; 
 How: `TunedApp` is a `faust.App` whose consumer transport is `TunedTransport`, whose consumer
 thread lets Faust build the consumer exactly as it always does and then replaces the fetch wait
 before the consumer starts (aiokafka builds its fetcher from it in `start()`). Nothing else of
-Faust's consumer configuration is copied or changed. Both library versions are pinned here and
-in pyproject.toml; `tests/test_kafka_tuning.py` fails if the internals this relies on move.
+Faust's consumer configuration is copied or changed. The same classes carry three fixes of how
+Faust drives that consumer, each explained where it is made: inline delivery while the flow is
+active (`TunedConsumer.wait_first`), the seek after a rebalance with the flow stopped
+(`TunedConsumer.perform_seek`) and table recovery reading changelogs to the end a fetch
+reports (`TunedConsumerThread._highwaters`). Both library versions are pinned here and in
+pyproject.toml; `tests/test_kafka_tuning.py` fails if the internals this relies on move.
 
     app = TunedApp("ranking-worker", broker="kafka://127.0.0.1:9092",
                    consumer_tuning=ConsumerTuning(fetch_max_wait_ms=10), ...)
@@ -145,7 +149,7 @@ async def fetched_end_offsets(
     answer within `timeout_s` keeps its reported end (what Faust would have used anyway).
     """
     ends = dict(reported)
-    probe = [tp for tp, end in reported.items() if end and end > 0]
+    probe = [tp for tp, end in reported.items() if (end or 0) > 0]
     if not probe:
         return ends
     consumer = new_consumer()
