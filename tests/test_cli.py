@@ -6,6 +6,7 @@ SIGINT and SIGTERM before serving stop the worker cleanly (exit 0, no traceback)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -19,6 +20,8 @@ import pytest
 
 from tools.broker import free_port
 from tools.launcher import ROOT
+from worker.app import _run_until_complete
+from worker.lifecycle import StartupSignals, StartupStop, stop_on_signals
 
 # Few shapes: the start-up tests need a worker that reaches the broker wait soon.
 SMALL = ("--batch-buckets", "1", "--max-candidates", "8", "--checkpoint",
@@ -142,6 +145,58 @@ def test_a_stop_before_serving_is_clean(tmp_path, signum, stage, line):
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
     assert f"stopped by {signal.Signals(signum).name} before serving" in output
     assert "was destroyed but it is pending" not in output  # the broker wait was cancelled
+
+
+class _SignalsWhenFinalized:
+    """Sends SIGTERM to this process from `__del__`: the handler's raise happens inside a
+    finalizer, where Python gives it to `sys.unraisablehook` instead of the caller, as inside
+    JAX's gc callback (where a real stop was once lost: the worker waited for the broker)."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _FailsWhenFinalized:
+    def __del__(self) -> None:
+        raise ValueError("not a stop")
+
+
+def test_a_stop_swallowed_where_it_was_raised_is_raised_at_the_next_check(monkeypatch):
+    seen: list[BaseException] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    hook = sys.unraisablehook
+    reached_after_the_signal = False
+    with pytest.raises(StartupStop, match="SIGTERM"):
+        with stop_on_signals() as signals:
+            _FailsWhenFinalized()  # collected at once: its error still reaches the hook
+            _SignalsWhenFinalized()
+            reached_after_the_signal = True
+            signals.check()
+    assert reached_after_the_signal  # the raise itself was swallowed
+    assert [type(e) for e in seen] == [ValueError]  # the stop left no "Exception ignored" trace
+    assert sys.unraisablehook is hook
+
+
+def test_the_broker_wait_ends_on_a_stop_whose_raise_was_swallowed():
+    signals = StartupSignals()
+    cancelled = []
+
+    async def wait_for_a_broker() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.call_later(0.1, setattr, signals, "received", signal.SIGTERM)  # no raise came
+        with pytest.raises(StartupStop, match="SIGTERM"):
+            _run_until_complete(loop, wait_for_a_broker(), signals)
+        assert cancelled == [True]
+        assert not asyncio.all_tasks(loop)  # nothing left pending to warn about
+    finally:
+        loop.close()
 
 
 @pytest.mark.timeout(60)

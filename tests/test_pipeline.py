@@ -185,6 +185,16 @@ def test_tiny_config_pipeline_smoke(tiny_runner):
     assert batch.candidates == 16  # 8 candidates per request, each request one row
 
 
+def test_warmup_calls_back_after_every_shape_of_every_model(tiny_runner):
+    """Start-up checks for a stop there: one callback per compiled shape, canary included."""
+    buckets = Buckets(batch_sizes=(1, 2), widths=(4, 8))
+    pipeline = RankingPipeline.create(tiny_runner, buckets, "w", max_candidates=8,
+                                      canary=Canary(tiny_runner, 0.5))
+    calls = []
+    pipeline.warmup(after_each=lambda: calls.append(len(calls)))
+    assert len(buckets.shapes()) > 1 and len(calls) == 2 * len(buckets.shapes())
+
+
 def test_unexpected_error_dead_letters_the_batch_instead_of_raising(runner, monkeypatch):
     pipeline = RankingPipeline.create(runner, BUCKETS, "w")
     events = list(generate_events(seed=12, count=3))

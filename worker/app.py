@@ -38,7 +38,8 @@ from worker.breaker import BreakerConfig, DeadLetterBreaker
 from worker.kafka_clients import (check_transactions_supported, ensure_topics_with_retry,
                                   faust_credentials)
 from worker.kafka_tuning import ConsumerTuning, TunedApp
-from worker.lifecycle import BoundedStopWorker, StartupStop, stop_for_bug, stop_on_signals
+from worker.lifecycle import (BoundedStopWorker, StartupSignals, StartupStop, stop_for_bug,
+                              stop_on_signals)
 from worker.monitoring import HealthServer, WorkerMetrics
 from worker.pipeline import RankingPipeline
 from worker.rollout import CheckpointWatcher, RolloutError
@@ -262,29 +263,41 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
     return app
 
 
-def _run_until_complete(loop: asyncio.AbstractEventLoop, coro) -> None:
+def _run_until_complete(loop: asyncio.AbstractEventLoop, coro,
+                        signals: StartupSignals) -> None:
     """Like `loop.run_until_complete`, but a stop signal mid-way cancels the task, so nothing
-    is left pending to warn about at exit."""
+    is left pending to warn about at exit: whether the signal's `StartupStop` came out of the
+    loop or was swallowed on the way (then the next `signals.check` raises it)."""
     task = loop.create_task(coro)
+    watch = loop.create_task(_until_done_or_stopped(task, signals))
     try:
-        loop.run_until_complete(task)
+        loop.run_until_complete(watch)
     except BaseException:
-        task.cancel()
+        for pending in (task, watch):
+            pending.cancel()
         with contextlib.suppress(BaseException):
-            loop.run_until_complete(task)
+            loop.run_until_complete(asyncio.gather(task, watch, return_exceptions=True))
         raise
 
 
-def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop) -> int:
+async def _until_done_or_stopped(task: asyncio.Task, signals: StartupSignals) -> None:
+    while not task.done():
+        signals.check()
+        await asyncio.wait({task}, timeout=0.25)
+    task.result()
+
+
+def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop,
+                    signals: StartupSignals) -> int:
     """Creates the topics (waiting for the broker); returns the request topic's partitions."""
     counts: dict[str, int] = {}
 
     async def ensure() -> None:
         counts.update(await ensure_topics_with_retry(settings))
 
-    _run_until_complete(loop, ensure())
+    _run_until_complete(loop, ensure(), signals)
     if settings.processing_guarantee == "exactly_once":
-        _run_until_complete(loop, check_transactions_supported(settings))
+        _run_until_complete(loop, check_transactions_supported(settings), signals)
     return counts[settings.requests_topic]
 
 
@@ -338,11 +351,12 @@ def _build_pipeline(settings: Settings) -> RankingPipeline:
 
 
 def _ready_model(settings: Settings, started: float, metrics: WorkerMetrics,
-                 state: WorkerState, backend: str) -> RankingPipeline:
+                 state: WorkerState, backend: str, signals: StartupSignals) -> RankingPipeline:
     """Loads the checkpoint and compiles every bucket shape."""
     pipeline = _load_pipeline(settings)
+    signals.check()
     log.info("%s", cache_summary(pipeline, settings.cache_budget_mb))
-    pipeline.warmup()
+    pipeline.warmup(after_each=signals.check)
     state.compiled = True
     for runner in pipeline.runners():
         metrics.model_info.labels(runner.model_version).set(1)
@@ -361,21 +375,24 @@ def _start_and_serve(settings: Settings) -> int:
         cooldown_s=settings.breaker_cooldown_s)))
     health = None
     try:
-        with stop_on_signals():  # until Faust's handlers take over: a stop, no traceback
+        # Until Faust's handlers take over, a signal stops start-up: no traceback.
+        with stop_on_signals() as signals:
             log.info("settings:\n%s", settings.describe())
             health = _start_health(settings, metrics, state)
             backend = configure_jax(settings)
+            signals.check()
             # Before the first load: a version written while it compiles is still new then.
             watcher = (CheckpointWatcher(settings.checkpoint) if settings.checkpoint_poll_s > 0
                        and settings.checkpoint != RANDOM_CHECKPOINT else None)
-            pipeline = _ready_model(settings, started, metrics, state, backend)
+            pipeline = _ready_model(settings, started, metrics, state, backend, signals)
             # The broker wait runs on a plain asyncio loop: this block's signal handlers
             # raise StartupStop, which uvloop would not carry out of run_until_complete.
             waiting = asyncio.new_event_loop()
             try:
-                partitions = _prepare_broker(settings, waiting)
+                partitions = _prepare_broker(settings, waiting, signals)
             finally:
                 waiting.close()
+            signals.check()
             loop = new_event_loop(settings)
         serve(create_app(settings, pipeline, state, metrics, watcher, partitions), settings,
               loop)

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Iterator
 
@@ -59,18 +60,43 @@ class StartupStop(BaseException):
         self.signal_name = signal.Signals(signum).name
 
 
+class StartupSignals:
+    """The stop signal received during start-up, if any. Its handler raises `StartupStop`
+    wherever the main thread is, and Python swallows an exception raised inside a gc
+    callback (JAX registers one) or a `__del__` (it goes to `sys.unraisablehook`): `check`,
+    called between start-up steps, raises it again so that a stop is never lost."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def check(self) -> None:
+        """Raises `StartupStop` if SIGINT or SIGTERM came."""
+        if self.received is not None:
+            raise StartupStop(self.received)
+
+
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals() -> Iterator[StartupSignals]:
     """Within the block, SIGINT and SIGTERM raise `StartupStop` (no KeyboardInterrupt
-    traceback, and SIGTERM stops the process the same way). Previous handlers come back on
-    exit, so the serving stage's own handlers (Faust's) take over from there."""
+    traceback, and SIGTERM stops the process the same way) and are recorded for
+    `StartupSignals.check`. Previous handlers come back on exit, so the serving stage's own
+    handlers (Faust's) take over from there."""
+    signals = StartupSignals()
 
     def raise_stop(signum: int, _frame: object) -> None:
+        signals.received = signum
         raise StartupStop(signum)
 
+    def quiet_if_stop(unraisable: "sys.UnraisableHookArgs") -> None:
+        # A swallowed stop prints no "Exception ignored" trace: `check` raises it again.
+        if not isinstance(unraisable.exc_value, StartupStop):
+            previous_hook(unraisable)
+
     previous = {sig: signal.signal(sig, raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, quiet_if_stop
     try:
-        yield
+        yield signals
     finally:
+        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)

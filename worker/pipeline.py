@@ -150,11 +150,13 @@ class RankingPipeline:
         old, self.runner = self.runner, runner
         return old
 
-    def warmup(self) -> None:
+    def warmup(self, after_each: Callable[[], None] = lambda: None) -> None:
         """Compile every bucket shape (of both models, with a canary) before the worker takes
-        traffic."""
+        traffic. `after_each` runs after each shape (start-up checks there for a stop)."""
         for runner in self.runners():
-            runner.warmup(self.assembler.buckets.shapes())
+            for shape in self.assembler.buckets.shapes():
+                runner.warmup([shape])
+                after_each()
 
     def runners(self) -> list[RankingRunner]:
         """The models serving: the main one, then the canary if any."""
