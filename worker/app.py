@@ -38,8 +38,8 @@ from worker.breaker import BreakerConfig, DeadLetterBreaker
 from worker.kafka_clients import (check_transactions_supported, ensure_topics_with_retry,
                                   faust_credentials)
 from worker.kafka_tuning import ConsumerTuning, TunedApp
-from worker.lifecycle import (BoundedStopWorker, StartupSignals, StartupStop, stop_for_bug,
-                              stop_on_signals)
+from worker.lifecycle import (BoundedStopWorker, StartupSignals, StartupStop,
+                              log_stopped_before_serving, stop_for_bug, stop_on_signals)
 from worker.monitoring import HealthServer, WorkerMetrics
 from worker.pipeline import RankingPipeline
 from worker.rollout import CheckpointWatcher, RolloutError
@@ -265,9 +265,8 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
 
 def _run_until_complete(loop: asyncio.AbstractEventLoop, coro,
                         signals: StartupSignals) -> None:
-    """Like `loop.run_until_complete`, but a stop signal mid-way cancels the task, so nothing
-    is left pending to warn about at exit: whether the signal's `StartupStop` came out of the
-    loop or was swallowed on the way (then the next `signals.check` raises it)."""
+    """Like `loop.run_until_complete`, but a stop signal mid-way (`signals.check`, every
+    0.25 s) cancels the task, so nothing is left pending to warn about at exit."""
     task = loop.create_task(coro)
     watch = loop.create_task(_until_done_or_stopped(task, signals))
     try:
@@ -385,15 +384,12 @@ def _start_and_serve(settings: Settings) -> int:
             watcher = (CheckpointWatcher(settings.checkpoint) if settings.checkpoint_poll_s > 0
                        and settings.checkpoint != RANDOM_CHECKPOINT else None)
             pipeline = _ready_model(settings, started, metrics, state, backend, signals)
-            # The broker wait runs on a plain asyncio loop: this block's signal handlers
-            # raise StartupStop, which uvloop would not carry out of run_until_complete.
-            waiting = asyncio.new_event_loop()
+            waiting = asyncio.new_event_loop()  # closed before Faust's loop starts
             try:
                 partitions = _prepare_broker(settings, waiting, signals)
             finally:
                 waiting.close()
-            signals.check()
-            loop = new_event_loop(settings)
+        loop = new_event_loop(settings)  # current before the app is made: Faust binds to it
         serve(create_app(settings, pipeline, state, metrics, watcher, partitions), settings,
               loop)
     finally:
@@ -442,8 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         return _user_error(error)
     except (StartupStop, KeyboardInterrupt) as stop:
-        log.info("stopped by %s before serving; nothing was consumed",
-                 getattr(stop, "signal_name", "SIGINT"))
+        log_stopped_before_serving(getattr(stop, "signal_name", "SIGINT"))
         return 0
 
 

@@ -8,9 +8,8 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 import faust
 
@@ -27,10 +26,15 @@ class BoundedStopWorker(faust.Worker):
 
     def _schedule_shutdown(self, signum: signal.Signals) -> None:
         if not self._signal_stop_time:
-            timer = threading.Timer(STOP_DEADLINE_S, _exit_now, args=(signum,))
-            timer.daemon = True
-            timer.start()
+            _start_watchdog(_exit_now, signum)
         super()._schedule_shutdown(signum)
+
+
+def _start_watchdog(exit_now: Callable[[int], None], signum: int) -> None:
+    """Calls `exit_now(signum)` `STOP_DEADLINE_S` from now, if the process still runs then."""
+    timer = threading.Timer(STOP_DEADLINE_S, exit_now, args=(signum,))
+    timer.daemon = True
+    timer.start()
 
 
 def _exit_now(signum: signal.Signals) -> None:
@@ -60,14 +64,25 @@ class StartupStop(BaseException):
         self.signal_name = signal.Signals(signum).name
 
 
+def log_stopped_before_serving(signal_name: str) -> None:
+    log.info("stopped by %s before serving; nothing was consumed", signal_name)
+
+
 class StartupSignals:
-    """The stop signal received during start-up, if any. Its handler raises `StartupStop`
-    wherever the main thread is, and Python swallows an exception raised inside a gc
-    callback (JAX registers one) or a `__del__` (it goes to `sys.unraisablehook`): `check`,
-    called between start-up steps, raises it again so that a stop is never lost."""
+    """SIGINT or SIGTERM received during start-up. The handler (`receive`) only records it:
+    an exception raised from a handler lands wherever the main thread is, and inside a
+    library that can be swallowed (JAX's gc callback) or leak what the library was setting
+    up (a JAX timer thread left running kept a stopped worker alive for a minute). Start-up
+    calls `check` between its steps (between two compilations, every 0.25 s of the broker
+    wait); a watchdog ends the process `STOP_DEADLINE_S` after the signal if no check came."""
 
     def __init__(self) -> None:
         self.received: int | None = None
+
+    def receive(self, signum: int, _frame: object) -> None:
+        if self.received is None:
+            _start_watchdog(_exit_before_serving, signum)
+        self.received = signum
 
     def check(self) -> None:
         """Raises `StartupStop` if SIGINT or SIGTERM came."""
@@ -75,28 +90,24 @@ class StartupSignals:
             raise StartupStop(self.received)
 
 
+def _exit_before_serving(signum: int) -> None:
+    log_stopped_before_serving(f"{signal.Signals(signum).name} (start-up did not reach a stop "
+                               f"point within {STOP_DEADLINE_S:g} s)")
+    logging.shutdown()
+    os._exit(0)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[StartupSignals]:
-    """Within the block, SIGINT and SIGTERM raise `StartupStop` (no KeyboardInterrupt
-    traceback, and SIGTERM stops the process the same way) and are recorded for
-    `StartupSignals.check`. Previous handlers come back on exit, so the serving stage's own
-    handlers (Faust's) take over from there."""
+    """Within the block, SIGINT and SIGTERM are recorded for `StartupSignals.check` (no
+    KeyboardInterrupt traceback, and SIGTERM stops the process the same way); one that came
+    and was not checked yet raises `StartupStop` on leaving the block. Previous handlers come
+    back on exit, so the serving stage's own handlers (Faust's) take over from there."""
     signals = StartupSignals()
-
-    def raise_stop(signum: int, _frame: object) -> None:
-        signals.received = signum
-        raise StartupStop(signum)
-
-    def quiet_if_stop(unraisable: "sys.UnraisableHookArgs") -> None:
-        # A swallowed stop prints no "Exception ignored" trace: `check` raises it again.
-        if not isinstance(unraisable.exc_value, StartupStop):
-            previous_hook(unraisable)
-
-    previous = {sig: signal.signal(sig, raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    previous_hook, sys.unraisablehook = sys.unraisablehook, quiet_if_stop
+    previous = {sig: signal.signal(sig, signals.receive) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield signals
     finally:
-        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    signals.check()
