@@ -1,5 +1,9 @@
-"""Shared fixtures: one embedded tansu broker per test session, fresh topics per test, and small
-aiokafka helpers to produce and consume raw bytes.
+"""Shared fixtures: one broker per test session, fresh topics per test, and small aiokafka
+helpers to produce and consume raw bytes.
+
+`RANKER_TEST_BROKER` picks the broker every broker test runs against: `embedded` (tansu, in
+memory; the default) or `kafka` (Apache Kafka, tools/apache_kafka.py). A test that starts a
+broker of its own calls `new_broker()`, which honours the same setting.
 
 Tests that use the broker (directly or through `kafka`) are marked `kafka` automatically, so
 `pytest -m "not kafka"` runs without one. The helpers are sync (they run `asyncio.run`); the
@@ -14,6 +18,7 @@ Tests that use the broker (directly or through `kafka`) are marked `kafka` autom
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,7 +29,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from tools.broker import EmbeddedBroker
+from tools.broker import BROKER_KINDS, BrokerProcess, broker_class
 from tools.launcher import ROOT
 
 # In-process tests share the persistent JAX compilation cache with the workers the tests start
@@ -34,6 +39,17 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # What a produced message may be: a value, or (key, value).
 Message = bytes | tuple[bytes | None, bytes]
+
+TEST_BROKER = os.environ.get("RANKER_TEST_BROKER", "embedded")
+if TEST_BROKER not in BROKER_KINDS:
+    raise pytest.UsageError(f"RANKER_TEST_BROKER={TEST_BROKER!r}: choose one of "
+                            f"{', '.join(BROKER_KINDS)}")
+ON_KAFKA = TEST_BROKER == "kafka"
+
+# Apache Kafka refuses consumer sessions under its `group.min.session.timeout.ms` (6 s by
+# default); the test broker allows shorter ones so that test consumers and workers that are
+# killed leave their group quickly. The worker's own default (6 s) needs no such change.
+KAFKA_TEST_CONFIG = {"group.min.session.timeout.ms": "500"}
 
 # Tansu: a join takes ~max(1 s, session/2), and a group's second join after a member left can
 # wait 2x the session (measured 4.1 s at 2 s): keep short-lived test consumers at 1 s.
@@ -192,7 +208,7 @@ def _next_offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int
 class Kafka:
     """The session broker plus sync helpers bound to it."""
 
-    broker: EmbeddedBroker
+    broker: BrokerProcess
 
     @property
     def bootstrap(self) -> str:
@@ -227,19 +243,26 @@ class Kafka:
         return asyncio.run(committed_async(self.bootstrap, group_id, topic))
 
 
-@pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[EmbeddedBroker]:
-    """One embedded broker on a free port for the whole session (in-memory, stopped at end).
+def new_broker(**kwargs) -> BrokerProcess:
+    """A broker of the kind RANKER_TEST_BROKER names (not started); `kwargs` go to its class."""
+    if ON_KAFKA:
+        kwargs.setdefault("config", KAFKA_TEST_CONFIG)
+    return broker_class(TEST_BROKER)(**kwargs)
 
-    A test that pauses or restarts it must leave it running (resume; restart recreates the
-    topics created through it).
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[BrokerProcess]:
+    """One broker on a free port for the whole session (stopped at the end).
+
+    A test that pauses or restarts it must leave it running (resume; restart keeps, or on the
+    embedded broker recreates, the topics created through it).
     """
-    with EmbeddedBroker() as broker:
+    with new_broker() as broker:
         yield broker
 
 
 @pytest.fixture
-def kafka(kafka_broker: EmbeddedBroker) -> Kafka:
+def kafka(kafka_broker: BrokerProcess) -> Kafka:
     if kafka_broker.is_paused:
         kafka_broker.resume()
     if not kafka_broker.is_running:

