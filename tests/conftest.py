@@ -1,7 +1,7 @@
 """Shared fixtures: one broker per test session, fresh topics per test, and small aiokafka
 helpers to produce and consume raw bytes.
 
-`RANKER_TEST_BROKER` picks the broker every broker test runs against: `embedded` (tansu, in
+`TEST_BROKER` picks the broker every broker test runs against: `embedded` (tansu, in
 memory; the default) or `kafka` (Apache Kafka, tools/apache_kafka.py). A test that starts a
 broker of its own calls `new_broker()`, which honours the same setting.
 
@@ -29,6 +29,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from tools.kafka_io import assignable_partitions
 from tools.broker import BROKER_KINDS, BrokerProcess, broker_class
 from tools.launcher import ROOT
 
@@ -40,9 +41,9 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 # What a produced message may be: a value, or (key, value).
 Message = bytes | tuple[bytes | None, bytes]
 
-TEST_BROKER = os.environ.get("RANKER_TEST_BROKER", "embedded")
+TEST_BROKER = os.environ.get("TEST_BROKER", "embedded")
 if TEST_BROKER not in BROKER_KINDS:
-    raise pytest.UsageError(f"RANKER_TEST_BROKER={TEST_BROKER!r}: choose one of "
+    raise pytest.UsageError(f"TEST_BROKER={TEST_BROKER!r}: choose one of "
                             f"{', '.join(BROKER_KINDS)}")
 ON_KAFKA = TEST_BROKER == "kafka"
 
@@ -111,7 +112,7 @@ async def consume_async(
     await consumer.start()
     try:
         if group_id is None:
-            tps = await _all_partitions(consumer, topic)
+            tps = await _all_partitions(bootstrap, topic)
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
         else:
@@ -146,7 +147,7 @@ async def read_all_async(
     consumer = _consumer(bootstrap, None)
     await consumer.start()
     try:
-        tps = await _all_partitions(consumer, topic)
+        tps = await _all_partitions(bootstrap, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         deadline = time.monotonic() + timeout_s
@@ -167,7 +168,7 @@ async def committed_async(bootstrap: str, group_id: str, topic: str) -> dict[int
     consumer = _consumer(bootstrap, group_id)
     await consumer.start()
     try:
-        tps = await _all_partitions(consumer, topic)
+        tps = await _all_partitions(bootstrap, topic)
         return {tp.partition: await consumer.committed(tp) for tp in tps}
     finally:
         await consumer.stop()
@@ -185,12 +186,11 @@ def _consumer(bootstrap: str, group_id: str | None) -> AIOKafkaConsumer:
     )
 
 
-async def _all_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    await consumer.topics()  # refresh metadata for all topics (naming one would auto-create it)
-    partitions = consumer.partitions_for_topic(topic)
+async def _all_partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    partitions = await assignable_partitions({"bootstrap_servers": bootstrap}, [topic])
     if not partitions:
         raise LookupError(f"Topic {topic!r} has no partitions on the broker; create it first.")
-    return [TopicPartition(topic, p) for p in sorted(partitions)]
+    return partitions
 
 
 def _next_offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
@@ -244,7 +244,7 @@ class Kafka:
 
 
 def new_broker(**kwargs) -> BrokerProcess:
-    """A broker of the kind RANKER_TEST_BROKER names (not started); `kwargs` go to its class."""
+    """A broker of the kind TEST_BROKER names (not started); `kwargs` go to its class."""
     if ON_KAFKA:
         kwargs.setdefault("config", KAFKA_TEST_CONFIG)
     return broker_class(TEST_BROKER)(**kwargs)

@@ -29,7 +29,9 @@ from tests.conftest import Kafka
 from tests.fault_entry import InjectedFault, poison_message
 from tests.worker_harness import WorkerProcess, WorkerTopics
 from worker import codec
-from tools.broker import EmbeddedBroker
+from tests.conftest import new_broker
+from tools.broker import BrokerProcess
+from tools.kafka_io import assignable_partitions
 from tools.producer import BAD_EVENT_KINDS, generate_events
 
 pytestmark = pytest.mark.kafka
@@ -179,10 +181,8 @@ class Collector:
                                     auto_offset_reset="earliest", fetch_max_wait_ms=10)
         await consumer.start()
         try:
-            await consumer.topics()
-            tps = [TopicPartition(topic, p)
-                   for topic in (self.topics.results, self.topics.dead_letters)
-                   for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            tps = await assignable_partitions({"bootstrap_servers": self.bootstrap},
+                                              [self.topics.results, self.topics.dead_letters])
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             self._started.set()
@@ -240,7 +240,7 @@ def duplicates(answers: Sequence[Answer]) -> int:
 @pytest.fixture
 def own_kafka() -> Iterator[Kafka]:
     """A broker of this test's own, which it may pause, stop and restart."""
-    with EmbeddedBroker() as broker:
+    with new_broker() as broker:
         yield Kafka(broker)
 
 
@@ -410,9 +410,9 @@ def test_two_workers_share_four_partitions_and_the_survivor_takes_over(kafka, sp
 
 
 @pytest.fixture
-def late_broker() -> Iterator[EmbeddedBroker]:
+def late_broker() -> Iterator[BrokerProcess]:
     """A broker whose port is chosen but whose process the test starts later."""
-    broker = EmbeddedBroker()
+    broker = new_broker()
     yield broker
     broker.stop()
 

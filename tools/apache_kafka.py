@@ -76,7 +76,7 @@ def _require(tool: str, hint: str) -> str:
     path = shutil.which(tool)
     if path is None:
         raise JavaMissing(f"Apache Kafka needs `{tool}` on PATH ({hint}); install it, or run the "
-                          "embedded broker instead (--kind embedded, RANKER_TEST_BROKER=embedded).")
+                          "embedded broker instead (--kind embedded, TEST_BROKER=embedded).")
     return path
 
 

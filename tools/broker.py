@@ -125,7 +125,7 @@ class BrokerProcess:
     start it from the main thread or a thread that outlives it.
     """
 
-    kind = "?"  # "embedded" or "kafka": what `--kind` and RANKER_TEST_BROKER call it
+    kind = "?"  # "embedded" or "kafka": what `--kind` and TEST_BROKER call it
     keeps_data = False  # whether records and topics survive restart()
 
     def __init__(

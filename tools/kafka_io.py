@@ -60,6 +60,18 @@ async def topic_partitions(conn: Mapping[str, Any], topic: str) -> list[int]:
     return list(range(counts[topic]))
 
 
+async def assignable_partitions(conn: Mapping[str, Any], topics: Sequence[str]
+                                ) -> list[TopicPartition]:
+    """Every partition of the `topics` that exist (missing ones are left out, never created).
+
+    Described through a metadata request for all topics: a consumer's own metadata covers only
+    the topics it has named (Apache Kafka; the embedded broker lists all of them either way).
+    """
+    options = {k: v for k, v in conn.items() if k != "bootstrap_servers"}
+    counts = await partition_counts(conn["bootstrap_servers"], topics, **options)
+    return [TopicPartition(t, p) for t in topics for p in range(counts.get(t, 0))]
+
+
 # -- read from the start ---------------------------------------------------------------------
 
 
@@ -73,9 +85,7 @@ async def start_at_beginning(conn: Mapping[str, Any], topics: Sequence[str],
                                 fetch_max_wait_ms=fetch_max_wait_ms)
     await consumer.start()
     try:
-        await consumer.topics()  # all topics: naming one could auto-create it
-        partitions = [TopicPartition(t, p) for t in topics
-                      for p in sorted(consumer.partitions_for_topic(t) or ())]
+        partitions = await assignable_partitions(conn, topics)
         if not partitions:
             raise KafkaIOError(f"none of the topics {list(topics)} exists on "
                                f"{conn['bootstrap_servers']}; create them first")
