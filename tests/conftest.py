@@ -30,6 +30,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from tools.kafka_io import assignable_partitions
+from worker.kafka_clients import topic_config
+from worker.settings import Settings
+from worker.topics import TopicSpec
 from tools.broker import BROKER_KINDS, BrokerProcess, broker_class
 from tools.launcher import ROOT
 
@@ -46,6 +49,9 @@ if TEST_BROKER not in BROKER_KINDS:
     raise pytest.UsageError(f"TEST_BROKER={TEST_BROKER!r}: choose one of "
                             f"{', '.join(BROKER_KINDS)}")
 ON_KAFKA = TEST_BROKER == "kafka"
+# Test topics take what the worker's own topics take (worker.kafka_clients.topic_config):
+# Apache Kafka's default 1 MiB limit would refuse the over-cap requests tests send.
+TEST_TOPIC_CONFIG = topic_config(Settings(), replication_factor=1)
 
 # Apache Kafka refuses consumer sessions under its `group.min.session.timeout.ms` (6 s by
 # default); the test broker allows shorter ones so that test consumers and workers that are
@@ -217,7 +223,7 @@ class Kafka:
     def new_topic(self, partitions: int = 1, *, prefix: str = "test") -> str:
         """Create a topic with a unique name and `partitions` partitions; returns its name."""
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        self.broker.create_topics({name: partitions})
+        self.broker.create_topics([TopicSpec(name, partitions, TEST_TOPIC_CONFIG)])
         return name
 
     def produce(

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
+from tests.conftest import TEST_BROKER
 from tools import launcher as worker_process
+from tools.broker import broker_class
 from tools.launcher import ROOT
 
 DEMO_CHECKPOINT = ROOT / "checkpoints" / "demo.npz"
@@ -21,6 +23,9 @@ DEMO_CHECKPOINT = ROOT / "checkpoints" / "demo.npz"
 # a cap of 64 compiles widths 8..64 only.
 TEST_BUCKETS = "1,8,64"
 TEST_MAX_CANDIDATES = "64"
+# What the test broker needs of a worker (the embedded broker: a short fetch wait).
+_FETCH_WAIT_MS = broker_class(TEST_BROKER).fetch_wait_ms
+BROKER_ENV = {"RANKER_FETCH_MAX_WAIT_MS": str(_FETCH_WAIT_MS)} if _FETCH_WAIT_MS else {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +62,8 @@ class WorkerProcess(worker_process.WorkerProcess):
             extra_args=("--batch-buckets", TEST_BUCKETS, "--max-candidates", TEST_MAX_CANDIDATES,
                         "--session-timeout-s", "2",
                         "--max-batch-wait-ms", "5", *extra_args),
-            env={"RANKER_JAX_CACHE_DIR": str(ROOT / ".cache" / "jax"), **(env or {})})
+            env={"RANKER_JAX_CACHE_DIR": str(ROOT / ".cache" / "jax"), **BROKER_ENV,
+                 **(env or {})})
         self.bootstrap = bootstrap
         self.topics = topics
         self.group_id = self.args[self.args.index("--group-id") + 1]

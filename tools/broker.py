@@ -127,6 +127,8 @@ class BrokerProcess:
 
     kind = "?"  # "embedded" or "kafka": what `--kind` and TEST_BROKER call it
     keeps_data = False  # whether records and topics survive restart()
+    # The consumer fetch wait (ms) clients should use with this broker; None: their default.
+    fetch_wait_ms: int | None = None
 
     def __init__(
         self,
@@ -358,6 +360,9 @@ class EmbeddedBroker(BrokerProcess):
     """One tansu broker process, in-memory storage: a restart loses every topic and record."""
 
     kind = "embedded"
+    # Tansu answers a waiting fetch only when the wait runs out, even once records are there:
+    # the wait is added to every delivery, so keep it short (a worker: RANKER_FETCH_MAX_WAIT_MS).
+    fetch_wait_ms = 10
 
     def __init__(self, port: int | None = None, *, binary: str | None = None,
                  **kwargs: Any) -> None:

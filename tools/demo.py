@@ -1,6 +1,6 @@
-"""`make demo`: the whole stack on the embedded broker, then everything it started is stopped.
+"""`make demo`: the whole stack on one broker, then everything it started is stopped.
 
-embedded broker -> worker (`python -m worker.app`) -> mock producer (world requests, a few
+broker (embedded by default; `--broker kafka`: Apache Kafka) -> worker (`python -m worker.app`) -> mock producer (world requests, a few
 malformed) -> results viewer; prints sample rankings, every dead letter, the worker's metrics
 counters (read over HTTP, as Prometheus would) and one summary line.
 """
@@ -12,12 +12,16 @@ import asyncio
 import sys
 import time
 
-from tools.broker import EmbeddedBroker, free_port, port_free
+from tools.broker import (BROKER_KINDS, BrokerPrerequisiteError, BrokerProcess,
+                          BrokerStartError, broker_class, free_port, port_free)
 from tools.launcher import WorkerProcess, WorkerProcessError
 from tools.producer import generate_events, send_events_to_kafka, with_server_history
 from tools.viewer import Summary, follow, format_dead_letter, format_result, latency_of, legend
+from worker.kafka_clients import topic_config
 from worker.settings import Settings, SettingsError
+from worker.topics import TopicSpec
 
+_BROKER_NAMES = {"embedded": "embedded Kafka broker", "kafka": "Apache Kafka"}
 _SHOW_EVERY = 50  # print every n-th result in full; the summary covers the rest
 
 
@@ -63,6 +67,13 @@ async def _traffic(settings: Settings, bootstrap: str, count: int, rate: float,
     return summary
 
 
+def _fetch_wait_args(broker: BrokerProcess) -> tuple[str, ...]:
+    """The worker's fetch wait for this broker (the embedded one needs a short one)."""
+    wait = broker.fetch_wait_ms
+    return ("--fetch-max-wait-ms", str(wait)) if wait and not Settings.variable(
+        "fetch_max_wait_ms") else ()
+
+
 def _ports(args: argparse.Namespace, settings: Settings) -> tuple[int, int]:
     """(broker port, metrics port): the ones asked for (flag, or RANKER_METRICS_PORT for
     metrics; 0 = pick one), else free ones. Raises SettingsError for a port that is taken."""
@@ -88,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bad-fraction", type=float, default=0.05)
     parser.add_argument("--metrics-port", type=int, help="the worker's /metrics port "
                         "(default: RANKER_METRICS_PORT if set, else a free port)")
-    parser.add_argument("--broker-port", type=int, help="the embedded broker's port "
+    parser.add_argument("--broker", choices=BROKER_KINDS, default="embedded",
+                        help="embedded (tansu, in memory) or kafka (Apache Kafka; needs Java)")
+    parser.add_argument("--broker-port", type=int, help="the broker's port "
                         "(default: a free port)")
     parser.add_argument("--server-history", action="store_true", help="send histories as "
                         "engagements and requests without them (the worker keeps histories)")
@@ -101,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _run(args, settings, broker_port, metrics_port)
+    except BrokerStartError as error:  # Java missing, or the broker's log tail
+        print(f"demo: error: {error}", file=sys.stderr, flush=True)
+        return 2 if isinstance(error, BrokerPrerequisiteError) else 1
     except WorkerProcessError as error:  # its message ends with the worker's log tail
         print(f"demo: error: {error}", file=sys.stderr, flush=True)
         return 1
@@ -111,18 +127,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings, broker_port: int,
          metrics_port: int) -> int:
-    with EmbeddedBroker(broker_port) as broker:
-        broker.create_topics({settings.requests_topic: settings.partitions,
-                              settings.results_topic: settings.partitions,
-                              settings.dead_letter_topic: settings.partitions,
-                              settings.engagements_topic: settings.partitions})
-        print(f"demo: embedded Kafka broker at {broker.bootstrap_servers}", flush=True)
+    with broker_class(args.broker)(broker_port) as broker:
+        config = topic_config(settings, replication_factor=1)
+        broker.create_topics([TopicSpec(name, settings.partitions, config) for name in (
+            settings.requests_topic, settings.results_topic, settings.dead_letter_topic,
+            settings.engagements_topic)])
+        print(f"demo: {_BROKER_NAMES[broker.kind]} at {broker.bootstrap_servers}", flush=True)
         worker = WorkerProcess(
             broker.bootstrap_servers, requests=settings.requests_topic,
             results=settings.results_topic, dead_letters=settings.dead_letter_topic,
             partitions=settings.partitions, group_id=settings.group_id,
             checkpoint=settings.checkpoint, metrics_port=metrics_port,
-            extra_args=("--worker-id", "demo-worker")).start()
+            extra_args=("--worker-id", "demo-worker", *_fetch_wait_args(broker))).start()
         try:
             ready_s = worker.wait_ready(timeout_s=120)
             print(f"demo: worker ready {ready_s:.1f} s after start (model compiled, partitions "

@@ -35,8 +35,8 @@ from worker.engagement import parse_engagement
 from worker.errors import ValidationError
 from worker.handler import BatchHandler, WorkerState, to_record
 from worker.breaker import BreakerConfig, DeadLetterBreaker
-from worker.kafka_clients import (check_transactions_supported, ensure_topics_with_retry,
-                                  faust_credentials)
+from worker.kafka_clients import (TopicLayout, check_transactions_supported,
+                                  ensure_topics_with_retry, faust_credentials)
 from worker.kafka_tuning import ConsumerTuning, TunedApp
 from worker.lifecycle import (BoundedStopWorker, StartupSignals, StartupStop,
                               log_stopped_before_serving, stop_for_bug, stop_on_signals)
@@ -59,8 +59,9 @@ class AppTopics(NamedTuple):
     engagements: Any
 
 
-def new_app(settings: Settings) -> tuple[faust.App, AppTopics]:
-    """The worker's Faust app and its three raw-bytes topics, no agent yet."""
+def new_app(settings: Settings, replication_factor: int = 1) -> tuple[faust.App, AppTopics]:
+    """The worker's Faust app and its three raw-bytes topics, no agent yet.
+    `replication_factor`: of the topics Faust creates (the history changelog)."""
     app = TunedApp(
         settings.group_id,
         consumer_tuning=ConsumerTuning(fetch_max_wait_ms=settings.fetch_max_wait_ms),
@@ -71,6 +72,7 @@ def new_app(settings: Settings) -> tuple[faust.App, AppTopics]:
         web_enabled=False,
         topic_disable_leader=True,
         topic_partitions=settings.partitions,
+        topic_replication_factor=replication_factor,
         # The history table has no standby copies: a partition's new owner rebuilds it from the
         # changelog before it takes that partition's requests (README: Server-side history).
         table_standby_replicas=0,
@@ -175,10 +177,13 @@ def _add_history(app: faust.App, engagements: Any, settings: Settings, partition
 
 def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState,
                metrics: WorkerMetrics, watcher: CheckpointWatcher | None = None,
-               partitions: int | None = None) -> faust.App:
+               layout: TopicLayout | None = None) -> faust.App:
     """The worker's app: the ranking agent, the history table and its agent, and with a
-    `watcher`, live model rollout. `partitions`: the request topic's (default: the setting)."""
-    app, (requests, results, dead_letters, engagements) = new_app(settings)
+    `watcher`, live model rollout. `layout`: the topics as they exist (default: the
+    settings' partitions, one replica)."""
+    layout = layout or TopicLayout(settings.partitions, 1)
+    app, (requests, results, dead_letters, engagements) = new_app(settings,
+                                                                  layout.replication_factor)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
     decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder")
     def on_bug(error: BaseException) -> None:
@@ -190,7 +195,7 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
                            flow_active=app.flow_control.is_active, decode_executor=decoder,
                            on_bug=on_bug)
     max_wait_s = settings.max_batch_wait_ms / 1000
-    table = _add_history(app, engagements, settings, partitions or settings.partitions,
+    table = _add_history(app, engagements, settings, layout.partitions,
                          pipeline, handler, metrics, on_bug)
     state.recovering = lambda: bool(app.in_recovery)
 
@@ -287,17 +292,17 @@ async def _until_done_or_stopped(task: asyncio.Task, signals: StartupSignals) ->
 
 
 def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop,
-                    signals: StartupSignals) -> int:
-    """Creates the topics (waiting for the broker); returns the request topic's partitions."""
-    counts: dict[str, int] = {}
+                    signals: StartupSignals) -> TopicLayout:
+    """Creates the topics (waiting for the broker); returns their partitions and replicas."""
+    layout: list[TopicLayout] = []
 
     async def ensure() -> None:
-        counts.update(await ensure_topics_with_retry(settings))
+        layout.append(await ensure_topics_with_retry(settings))
 
     _run_until_complete(loop, ensure(), signals)
     if settings.processing_guarantee == "exactly_once":
         _run_until_complete(loop, check_transactions_supported(settings), signals)
-    return counts[settings.requests_topic]
+    return layout[0]
 
 
 def _start_health(settings: Settings, metrics: WorkerMetrics,
@@ -386,11 +391,11 @@ def _start_and_serve(settings: Settings) -> int:
             pipeline = _ready_model(settings, started, metrics, state, backend, signals)
             waiting = asyncio.new_event_loop()  # closed before Faust's loop starts
             try:
-                partitions = _prepare_broker(settings, waiting, signals)
+                layout = _prepare_broker(settings, waiting, signals)
             finally:
                 waiting.close()
         loop = new_event_loop(settings)  # current before the app is made: Faust binds to it
-        serve(create_app(settings, pipeline, state, metrics, watcher, partitions), settings,
+        serve(create_app(settings, pipeline, state, metrics, watcher, layout), settings,
               loop)
     finally:
         if health is not None:

@@ -7,6 +7,7 @@ app takes `faust_credentials`. Also: topic creation with retry, and the exactly-
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 from typing import Any
@@ -16,9 +17,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from worker import codec
 from worker.errors import BrokerUnavailableError
 from worker.settings import Settings, SettingsError
-from worker.topics import TopicError, ensure_topics
+from worker.topics import TopicError, TopicSpec, cluster_size, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -57,29 +59,67 @@ def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
     return None
 
 
+DEFAULT_REPLICAS = 3  # replicas per topic on a cluster of 3 or more brokers
+MIN_IN_SYNC = 2  # with acks=all, a write survives the loss of one replica of three
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicLayout:
+    """What the worker's topics look like once they exist."""
+
+    partitions: int  # the request topic's (the engagement topic's too)
+    replication_factor: int  # of the topics the worker creates, and of Faust's changelog
+
+
+def topic_config(settings: Settings, replication_factor: int) -> dict[str, str]:
+    """Topic configs for every topic the worker creates.
+
+    `max.message.bytes`: Kafka's default (1 MiB + 12) is below the worker's publish cap, so a
+    dead letter carrying a request at the byte cap would be refused, and a request at the cap
+    too. `min.insync.replicas`: with 3 replicas, an acknowledged write is on at least 2.
+    """
+    config = {"max.message.bytes": str(codec.publish_cap(settings.max_message_bytes))}
+    if replication_factor >= DEFAULT_REPLICAS:
+        config["min.insync.replicas"] = str(MIN_IN_SYNC)
+    return config
+
+
+async def replication_for(settings: Settings, options: dict[str, Any]) -> int:
+    """The replication factor setting, or (0) 3 capped at the cluster's broker count."""
+    if settings.replication_factor:
+        return settings.replication_factor
+    brokers = await cluster_size(settings.bootstrap_servers, **options)
+    return max(1, min(DEFAULT_REPLICAS, brokers))
+
+
 async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
                                    first_delay_s: float = 0.5,
-                                   max_delay_s: float = 10.0) -> dict[str, int]:
-    """Creates the topics (explicit partition counts), waiting for the broker with
-    exponential back-off, and returns name -> partitions. `attempts` 0 = until it answers.
+                                   max_delay_s: float = 10.0) -> TopicLayout:
+    """Creates the topics (explicit partition counts, replication and configs), waiting for
+    the broker with exponential back-off. `attempts` 0 = until it answers.
 
     The engagement topic gets the request topic's partition count, whatever it is: the two
     must be co-partitioned (a user's engagements and requests on the same partition number).
     One that exists with another count is a `SettingsError`."""
-    topics = {settings.requests_topic: settings.partitions,
-              settings.results_topic: settings.partitions,
-              settings.dead_letter_topic: settings.partitions}
     delay, attempt = first_delay_s, 0
     options = {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
     while True:
         attempt += 1
         try:
+            replication = await replication_for(settings, options)
+            config = topic_config(settings, replication)
+            topics = [TopicSpec(name, settings.partitions, config)
+                      for name in (settings.requests_topic, settings.results_topic,
+                                   settings.dead_letter_topic)]
             counts = await ensure_topics(settings.bootstrap_servers, topics, strict=False,
-                                         **options)
+                                         replication_factor=replication, **options)
+            partitions = counts[settings.requests_topic]
             counts.update(await _ensure_copartitioned(
-                settings, counts[settings.requests_topic], options))
-            log.info("topics: %s", ", ".join(f"{n}[{c}]" for n, c in counts.items()))
-            return counts
+                settings, TopicSpec(settings.engagements_topic, partitions, config),
+                replication, options))
+            log.info("topics (%d replicas): %s", replication,
+                     ", ".join(f"{n}[{c}]" for n, c in counts.items()))
+            return TopicLayout(partitions, replication)
         except (KafkaConnectionError, KafkaError, OSError, asyncio.TimeoutError) as exc:
             if attempts and attempt >= attempts:
                 raise BrokerUnavailableError(
@@ -91,15 +131,15 @@ async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
             delay = min(delay * 2, max_delay_s)
 
 
-async def _ensure_copartitioned(settings: Settings, partitions: int,
+async def _ensure_copartitioned(settings: Settings, spec: TopicSpec, replication: int,
                                 options: dict[str, Any]) -> dict[str, int]:
     try:
-        return await ensure_topics(settings.bootstrap_servers,
-                                   {settings.engagements_topic: partitions}, **options)
+        return await ensure_topics(settings.bootstrap_servers, [spec],
+                                   replication_factor=replication, **options)
     except TopicError as error:
         raise SettingsError(
             f"RANKER_ENGAGEMENTS_TOPIC / --engagements-topic: {error} The engagement topic must "
-            f"have the request topic {settings.requests_topic!r}'s {partitions} partitions "
+            f"have the request topic {settings.requests_topic!r}'s {spec.partitions} partitions "
             "(a user's engagements and requests must reach the same worker)") from None
 
 

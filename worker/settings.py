@@ -85,11 +85,18 @@ class Settings:
     engagements_topic: str = _setting(ENGAGEMENTS_TOPIC, "engagement input topic (created with "
                                       "the request topic's partition count)")
     partitions: int = _setting(4, "partitions when this worker creates the topics")
+    replication_factor: int = _setting(0, "replicas of each topic this worker creates, its "
+                                       "history changelog included (0 = 3, or fewer on a "
+                                       "cluster of fewer brokers)")
     group_id: str = _setting("phoenix-ranker", "consumer group (one per deployment)")
     worker_id: str = _setting("", "id put in results; default host-pid")
     session_timeout_s: float = _setting(6.0, "consumer session timeout (Kafka's minimum is 6)")
     heartbeat_interval_s: float = _setting(0.5, "consumer heartbeat interval")
-    fetch_max_wait_ms: int = _setting(10, "consumer fetch long-poll wait (Faust hard-codes 1500)")
+    # Apache Kafka answers a waiting fetch as soon as a record arrives, so the wait only bounds
+    # how often an idle worker polls (Kafka's own default). The embedded broker answers only
+    # when the wait runs out: everything run on it passes 10 (tools.broker.EmbeddedBroker).
+    fetch_max_wait_ms: int = _setting(500, "consumer fetch long-poll wait (Faust hard-codes "
+                                      "1500; the embedded broker needs 10)")
     max_poll_interval_s: float = _setting(300.0, "max time between polls before eviction")
     processing_guarantee: str = _setting("at_least_once", "at_least_once or exactly_once")
     # none: on one machine (the demo) bytes are free and CPU is what limits throughput; lz4
@@ -153,6 +160,7 @@ class Settings:
             ("canary_share", self.canary_share == 0.0 or bool(self.canary_checkpoint),
              "needs a canary_checkpoint to rank that share with"),
             ("partitions", self.partitions >= 1, "must be >= 1"),
+            ("replication_factor", self.replication_factor >= 0, "must be >= 0 (0 = automatic)"),
             ("history_cap", self.history_cap >= 1, "must be >= 1"),
             ("history_store", self.history_store in HISTORY_STORES, "must be memory or rocksdb"),
             ("fetch_max_wait_ms", self.fetch_max_wait_ms >= 1,

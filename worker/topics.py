@@ -37,6 +37,8 @@ class TopicError(RuntimeError):
 class TopicSpec:
     name: str  # Kafka topic name
     partitions: int = 1  # partition count; never leave it to broker auto-creation
+    # Topic-level configs set at creation (e.g. max.message.bytes); {} = the broker's defaults.
+    config: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -84,7 +86,8 @@ async def ensure_topics(
     await admin.start()
     try:
         response = await admin.create_topics(
-            [NewTopic(s.name, s.partitions, replication_factor) for s in specs],
+            [NewTopic(s.name, s.partitions, replication_factor, topic_configs=dict(s.config))
+             for s in specs],
             timeout_ms=int(timeout_s * 1000),
         )
         for name, code, message in (e[:3] for e in response.topic_errors):
@@ -108,6 +111,16 @@ async def ensure_topics(
                 "Create topics before any client uses them, or delete it or use another name."
             )
     return {spec.name: actual[spec.name] for spec in specs}
+
+
+async def cluster_size(bootstrap_servers: str, **admin_options: Any) -> int:
+    """How many brokers the cluster has (from a DescribeCluster request)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **admin_options)
+    await admin.start()
+    try:
+        return len((await admin.describe_cluster())["brokers"])
+    finally:
+        await admin.close()
 
 
 async def partition_counts(
