@@ -4,10 +4,9 @@
 #   docker build --build-arg JAX_VARIANT=cuda12 -t phoenix-ranker:cuda12 .
 #   docker build --build-arg BASE_IMAGE=my-registry/python:3.11 -t phoenix-ranker:cpu .
 #
-# The same image runs the mock producer (`python -m tools.producer ...`), the results viewer
-# (`python -m tools.viewer ...`) and the embedded broker (`python -m tools.broker ...`, used by
-# docker-compose.embedded-broker.yml). The cuda12 variant gets CUDA and cuDNN as pip wheels
-# through jax's `cuda12` extra: the host needs only the NVIDIA driver and container toolkit.
+# The same image runs the mock producer (`python -m tools.producer ...`) and the results viewer
+# (`python -m tools.viewer ...`). The cuda12 variant gets CUDA and cuDNN as pip wheels through
+# jax's `cuda12` extra: the host needs only the NVIDIA driver and container toolkit.
 #
 # Offline builds: wheels in ./wheelhouse (see wheelhouse/README.md) are installed with
 # `--no-index`; with no wheels there, dependencies come from the package index. No BuildKit-only

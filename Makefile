@@ -84,8 +84,10 @@ bench: venv
 bench-latency: venv
 	$(PY) -m bench.consumer_latency
 
-# Builds the images and runs docker-compose.yml for real with the embedded broker standing in for
-# Apache Kafka (docker-compose.embedded-broker.yml); not part of `make test`. Needs Docker Engine
-# and Compose, and installs neither: it says how to get them. 2 cores: ~13 min cold, ~3 min warm.
+# Builds the images and runs docker-compose.yml for real, Apache Kafka included: apache/kafka at
+# the version tools/kafka/pom.xml pins or, where it cannot be pulled, the same version built
+# locally (docker/kafka.Dockerfile: the pom's jars, Debian's Java). Not part of `make test`.
+# Needs Docker Engine and Compose, and installs neither: it says how to get them; a local Kafka
+# image also needs Maven.
 compose-smoke: venv
 	$(PY) -m tools.compose_smoke

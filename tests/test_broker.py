@@ -1,4 +1,5 @@
-"""The embedded tansu broker: lifecycle, explicit topics, round trips, pause/resume, restart."""
+"""The test broker (TEST_BROKER: the embedded one or Apache Kafka): lifecycle, explicit topics,
+round trips, pause/resume, restart, and the broker CLI for both kinds."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from tests.conftest import Kafka, consume_async, produce_async, read_all_async
+from tests.conftest import (ON_KAFKA, TEST_BROKER, Kafka, committed_async, consume_async,
+                            new_broker, produce_async, read_all_async)
 from worker import topics as wire_topics
 from tools.broker import BrokerStartError, EmbeddedBroker, free_port
 from worker.topics import TopicError, TopicSpec, ensure_topics
@@ -43,7 +45,7 @@ async def _partitions_seen_by_client(bootstrap: str, topic: str) -> set[int]:
 
 
 def test_broker_starts_serves_and_stops() -> None:
-    with EmbeddedBroker() as broker:
+    with new_broker() as broker:
         assert broker.is_running
         assert _accepts_connections(broker.host, broker.port)
         assert broker.url == f"kafka://127.0.0.1:{broker.port}"
@@ -61,7 +63,7 @@ def test_start_refuses_a_taken_port() -> None:
         holder.listen()
         port = holder.getsockname()[1]
         with pytest.raises(BrokerStartError, match=f"Port {port} .* already in use"):
-            EmbeddedBroker(port).start()
+            new_broker(port=port).start()
 
 
 def test_start_reports_a_broker_that_exits(tmp_path: Path) -> None:
@@ -142,7 +144,7 @@ def test_consume_with_a_group_commits_what_it_returned(kafka: Kafka) -> None:
 
 
 def test_pause_blocks_requests_and_resume_restores_them() -> None:
-    with EmbeddedBroker() as broker:
+    with new_broker() as broker:
         broker.create_topics({"paused": 1})
         broker.pause()
         assert broker.is_paused and broker.is_running
@@ -166,8 +168,10 @@ def test_pause_blocks_requests_and_resume_restores_them() -> None:
         assert values[-1] == b"after"
 
 
+@pytest.mark.skipif(ON_KAFKA, reason="Apache Kafka keeps its data across a restart "
+                    "(test_restart_keeps_records_and_committed_offsets)")
 def test_restart_loses_data_and_recreates_topics() -> None:
-    with EmbeddedBroker() as broker:
+    with new_broker() as broker:
         broker.create_topics({"kept": 3})
         asyncio.run(produce_async(broker.bootstrap_servers, "kept", [b"before"]))
         old_pid, port = broker.pid, broker.port
@@ -180,10 +184,33 @@ def test_restart_loses_data_and_recreates_topics() -> None:
         assert [r.value for r in records] == [b"after"]
 
 
-def test_cli_creates_the_wire_topics_and_stops_on_sigterm() -> None:
+@pytest.mark.skipif(not ON_KAFKA, reason="the embedded broker keeps everything in memory: a "
+                    "restart loses it (test_restart_loses_data_and_recreates_topics)")
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_restart_keeps_records_and_committed_offsets(how: str) -> None:
+    with new_broker() as broker:
+        bootstrap = broker.bootstrap_servers
+        broker.create_topics({"kept": 3})
+        asyncio.run(produce_async(bootstrap, "kept", [b"a", b"b", b"c"], partition=1))
+        asyncio.run(consume_async(bootstrap, "kept", 2, group_id="g-kept"))  # commits a, b
+        old_pid = broker.pid
+        if how == "sigkill":
+            broker.kill()
+        broker.restart()
+        assert broker.pid != old_pid
+        assert broker.partition_counts(["kept"]) == {"kept": 3}
+        values = [r.value for r in asyncio.run(read_all_async(bootstrap, "kept", settle_s=0.3))]
+        assert values == [b"a", b"b", b"c"]
+        assert asyncio.run(committed_async(bootstrap, "g-kept", "kept"))[1] == 2
+        rest = asyncio.run(consume_async(bootstrap, "kept", 1, group_id="g-kept"))
+        assert [r.value for r in rest] == [b"c"]
+
+
+def test_cli_creates_the_wire_topics_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tools.broker", "--port", str(port), "--partitions", "2"],
+        [sys.executable, "-m", "tools.broker", "--kind", TEST_BROKER, "--port", str(port),
+         "--partitions", "2", "--data-dir", str(tmp_path / "data")],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -193,7 +220,7 @@ def test_cli_creates_the_wire_topics_and_stops_on_sigterm() -> None:
         assert process.stdout is not None
         banner = process.stdout.readline()  # blocks until ready (or exit: empty string)
         assert f"bootstrap 127.0.0.1:{port}" in banner, banner
-        probe = EmbeddedBroker(port)  # not started: only used to query the CLI's broker
+        probe = new_broker(port=port)  # not started: only used to query the CLI's broker
         assert probe.partition_counts(wire_topics.DEFAULT_TOPICS) == {
             name: 2 for name in wire_topics.DEFAULT_TOPICS
         }

@@ -1,13 +1,15 @@
 """The docker-compose demo stack and its Dockerfile, checked without a Docker engine.
 
 Building the image and starting the stack is `make compose-smoke` (tools/compose_smoke.py), which
-needs a Docker engine; these tests need none. They read `docker-compose.yml`, its embedded-broker
-override and `Dockerfile` as data and check their wiring against the code they must agree with:
-topic names (`worker.topics`), setting names and values (`worker.settings.Settings`, loaded from
-the compose environment exactly as the worker would), the broker address and listeners,
-health-check ordering and the GPU reservation. When a compose CLI is installed (`docker compose`
-or the older `docker-compose`), one more test has it validate both files against the Compose
-schema and resolve their variables.
+needs a Docker engine; these tests need none. They read `docker-compose.yml` and `Dockerfile` as
+data and check their wiring against the code they must agree with: topic names
+(`worker.topics`), setting names and values (`worker.settings.Settings`, loaded from the compose
+environment exactly as the worker would), the Kafka version and single-node settings
+(`tools/apache_kafka.py`, `tools/kafka/pom.xml`), the broker address and listeners, health-check
+ordering and the GPU reservation. When a compose CLI is installed (`docker compose` or the older
+`docker-compose`), one more test has it validate the file against the Compose schema and resolve
+its variables. The Kafka image built where `apache/kafka` cannot be pulled is checked by
+tests/test_kafka_image.py.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tools.apache_kafka import SINGLE_NODE_CONFIG, kafka_version
 from tools.producer import DEFAULT_TOO_LARGE_BYTES
 from worker.settings import Settings
 from worker.topics import DEAD_LETTER_TOPIC, DEFAULT_TOPICS, REQUESTS_TOPIC, RESULTS_TOPIC
@@ -239,12 +242,16 @@ def test_every_service_is_declared_and_the_gpu_worker_is_opt_in(services):
     assert services["worker-gpu"].get("profiles") == ["gpu"]
 
 
-def test_kafka_image_is_an_exact_release(services):
+def test_kafka_image_is_the_pinned_release(services):
     for name in ("kafka", "topics"):
         image = services[name]["image"]
         assert KAFKA_IMAGE.match(image), f"{name}: {image!r} is not apache/kafka:X.Y.Z"
     assert services["kafka"]["image"] == services["topics"]["image"], (
         "topics must use the broker's own CLI version")
+    # The version the tests run on the host, and the one make compose-smoke builds locally
+    # (and tags with this name) where the image cannot be pulled.
+    assert services["kafka"]["image"] == f"apache/kafka:{kafka_version()}", (
+        "docker-compose.yml and tools/kafka/pom.xml name different Kafka versions")
 
 
 def test_every_pulled_image_is_pinned(services):
@@ -288,6 +295,14 @@ def test_kafka_single_node_internal_topics_have_one_replica(services):
                 "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
                 "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
         assert env.get(key) == "1", f"{key} must be 1 on a single broker, got {env.get(key)!r}"
+
+
+def test_kafka_has_the_single_node_settings_the_host_broker_runs_with(services):
+    # tools/apache_kafka.py's node (the tests' broker) and the compose one behave alike.
+    env = kafka_env(services)
+    for key, value in SINGLE_NODE_CONFIG.items():
+        variable = "KAFKA_" + key.upper().replace(".", "_")  # the image's mapping, reversed
+        assert env.get(variable) == value, f"{variable} should be {value!r} ({key})"
 
 
 def test_kafka_creates_no_topic_on_its_own(services):
@@ -539,87 +554,6 @@ def test_dockerfile_builds_without_a_registry_or_an_index():
     assert (ROOT / "wheelhouse" / "README.md").is_file(), "COPY wheelhouse/ needs the folder"
 
 
-# ----------------------------------------------------------------------------- embedded broker
-
-OVERRIDE_FILE = ROOT / "docker-compose.embedded-broker.yml"
-KAFKA_TOPICS_SH = "/opt/kafka/bin/kafka-topics.sh"
-
-
-@pytest.fixture(scope="module")
-def override() -> dict[str, dict[str, Any]]:
-    with OVERRIDE_FILE.open(encoding="utf-8") as f:
-        return yaml.safe_load(f)["services"]
-
-
-def kafka_client_listeners(services: dict[str, dict[str, Any]]) -> set[tuple[int, str]]:
-    """(port bound in the container, address advertised) per client listener of real Kafka."""
-    env = kafka_env(services)
-    bound, advertised = listeners(env["KAFKA_LISTENERS"]), listeners(env["KAFKA_ADVERTISED_LISTENERS"])
-    return {(int(bound[name].rsplit(":", 1)[1]), address) for name, address in advertised.items()}
-
-
-def embedded_listeners(service: dict[str, Any]) -> set[tuple[int, str]]:
-    """The same pairs for `python -m tools.broker --port P --advertise A --listener B=A2`."""
-    argv = command_of(service)
-    pairs = {(int(flag_value(argv, "--port")), flag_value(argv, "--advertise"))}
-    for index, arg in enumerate(argv):
-        if arg == "--listener":
-            bind, _, address = argv[index + 1].partition("=")
-            pairs.add((int(bind.rsplit(":", 1)[1]), address))
-    return pairs
-
-
-def test_override_swaps_only_the_kafka_services(override, services):
-    assert set(override) == {"kafka", "topics"}, "the worker, producer and viewer stay as they are"
-    for name in override:
-        assert override[name]["image"] == services["worker"]["image"], (
-            f"{name}: the worker image carries the embedded broker; nothing else to pull")
-        assert "build" not in override[name]
-
-
-def test_embedded_broker_has_the_real_listeners(override, services):
-    command = command_of(override["kafka"])
-    assert command[:3] == ["python", "-m", "tools.broker"]
-    assert flag_value(command, "--host") == "0.0.0.0", "other containers must reach it"
-    assert embedded_listeners(override["kafka"]) == kafka_client_listeners(services)
-    assert "--no-topics" in command, "the topics service creates them, as with real Kafka"
-    published = {int(str(port).rsplit(":", 1)[1]) for port in services["kafka"]["ports"]}
-    host_ports = {port for port, address in kafka_client_listeners(services)
-                  if address.startswith("localhost:")}
-    assert host_ports and host_ports <= published, "the host listener's port is not published"
-
-
-def test_embedded_topics_step_is_the_real_one(override, services):
-    real = [line.strip() for line in " ".join(command_of(services["topics"])).splitlines()]
-    embedded = [line.strip() for line in " ".join(command_of(override["topics"])).splitlines()]
-    assert [line.replace(KAFKA_TOPICS_SH, "python -m tools.topics") for line in real if line] \
-        == [line for line in embedded if line]
-    assert "entrypoint" not in override["topics"], "the real file's `sh -ec` runs the lines"
-    assert override["topics"]["healthcheck"] == {"disable": True}
-
-
-def test_embedded_broker_health_check_asks_the_broker(override):
-    check = override["kafka"]["healthcheck"]
-    assert check["test"][:4] == ["CMD", "python", "-m", "tools.topics"]
-    assert flag_value(check["test"], "--bootstrap-server").endswith(":9092")
-
-
-def test_tools_topics_accepts_every_flag_of_the_topics_step(services, monkeypatch):
-    from tools import topics
-
-    seen: list[Any] = []
-
-    async def fake_run(args: Any) -> str:
-        seen.append(args)
-        return ""
-
-    monkeypatch.setattr(topics, "_run", fake_run)
-    for line in " ".join(command_of(services["topics"])).splitlines():
-        if KAFKA_TOPICS_SH in line:
-            assert topics.main(shlex.split(line.split(KAFKA_TOPICS_SH, 1)[1])) == 0, line
-    assert [a.topic for a in seen if a.create] == list(topics_created(services))
-
-
 # ----------------------------------------------------------------------------- compose CLI
 
 
@@ -653,9 +587,3 @@ def test_compose_cli_validates_and_resolves_the_file(tmp_path):
     assert set(resolved) >= {*CORE_SERVICES, "worker-gpu"}
     for name in WORKERS:
         assert env_of(resolved[name])["RANKER_PROCESSING_GUARANTEE"] == "exactly_once"
-    merged = subprocess.run([*base, "-f", str(OVERRIDE_FILE), "--profile", "gpu", "config"],
-                            capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=120)
-    assert merged.returncode == 0, merged.stderr
-    resolved = yaml.safe_load(merged.stdout)["services"]
-    assert set(resolved) >= {*CORE_SERVICES, "worker-gpu"}
-    assert command_of(resolved["kafka"])[:3] == ["python", "-m", "tools.broker"]

@@ -1,8 +1,10 @@
 """tools/compose_smoke.py without a Docker engine: what it says when tools are missing, and the
-small decisions it makes before touching Docker (wheelhouse complete, apt mirror, base image)."""
+small decisions it makes before touching Docker (wheelhouse complete, apt mirror, base image,
+where the Kafka image comes from)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -62,3 +64,63 @@ def test_producer_plan_comes_from_the_compose_file() -> None:
     assert count == 2000
     # --bad-fraction 0.05: about 100 malformed requests, each with the code it must get.
     assert 50 < sum(codes.values()) < 150 and "invalid" in codes
+
+
+# ----------------------------------------------------------------------------- the Kafka image
+
+
+class Done:
+    def __init__(self, returncode: int, stderr: str = "") -> None:
+        self.returncode, self.stdout, self.stderr = returncode, "", stderr
+
+
+@dataclasses.dataclass
+class Engine:
+    """A stand-in for the Docker engine's images (name -> labels)."""
+
+    images: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    pullable: bool = False
+    built: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (tag, base)
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """compose_smoke's image look-ups, `docker pull` and local Kafka builds, on an `Engine`."""
+    fake = Engine()
+
+    def docker_pull(argv: list[str], **kwargs: object) -> Done:
+        assert argv[:2] == ["docker", "pull"], argv
+        return Done(0) if fake.pullable else Done(1, "Error: no registry")
+
+    monkeypatch.setattr(compose_smoke, "image_exists", lambda name: name in fake.images)
+    monkeypatch.setattr(compose_smoke, "image_label",
+                        lambda name, label: fake.images.get(name, {}).get(label))
+    monkeypatch.setattr(compose_smoke.subprocess, "run", docker_pull)
+    monkeypatch.setattr(compose_smoke, "build_kafka_image",
+                        lambda name, base: fake.built.append((name, base)))
+    return fake
+
+
+def test_kafka_image_uses_the_official_one_when_present_or_pullable(engine: Engine) -> None:
+    name = compose_smoke.kafka_image_name()
+    engine.pullable = True
+    assert compose_smoke.kafka_image("some-base") == f"{name} (pulled)"
+    engine.images[name] = {}
+    assert compose_smoke.kafka_image("some-base") == f"{name} (present)"
+    assert engine.built == []
+
+
+def test_kafka_image_is_built_locally_when_it_cannot_be_pulled(engine: Engine) -> None:
+    name = compose_smoke.kafka_image_name()
+    assert compose_smoke.kafka_image("worker-base") == f"{name} (built here)"
+    assert engine.built == [(name, "worker-base")]  # no local Debian image here
+    # The local Debian image where make compose-smoke made one; a tag built here is rebuilt.
+    engine.images[compose_smoke.LOCAL_DEBIAN] = {}
+    engine.images[name] = {compose_smoke.LOCAL_BUILD_LABEL: "1"}
+    assert compose_smoke.kafka_image("worker-base") == f"{name} (built here)"
+    assert engine.built[-1] == (name, compose_smoke.LOCAL_DEBIAN)
+
+
+def test_a_local_kafka_image_carries_the_pinned_version_only() -> None:
+    with pytest.raises(compose_smoke.SmokeError, match="pins apache/kafka:"):
+        compose_smoke.build_kafka_image("apache/kafka:0.0.1", "base")

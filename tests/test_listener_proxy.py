@@ -1,4 +1,4 @@
-"""tools/listener_proxy.py: the embedded broker's second listener (the compose stack's host port).
+"""tools/listener_proxy.py: the embedded broker's second listener (`tools.broker --listener`).
 
 The broker here advertises an address no client can reach, so every client below works only if
 the proxy rewrote each broker address it was sent: aiokafka (Metadata v0-v5-era encodings, the
@@ -21,7 +21,6 @@ import pytest
 from tests.conftest import consume_async, produce_async
 from tests.librdkafka_helpers import librdkafka_producer
 from tests.librdkafka_helpers import produce as librdkafka_produce
-from tools import topics as topics_cli
 from tools.broker import EmbeddedBroker, free_port
 from tools.listener_proxy import FIND_COORDINATOR, METADATA, ListenerProxy, rewrite_response
 from worker.topics import DEFAULT_TOPICS, ensure_topics, partition_counts
@@ -101,8 +100,7 @@ def test_broker_cli_serves_a_second_listener_and_creates_no_topics() -> None:
         assert "topics none" in banner
         bootstrap = f"127.0.0.1:{host_port}"
         assert asyncio.run(partition_counts(bootstrap, list(DEFAULT_TOPICS))) == {}
-        assert topics_cli.main(["--bootstrap-server", bootstrap, "--create", "--topic",
-                                "cli-made", "--partitions", "3"]) == 0
+        asyncio.run(ensure_topics(bootstrap, {"cli-made": 3}))
         assert asyncio.run(partition_counts(bootstrap, ["cli-made"])) == {"cli-made": 3}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0

@@ -15,6 +15,7 @@ outlives it (`.cache/kafka/data` unless `--data-dir` says otherwise).
 from __future__ import annotations
 
 import base64
+import hashlib
 import contextlib
 import fcntl
 import re
@@ -110,10 +111,12 @@ def classpath() -> str:
     """The broker's class path, fetching its jars with Maven on first use.
 
     Maven's local repository is `.cache/kafka/m2` (the jars stay there, listed once in
-    `.cache/kafka/<version>/classpath.txt`). Raises `JavaMissing` without Maven, and
+    `.cache/kafka/<version>/classpath-<pom digest>.txt`). Raises `JavaMissing` without Maven, and
     `BrokerStartError` when the fetch fails.
     """
-    listing = CACHE_DIR / kafka_version() / "classpath.txt"
+    # Named after the pom's content: a changed pom (another jar) fetches again.
+    pom_digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+    listing = CACHE_DIR / kafka_version() / f"classpath-{pom_digest}.txt"
     with _locked(CACHE_DIR / "fetch.lock"):
         if not _complete(listing):
             _fetch(listing)

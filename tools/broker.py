@@ -9,10 +9,10 @@ intended partition count, and created again after a restart.
     python -m tools.broker [--port 9092] [--partitions 4]
 
 starts the broker, creates the wire-contract topics and stays in the foreground until
-SIGINT/SIGTERM. In a container (docker-compose.embedded-broker.yml) it stands in for Apache
-Kafka with the same two listeners: `--host 0.0.0.0 --advertise kafka:9092` for the compose
-network and `--listener 0.0.0.0:29092=localhost:29092` for the host (tools/listener_proxy.py),
-with `--no-topics` because the stack's `topics` service creates them.
+SIGINT/SIGTERM. `--kind kafka` runs Apache Kafka instead, its data kept in `--data-dir`.
+`--listener BIND:PORT=HOST:PORT` adds a listener that advertises another address (a container's
+network and its host): Apache Kafka serves it itself, the embedded broker through a proxy that
+rewrites its metadata answers (tools/listener_proxy.py).
 """
 
 from __future__ import annotations
@@ -547,4 +547,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: tools.apache_kafka raises tools.broker's error classes,
+    # which this file's copies (as __main__) would not catch.
+    from tools.broker import main as imported_main
+
+    sys.exit(imported_main())

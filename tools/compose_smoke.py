@@ -1,16 +1,19 @@
-"""`make compose-smoke`: build the images and run docker-compose.yml for real, with the embedded
-broker standing in for Apache Kafka (docker-compose.embedded-broker.yml).
+"""`make compose-smoke`: build the images and run docker-compose.yml for real, Apache Kafka
+included.
 
     python -m tools.compose_smoke [--host-requests 200]
 
 Installs nothing on the host: it stops with a hint when docker or compose is missing. Steps:
 render the gpu profile (`config`, no GPU needed); find a base image (the Dockerfile's default,
 pulled, or else a local one: a Debian bookworm root made with debootstrap, imported, plus
-docker/local-base.Dockerfile); fill ./wheelhouse from pyproject.toml's pins; build the worker
-image from it; start the stack; wait for the worker's health check; send the producer service's
-requests and as many from the host through localhost:29092; read every answer back with the
-viewer service; check the worker runs as uid 10001 and /ready and /metrics answer on the
-published port; `down`, and check nothing of the stack is left running. Every wait has a
+docker/local-base.Dockerfile); find the compose file's Kafka image (apache/kafka:<version>:
+present, pulled, or else built from docker/kafka.Dockerfile on the local Debian base with
+Debian's Java and the jars Maven fetched for tools/kafka/pom.xml, and tagged with that name);
+fill ./wheelhouse from pyproject.toml's pins; build the worker image from it; start the stack
+(kafka, its topics step, the worker); wait for the worker's health check; send the producer
+service's requests and as many from the host through localhost:29092; read every answer back
+with the viewer service; check the worker runs as uid 10001 and /ready and /metrics answer on
+the published port; `down`, and check nothing of the stack is left running. Every wait has a
 timeout, and the stack goes down whatever happens. The last line is the summary.
 """
 
@@ -36,12 +39,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPOSE_FILES = ("docker-compose.yml", "docker-compose.embedded-broker.yml")
+COMPOSE_FILE = "docker-compose.yml"
 PROJECT = "phoenix-smoke"  # its own compose project: a user's `docker-compose up` is not touched
 LOCAL_DEBIAN = "phoenix-local/debian:bookworm"
 LOCAL_BASE = "phoenix-local/python:3.11-bookworm"
 WHEELHOUSE = ROOT / "wheelhouse"
-HOST_BOOTSTRAP = "localhost:29092"  # the embedded broker's second listener, published
+HOST_BOOTSTRAP = "localhost:29092"  # Kafka's HOST listener, published on loopback
+KAFKA_DOCKERFILE = ROOT / "docker" / "kafka.Dockerfile"
+KAFKA_SCRIPTS = ROOT / "docker" / "kafka"  # bin/, config/ and entrypoint.sh of the image
+LOCAL_BUILD_LABEL = "phoenix.local-build"  # marks an apache/kafka tag this tool built
 METRICS = "http://127.0.0.1:9100"  # the worker's published metrics port
 WORKER_UID = 10001
 
@@ -197,6 +203,110 @@ def base_image() -> str:
     return LOCAL_BASE
 
 
+def compose_services() -> dict[str, Any]:
+    import yaml  # the test extra, installed with the project's venv
+
+    return yaml.safe_load((ROOT / COMPOSE_FILE).read_text())["services"]
+
+
+def kafka_image_name() -> str:
+    """The image of the compose file's kafka service (the topics step uses the same)."""
+    return str(compose_services()["kafka"]["image"])
+
+
+def kafka_jars() -> list[Path]:
+    """The jars of the pinned Kafka (broker and tools), fetched by Maven on first use.
+
+    Raises `BrokerPrerequisiteError` without Maven and `BrokerStartError` when the fetch fails.
+    """
+    from tools.apache_kafka import classpath, kafka_version
+
+    tools_jar = f"kafka-tools-{kafka_version()}.jar"
+    jars = [Path(p) for p in classpath().split(":") if p]
+    if not any(jar.name == tools_jar for jar in jars):
+        raise SmokeError(f"Maven's class path for tools/kafka/pom.xml has no {tools_jar}: "
+                         "kafka-topics.sh would not run")
+    return jars
+
+
+def _symlink(src: str | Path, dst: str | Path) -> None:
+    Path(dst).symlink_to(Path(src).resolve())
+
+
+def stage_kafka_context(dest: Path, jars: Sequence[Path], *, link: bool = False) -> Path:
+    """The build context of docker/kafka.Dockerfile in `dest` (laid out as its header says).
+
+    `link`: symlinks to the repository's scripts and Maven's jars instead of copies, for a run
+    on the host (Docker does not follow symlinks out of a build context: copies for a build).
+    """
+    place = _symlink if link else shutil.copy2
+    shutil.copytree(KAFKA_SCRIPTS, dest, copy_function=place, dirs_exist_ok=True)
+    place(ROOT / "tools" / "kafka" / "log4j2.properties", dest / "config" / "log4j2.properties")
+    shutil.copy2(KAFKA_DOCKERFILE, dest / "Dockerfile")
+    doubled = sorted(name for name, n in collections.Counter(j.name for j in jars).items() if n > 1)
+    if doubled:
+        raise SmokeError(f"two jars of one name would share libs/: {doubled}")
+    (dest / "libs").mkdir()
+    for jar in jars:
+        place(jar, dest / "libs" / jar.name)
+    return dest
+
+
+def image_label(name: str, label: str) -> str | None:
+    shown = subprocess.run(["docker", "image", "inspect", "--format",
+                            f'{{{{index .Config.Labels "{label}"}}}}', name],
+                           capture_output=True, text=True)
+    value = shown.stdout.strip()
+    return value if shown.returncode == 0 and value not in ("", "<no value>") else None
+
+
+def kafka_base(worker_base: str) -> str:
+    """The local Debian image where one was made, else the worker's base (Debian bookworm too)."""
+    return LOCAL_DEBIAN if image_exists(LOCAL_DEBIAN) else worker_base
+
+
+def build_kafka_image(name: str, base: str) -> None:
+    from tools.apache_kafka import kafka_version
+    from tools.broker import BrokerStartError
+
+    wanted = f"apache/kafka:{kafka_version()}"
+    if name != wanted:  # the tag would name another version than the jars inside
+        raise SmokeError(f"{COMPOSE_FILE} runs {name}, but tools/kafka/pom.xml pins {wanted}")
+    try:
+        jars = kafka_jars()
+    except BrokerStartError as exc:  # no Maven, or the fetch failed
+        raise SmokeError(f"no jars for a local {name}: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="phoenix-kafka-image-") as tmp:
+        context = stage_kafka_context(Path(tmp) / "context", jars)
+        say(f"docker build -t {name} from docker/kafka.Dockerfile on {base} "
+            f"({len(jars)} jars, Debian's openjdk-17-jre-headless)")
+        run(["docker", "build", "-f", str(context / "Dockerfile"),
+             "--build-arg", f"BASE_IMAGE={base}", "--label", f"{LOCAL_BUILD_LABEL}=1",
+             "-t", name, str(context)], timeout=BUILD_TIMEOUT_S)
+
+
+def kafka_image(worker_base: str) -> str:
+    """Make the compose file's Kafka image present; says where it came from.
+
+    The official image when it is here or can be pulled; else one built here from the same
+    version's jars. One built here earlier is built again (cached layers: seconds), so that a
+    change to docker/kafka/ reaches it.
+    """
+    name = kafka_image_name()
+    if image_exists(name) and not image_label(name, LOCAL_BUILD_LABEL):
+        return f"{name} (present)"
+    if not image_exists(name):
+        say(f"pulling {name}")
+        pulled = subprocess.run(["docker", "pull", name], capture_output=True, text=True,
+                                timeout=600)
+        if pulled.returncode == 0:
+            return f"{name} (pulled)"
+        reason = (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
+        say(f"cannot pull {name} ({reason}); building it locally")
+    build_kafka_image(name, kafka_base(worker_base))
+    return f"{name} (built here)"
+
+
 def pinned_requirements() -> list[str]:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     return [*pyproject["project"]["dependencies"], "setuptools>=68"]
@@ -229,8 +339,7 @@ def fill_wheelhouse(requirements: list[str]) -> int:
 
 class Stack:
     def __init__(self, compose: list[str]) -> None:
-        files = [arg for name in COMPOSE_FILES for arg in ("-f", name)]
-        self.base = [*compose, "-p", PROJECT, *files]
+        self.base = [*compose, "-p", PROJECT, "-f", COMPOSE_FILE]
 
     def __call__(self, *args: str, timeout: float = 300.0, check: bool = True,
                  quiet: bool = True) -> subprocess.CompletedProcess[str]:
@@ -287,12 +396,10 @@ class Stack:
 def producer_plan() -> tuple[int, collections.Counter[str]]:
     """(requests, dead-letter codes expected) of the producer service's own command in
     docker-compose.yml: the producer's events are a function of its arguments."""
-    import yaml  # the test extra, installed with the project's venv
-
     from tools.producer import _parser, generate_events
     from training.world import WorldConfig
 
-    service = yaml.safe_load((ROOT / COMPOSE_FILES[0]).read_text())["services"]["producer"]
+    service = compose_services()["producer"]
     argv = [str(part) for part in service["command"]]
     args = _parser().parse_args(argv[argv.index("tools.producer") + 1:])
     events = generate_events(args.seed, args.count, source=args.source,
@@ -351,15 +458,17 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
     compose = find_compose()
     version = run([*compose, "version"]).stdout.splitlines()[0]
     say(f"Docker Engine {engine}; {version}")
-    for files in (COMPOSE_FILES[:1], COMPOSE_FILES):
-        argv = [*compose, *(a for f in files for a in ("-f", f)), "--profile", "gpu", "config"]
-        rendered = run(argv).stdout
-        if "worker-gpu" not in rendered:
-            raise SmokeError(f"`{shlex.join(argv)}` rendered no worker-gpu service")
+    argv = [*compose, "-f", COMPOSE_FILE, "--profile", "gpu", "config"]
+    if "worker-gpu" not in run(argv).stdout:
+        raise SmokeError(f"`{shlex.join(argv)}` rendered no worker-gpu service")
     say("gpu profile renders (`config`, no GPU needed)")
 
     base = base_image()
     timings.phase("base image", t)
+    t = time.monotonic()
+    kafka = kafka_image(base)
+    say(f"kafka image: {kafka}")
+    timings.phase("kafka image", t)
     t = time.monotonic()
     wheels = fill_wheelhouse(pinned_requirements())
     timings.phase(f"wheelhouse ({wheels} wheels)", t)
@@ -373,9 +482,12 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
     stack("down", "--remove-orphans", timeout=180)  # a previous run interrupted hard
     try:
         t = time.monotonic()
-        say("up: kafka (embedded broker), topics, worker")
+        say(f"up: kafka ({kafka}), topics, worker")
         stack("up", "-d", "--no-build", "worker", timeout=600)
         stack.wait_healthy("worker", HEALTHY_TIMEOUT_S)
+        # The worker waited for it to succeed; said here, in case a compose skips the condition.
+        if (code := stack.wait_exited("topics", 60)) != 0:
+            raise SmokeError(f"topics service exited {code}:\n{stack.logs('topics')}")
         timings.phase("stack up, worker healthy", t)
 
         t = time.monotonic()
@@ -436,7 +548,7 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
             f"{dead} dead letters{', codes as sent' if codes == expected_codes else ''}), "
             f"worker uid {','.join(map(str, sorted(uids)))}, "
             f"/ready {ready}, /metrics {metrics}, host producer {host_answered}/"
-            f"{args.host_requests}, down {'clean' if not left else 'NOT clean'}, "
+            f"{args.host_requests}, down {'clean' if not left else 'NOT clean'}, kafka {kafka}, "
             f"{timings.total:.0f} s")
 
 
