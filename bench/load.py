@@ -26,12 +26,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from phoenix.runner import RankingRunner
 from bench.stats import bucket_counts, latency_summary, sustained_rate
 from worker.assembly import Buckets, widths_for
-from tools.kafka_io import TopicFollower, connection, start_at_beginning
+from tools.kafka_io import FETCH_WAIT_MS, TopicFollower, connection, start_at_beginning
 from worker.pipeline import InputRecord, RankingPipeline
 from worker.validation import ValidationLimits
 from tools.launcher import WorkerProcess
 from tools.producer import Event, send_events_to_kafka
-
 
 
 class BenchError(RuntimeError):
@@ -148,7 +147,9 @@ class CpuMeter:
     """CPU used by the worker, the broker and this process between `start()` and `stop()`,
     in microseconds per request: where a 2-core machine's capacity goes. The worker's Python
     threads come from its own `ranker_python_threads_cpu_seconds` (`python_cpu`); the rest of
-    its CPU is native: XLA's compute pool and JAX's runtime threads, i.e. the model."""
+    its CPU is native: XLA's compute pool and JAX's runtime threads, i.e. the model. The
+    broker's is its whole process, all threads: for Apache Kafka the JVM (`broker.pid` is the
+    `java` process itself), its GC and JIT compiler threads included."""
 
     worker_pid: int
     broker_pid: int | None
@@ -195,8 +196,8 @@ class ResultCollector(TopicFollower):
     """Consumes the results topic in the background; `arrivals[request_id]` is the first
     result of each request."""
 
-    def __init__(self, bootstrap: str, topic: str):
-        super().__init__(connection(bootstrap), [topic])
+    def __init__(self, bootstrap: str, topic: str, fetch_max_wait_ms: int = FETCH_WAIT_MS):
+        super().__init__(connection(bootstrap), [topic], fetch_max_wait_ms)
         self.arrivals: dict[str, Arrival] = {}
         self.duplicates = 0
         self._changed = asyncio.Event()
@@ -322,7 +323,7 @@ class _EagerRunner:
 
 async def run_naive(bootstrap: str, events: Sequence[Event], requests_topic: str,
                     results_topic: str, dead_letter_topic: str, checkpoint: str,
-                    timeout_s: float = 120.0) -> dict:
+                    timeout_s: float = 120.0, fetch_max_wait_ms: int = FETCH_WAIT_MS) -> dict:
     """The baseline loop over a backlog of `events` (sent first): consume one record, decode
     and validate it exactly like the worker, rank it alone with the eager model, publish
     the result and wait for its ack, next. Returns its throughput."""
@@ -335,7 +336,8 @@ async def run_naive(bootstrap: str, events: Sequence[Event], requests_topic: str
     pipeline.process(pipeline.decode([warm_record]))
     await send_events_to_kafka(events, bootstrap=bootstrap, topic=requests_topic)
     # From the beginning, as the worker's group would read the backlog.
-    consumer = await start_at_beginning(connection(bootstrap), [requests_topic])
+    consumer = await start_at_beginning(connection(bootstrap), [requests_topic],
+                                        fetch_max_wait_ms)
     producer = AIOKafkaProducer(**connection(bootstrap), acks="all", linger_ms=0)
     await producer.start()
     done, first, results = 0, None, 0

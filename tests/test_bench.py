@@ -1,8 +1,10 @@
-"""The benchmark's pure helpers: statistics, histogram deltas, targets, tables, metric parsing.
+"""The benchmark's pure helpers: statistics, histogram deltas, targets, tables, metric parsing,
+the two-broker report and the `--broker` argument.
 
 The benchmark itself (`make bench`) is never run here: it times things.
 """
 
+import dataclasses
 import math
 import threading
 import time
@@ -164,3 +166,184 @@ def test_a_floor_is_reported_as_its_median_round():
     assert row["cpu_us"]["broker"] == 3.0  # the 210 us round's figures, not a blend
     assert row["msgs_per_s"] == 1000.0  # rates: their own median
     assert row["rounds_cpu_us"] == [310.0, 110.0, 210.0]  # every round, in order
+
+
+# ---- both brokers in one report (bench.compare), the --broker argument ---------------------
+
+
+def _phase(name, p50, p99, rate, offered=None, cpu=None):
+    return {"phase": name, "offered_req_per_s": offered, "results_req_per_s": rate,
+            "latency_ms": {"p50_ms": p50, "p99_ms": p99}, "cpu_us_per_request": cpu}
+
+
+def _run(kind, title, *, light_p99, max_rate, broker_cpu, started=1_700_000_000.0,
+         quick=False):
+    """A results dict with just what the comparison reads (no bench run)."""
+    from bench.floors import NATIVE
+
+    cpu = {"worker python threads": 300.0, NATIVE: 400.0, "broker": broker_cpu,
+           "bench producer + consumer": 200.0}
+    cpu["total"] = sum(cpu.values())
+    cpu["cores busy"] = 1.5
+    floors = [{"floor": label, "msgs_per_s": rate,
+               "cpu_us": {"worker python threads": 70.0, NATIVE: 5.0, "broker": broker_cpu / 2}}
+              for label, rate in (("(a) plain aiokafka echo", 4000.0),
+                                  ("(b) Faust pass-through: worker app + agent", 3000.0),
+                                  ("(c) host ceiling: worker, model precomputed", 2500.0))]
+    return {
+        "started": started, "duration_s": 300.0, "quick": quick,
+        "environment": {"cpu_count": 2, "machine": "x86_64", "jax_version": "0.10.2",
+                        "jax_backend": "cpu", "python": "3.11.7",
+                        "load_average_at_start": [0.5, 0.4, 0.3]},
+        "broker": {"kind": kind, "title": title, "executable": "java"},
+        "settings": {"fetch_max_wait_ms": 10 if kind == "embedded" else 500},
+        "targets": [{"passed": True}, {"passed": False}],
+        "end_to_end": {
+            "model_alone_around_max_req_per_s": [3000.0, 5000.0],
+            "floors": floors,
+            "phases": [_phase("max", 2000.0, 3000.0, max_rate, cpu=cpu),
+                       _phase("half max", 100.0, 190.0, max_rate / 2, round(max_rate / 2)),
+                       _phase("light", 15.0, light_p99, 20.0, 20.0)]},
+    }
+
+
+def _row(text, label):
+    """The cells of the first table row whose first cell is `label`."""
+    line = next(l for l in text.splitlines() if l.startswith(f"| {label} "))
+    return [cell.strip() for cell in line.strip("|").split("|")][1:]
+
+
+def test_comparison_puts_each_broker_in_its_own_column():
+    from bench.compare import comparison
+
+    runs = {"embedded": _run("embedded", "embedded broker (tansu)", light_p99=25.7,
+                             max_rate=1692.3, broker_cpu=256.0),
+            "kafka": _run("kafka", "Apache Kafka 4.1.1", light_p99=12.5, max_rate=2100.0,
+                          broker_cpu=180.0)}
+    text = comparison(runs)
+    header = [l for l in text.splitlines() if "embedded broker (tansu)" in l and l.startswith("|")]
+    assert header and "Apache Kafka 4.1.1" in header[0]  # the columns name each broker
+    sections = [l for l in text.splitlines() if l.startswith("## ")]
+    assert sections == ["## Light load", "## Half of max", "## Max",
+                        "## CPU per request at max load", "## Host floors (no model)"]
+    light = text[text.index("## Light load"):text.index("## Half of max")]
+    assert _row(light, "p99 ms") == ["25.7", "12.5"]
+    half = text[text.index("## Half of max"):text.index("## Max")]
+    assert _row(half, "offered requests/s") == ["846", "1050"]
+    top = text[text.index("## Max"):text.index("## CPU")]
+    assert _row(top, "e2e max / model alone") == ["0.42x", "0.53x"]  # over the mean, 4000
+    cpu = text[text.index("## CPU"):text.index("## Host floors")]
+    assert _row(cpu, "broker (its whole process)") == ["256", "180"]
+    assert _row(cpu, "worker, all threads") == ["700", "700"]
+    floors = text[text.index("## Host floors"):]
+    assert _row(floors, "(c) host ceiling (worker, model precomputed): messages/s") == [
+        "2500", "2500"]
+    assert _row(floors, "(a) CPU us/msg, broker") == ["128", "90"]
+    assert _row(floors, "(b) CPU us/msg, floor process") == ["75", "75"]
+
+
+def test_a_broker_never_run_shows_not_run_and_the_run_lines_say_when_and_where():
+    from bench.compare import NOT_RUN, comparison
+
+    text = comparison({"embedded": None,
+                       "kafka": _run("kafka", "Apache Kafka 4.1.1", light_p99=12.5,
+                                     max_rate=2100.0, broker_cpu=180.0)})
+    assert _row(text, "p99 ms")[0] == NOT_RUN
+    assert f"- embedded broker (tansu): {NOT_RUN} (`make bench BROKER=embedded`)." in text
+    (line,) = [l for l in text.splitlines() if l.startswith("- Apache Kafka 4.1.1: ")]
+    assert "2 CPUs (x86_64)" in line and "fetch wait 500 ms" in line
+    assert "1 of 2 targets met" in line
+    assert time.strftime("%Y-%m-%d", time.localtime(1_700_000_000.0)) in line
+
+
+def test_a_figure_an_older_run_lacks_reads_n_a_not_a_crash():
+    from bench.compare import MISSING, comparison
+
+    run = _run("embedded", "embedded broker (tansu)", light_p99=25.7, max_rate=1692.3,
+               broker_cpu=256.0)
+    run["end_to_end"]["phases"] = [p for p in run["end_to_end"]["phases"] if p["phase"] != "light"]
+    run["end_to_end"]["floors"] = []
+    text = comparison({"embedded": run, "kafka": None})
+    assert _row(text, "p99 ms")[0] == MISSING  # the light table's row, first of its name
+    assert _row(text, "(a) CPU us/msg, broker")[0] == MISSING
+
+
+def test_a_run_on_one_broker_keeps_the_other_brokers_column(tmp_path):
+    import json
+
+    from bench.compare import document, load_runs, results_path
+
+    def save(run, quick=False):
+        results_path(tmp_path, run["broker"]["kind"], quick).write_text(json.dumps(run))
+
+    def detail(run):
+        light_p99 = run["end_to_end"]["phases"][2]["latency_ms"]["p99_ms"]
+        return f"### detail of {run['broker']['title']} p99 {light_p99}\n"
+
+    save(_run("kafka", "Apache Kafka 4.1.1", light_p99=12.5, max_rate=2100.0, broker_cpu=180.0))
+    save(_run("embedded", "embedded broker (tansu)", light_p99=25.7, max_rate=1692.3,
+              broker_cpu=256.0))
+    # Then the embedded broker runs again: only its own file changes.
+    save(_run("embedded", "embedded broker (tansu)", light_p99=31.0, max_rate=1500.0,
+              broker_cpu=250.0, started=1_700_100_000.0))
+    # A quick run keeps to its own file and never stands in a full run's column.
+    save(_run("kafka", "Apache Kafka 4.1.1", light_p99=99.0, max_rate=10.0, broker_cpu=1.0,
+              quick=True), quick=True)
+    text = document(load_runs(tmp_path), detail)
+    assert _row(text, "p99 ms") == ["31", "12.5"]
+    assert text.index("### detail of embedded broker (tansu) p99 31.0") < text.index(
+        "### detail of Apache Kafka 4.1.1 p99 12.5")
+    assert "quick" not in text
+    quick = load_runs(tmp_path, quick=True)
+    assert quick["embedded"] is None
+    assert "Apache Kafka 4.1.1, quick run" in document(quick, detail)
+
+
+def test_bench_e2e_takes_the_broker_kind_and_a_quick_mode():
+    from bench.e2e import QUICK, BenchConfig, parse_args
+
+    args = parse_args([])
+    assert args.broker == "embedded"
+    assert args.config == BenchConfig()
+    assert args.markdown == "bench/results.md"
+    args = parse_args(["--broker", "kafka", "--quick", "--max-requests", "500"])
+    assert args.broker == "kafka"
+    assert args.config == dataclasses.replace(QUICK, max_requests=500)  # a flag beats --quick
+    assert args.markdown is None  # a quick run only prints its report
+    assert parse_args(["--no-sweeps"]).config.sweeps is False
+    with pytest.raises(SystemExit):
+        parse_args(["--broker", "redpanda"])
+
+
+@pytest.mark.parametrize("kind, wait_ms", [("embedded", 10), ("kafka", 500)])
+def test_each_broker_gets_its_own_fetch_wait_as_a_worker_flag(kind, wait_ms):
+    from bench.brokers import tuning
+    from worker.settings import Settings
+
+    assert tuning(kind).fetch_max_wait_ms == wait_ms
+    assert Settings.load(tuning(kind).worker_args()).fetch_max_wait_ms == wait_ms
+    with pytest.raises(ValueError, match="choose one of"):
+        tuning("redpanda")
+
+
+def test_process_cpu_counts_every_thread_of_another_process():
+    # The broker's CPU is read from /proc/<pid>/stat: for Apache Kafka a JVM whose work is
+    # all on threads other than its main one.
+    import subprocess
+    import sys
+
+    from bench.load import process_cpu
+
+    spin = ("import threading, time\n"
+            "def spin():\n"
+            "    end = time.thread_time() + 0.4\n"
+            "    while time.thread_time() < end: pass\n"
+            "t = threading.Thread(target=spin); t.start(); t.join()\n"
+            "print('done', flush=True); time.sleep(30)\n")
+    child = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "done"
+        assert process_cpu(child.pid) >= 0.35
+    finally:
+        child.kill()
+        child.wait()

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 import msgpack
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests.conftest import Kafka
 from tests.fault_entry import InjectedFault, poison_message

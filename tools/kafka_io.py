@@ -136,15 +136,17 @@ class TopicFollower:
     `on_records(records, arrived_ms)`. Subclass and override `on_records`; use as
     `async with` (entering fails at once when none of the topics exists)."""
 
-    def __init__(self, conn: Mapping[str, Any], topics: Sequence[str]):
+    def __init__(self, conn: Mapping[str, Any], topics: Sequence[str],
+                 fetch_max_wait_ms: int = FETCH_WAIT_MS):
         self.conn, self.topics = dict(conn), list(topics)
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self._task: asyncio.Task | None = None
 
     def on_records(self, records: list[ConsumerRecord], arrived_ms: float) -> None:
         raise NotImplementedError
 
     async def __aenter__(self) -> "TopicFollower":
-        consumer = await start_at_beginning(self.conn, self.topics)
+        consumer = await start_at_beginning(self.conn, self.topics, self.fetch_max_wait_ms)
         self._task = asyncio.create_task(self._run(consumer))
         return self
 

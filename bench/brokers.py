@@ -1,0 +1,85 @@
+"""Which broker a benchmark runs on (`--broker embedded|kafka`) and the client settings that
+suit it. The broker itself comes from `tools.broker.broker_class`, as for `make broker`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Iterable
+
+from tools.broker import BROKER_KINDS, BrokerProcess, broker_class
+from worker.kafka_clients import topic_config
+from worker.settings import Settings
+from worker.topics import TopicSpec
+
+DEFAULT_BROKER = "embedded"
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerTuning:
+    """Client settings the bench passes that depend on the broker."""
+
+    # Fetch long-poll wait of every consumer the bench runs or starts: the worker's, the
+    # results collector's, the echo floor's and the naive loop's.
+    fetch_max_wait_ms: int
+
+    def worker_args(self) -> tuple[str, ...]:
+        """The worker flags (worker.app, the Faust floors) that carry these settings."""
+        return ("--fetch-max-wait-ms", str(self.fetch_max_wait_ms))
+
+
+TUNING = {
+    # tansu answers a waiting fetch only when the wait runs out (it re-checks in halves of
+    # it), so every hop would cost the wait: 10 ms, the worker's own default.
+    "embedded": BrokerTuning(fetch_max_wait_ms=10),
+    # Apache Kafka answers a waiting fetch as soon as data arrives, so the wait only bounds an
+    # idle poll; its own default (500 ms) keeps idle consumers from polling ~100 times a
+    # second, CPU the broker would otherwise charge to the requests.
+    "kafka": BrokerTuning(fetch_max_wait_ms=500),
+}
+
+
+def tuning(kind: str) -> BrokerTuning:
+    if kind not in TUNING:
+        raise ValueError(f"unknown broker kind {kind!r}; choose one of {', '.join(BROKER_KINDS)}")
+    return TUNING[kind]
+
+
+def title(kind: str) -> str:
+    """How reports name the broker: 'embedded broker (tansu)' or 'Apache Kafka <version>'."""
+    if kind == "kafka":
+        from tools.apache_kafka import kafka_version  # reads the pinned version from the pom
+
+        return f"Apache Kafka {kafka_version()}"
+    return "embedded broker (tansu)"
+
+
+def add_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", choices=BROKER_KINDS, default=DEFAULT_BROKER,
+                        help="the broker to start: embedded (tansu, in memory) or kafka "
+                             "(Apache Kafka; needs Java 17+, and Maven on first use)")
+
+
+def new_broker(kind: str) -> BrokerProcess:
+    """A broker of `kind` on a free port, not started (use it as a context manager)."""
+    return broker_class(kind)()
+
+
+def topic_specs(names: Iterable[str], partitions: int) -> list[TopicSpec]:
+    """Bench topics with the configs the worker gives its own (e.g. Apache Kafka's 1 MiB
+    message limit raised to the worker's publish cap)."""
+    config = topic_config(Settings(), replication_factor=1)
+    return [TopicSpec(name, partitions, config) for name in names]
+
+
+def executable(pid: int | None) -> str | None:
+    """The program a process runs (e.g. 'java' for Apache Kafka): the CPU the bench reads
+    from /proc/<pid>/stat is that process's, all its threads (the JVM's GC and JIT too)."""
+    if pid is None:
+        return None
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return None
