@@ -515,3 +515,41 @@ def test_fetched_end_offsets_keep_the_listed_end_when_no_fetch_answers(monkeypat
     ends = asyncio.run(kafka_tuning.fetched_end_offsets(Silent, {tp: 5}, ConsumerTuning(),
                                                         timeout_s=0.3))
     assert ends == {tp: 5}
+
+
+def test_faust_recovery_resumes_stream_partitions_before_seeking_them() -> None:
+    """Why uncommitted partitions need a seek of their own: Faust resumes the stream
+    partitions first, so the fetcher reads past their start before the seek, and aiokafka's
+    `seek_to_committed` leaves a partition without a committed offset where it is."""
+    from faust.tables import recovery
+
+    source = inspect.getsource(recovery.Recovery.on_recovery_completed)
+    assert source.index("consumer.resume_partitions(") < source.index("consumer.perform_seek()")
+    committed = inspect.getsource(aiokafka.AIOKafkaConsumer.seek_to_committed)
+    assert "if offset and offset > 0:" in committed  # None and 0: no seek at all
+
+
+def test_seek_to_committed_sends_uncommitted_stream_partitions_to_their_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    requests = aiokafka.TopicPartition("req", 1)
+    at_zero = aiokafka.TopicPartition("req", 2)
+    done = aiokafka.TopicPartition("req", 0)
+    changelog = aiokafka.TopicPartition("app-user-history-changelog", 1)
+
+    async def committed(self):  # what aiokafka answers: None where nothing was committed
+        return {requests: None, at_zero: 0, done: 18, changelog: None}
+
+    started_over: list = []
+
+    async def seek_to_beginning(self, *partitions):
+        started_over.extend(partitions)
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "seek_to_committed", committed)
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "seek_to_beginning",
+                        seek_to_beginning)
+    thread = object.__new__(kafka_tuning.TunedConsumerThread)
+    thread.app = type("App", (), {"tables": type("Tables", (), {
+        "changelog_topics": {changelog.topic}})()})()
+    assert asyncio.run(thread.seek_to_committed()) == {requests: None, at_zero: 0, done: 18,
+                                                       changelog: None}
+    assert started_over == [requests, at_zero]

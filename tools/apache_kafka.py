@@ -226,7 +226,7 @@ class ApacheKafka(BrokerProcess):
     def _format(self, java: str, jars: str, properties: Path, work_dir: Path) -> None:
         """Write the KRaft storage metadata (cluster id, node id) into an empty data dir."""
         command = [java, f"-Dlog4j2.configurationFile={LOG_CONFIG}", "-cp", jars,
-                   "kafka.tools.StorageTool", "format", "--cluster-id", cluster_id(),
+                   "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id()}",
                    "--config", str(properties), "--ignore-formatted"]
         with (work_dir / "broker.log").open("ab") as log:
             done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log,

@@ -11,8 +11,8 @@ thread lets Faust build the consumer exactly as it always does and then replaces
 before the consumer starts (aiokafka builds its fetcher from it in `start()`). Nothing else of
 Faust's consumer configuration is copied or changed. The same classes carry three fixes of how
 Faust drives that consumer, each explained where it is made: inline delivery while the flow is
-active (`TunedConsumer.wait_first`), the seek after a rebalance with the flow stopped
-(`TunedConsumer.perform_seek`) and table recovery reading changelogs to the end a fetch
+active (`TunedConsumer.wait_first`), the seek after a rebalance with the flow stopped, partitions
+without a committed offset included (`TunedConsumer.perform_seek`), and table recovery reading changelogs to the end a fetch
 reports (`TunedConsumerThread._highwaters`). Both library versions are pinned here and in
 pyproject.toml; `tests/test_kafka_tuning.py` fails if the internals this relies on move.
 
@@ -119,6 +119,19 @@ class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         apply_tuning(consumer, _tuning_of(transport))
         return consumer
 
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Faust's seek to committed offsets, then stream partitions with none (or 0) to their
+        first offset, as the worker's reset policy (earliest) says; see `TunedConsumer.perform_seek`.
+        Changelog partitions are left alone: table recovery positions them itself."""
+        committed = await super().seek_to_committed()
+        changelogs = self.app.tables.changelog_topics
+        # aiokafka seeks only offsets > 0: None (nothing committed) and 0 both stay put.
+        uncommitted = [tp for tp, offset in committed.items()
+                       if not offset and tp.topic not in changelogs]
+        if uncommitted:
+            await self.seek_to_beginning(*uncommitted)
+        return committed
+
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         """End offsets as Faust's table recovery reads them, checked against a fetch.
 
@@ -204,6 +217,12 @@ class TunedConsumer(faust_aiokafka.Consumer):
         lost requests after a rebalance under load. Stopped, the fetch loop drops that stale
         batch instead (Faust's own `if not self.flow_active: break`) and fetches again from
         the committed offsets once the flow is back.
+
+        A partition with no committed offset is not moved by that seek (aiokafka's
+        `seek_to_committed` leaves it where the fetcher is, past the batch just dropped), so
+        `seek_to_committed` here also puts it where the reset policy says: its first offset.
+        Seen on Apache Kafka: a worker that took over partitions whose owner was killed before
+        its first commit skipped every request it had fetched before the seek.
         """
         if not self.flow_active:  # already stopped (a rebalance, or getmany's own seek)
             return await super().perform_seek()
