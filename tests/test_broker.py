@@ -23,7 +23,7 @@ from worker import topics as wire_topics
 from tools.broker import BrokerStartError, EmbeddedBroker, free_port
 from worker.topics import TopicError, TopicSpec, ensure_topics
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.kafka_contract]
 
 REPO = Path(__file__).resolve().parents[1]
 

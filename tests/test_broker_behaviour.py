@@ -26,7 +26,7 @@ from tools.producer import generate_events
 from worker import codec
 from worker.settings import Settings
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.kafka_contract]
 
 _LONG_WAIT_MS = 5000
 
@@ -185,7 +185,6 @@ def _read_committed(bootstrap: str, topic: str, n: int, timeout_s: float
     return ids
 
 
-@pytest.mark.kafka_contract
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(not ON_KAFKA, reason="the embedded broker has no transactions: the worker "
                     "refuses exactly_once there (test_exactly_once_fails_fast_with_a_clear_message)")

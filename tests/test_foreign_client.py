@@ -21,6 +21,7 @@ from tools.producer import generate_events
 
 BIG_RECORDS = (2 << 20, 20 << 20)  # both accepted by the broker, both over the 1 MiB cap
 MAX_CANDIDATES = 1024
+pytestmark = pytest.mark.kafka_contract
 
 
 class Reader:

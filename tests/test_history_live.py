@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 
 from phoenix.actions import ACTION_NAMES
 from tests.worker_harness import WorkerTopics
@@ -178,6 +179,7 @@ def engagements_total(*workers) -> float:
     return sum(w.metric("ranker_engagements_total") for w in workers if w.alive())
 
 
+@pytest.mark.kafka_contract
 def test_two_workers_answer_their_users_and_the_survivor_recovers_before_ranking(
         kafka, worker_factory):
     """Each worker answers its own users with their full history; after one is killed, the
@@ -224,6 +226,7 @@ def test_two_workers_answer_their_users_and_the_survivor_recovers_before_ranking
         assert_same_ranking(after[user], shared[user])
 
 
+@pytest.mark.kafka_contract
 def test_sigkill_while_ingesting_then_restart_keeps_exactly_what_was_produced(
         kafka, worker_factory):
     """Engagements are applied at least once: after a SIGKILL mid-stream and a restart (the
@@ -330,6 +333,7 @@ def test_a_worker_that_gives_partitions_up_drops_their_users_from_memory(
           f"b {split()[1]:.0f}")
 
 
+@pytest.mark.kafka_contract
 def test_a_restarted_worker_rebuilds_every_history_from_the_changelog(kafka, worker_factory):
     """SIGTERM, then a new worker in the group: nothing left to read on the engagement topic
     (all committed), so every history comes from the changelog alone."""

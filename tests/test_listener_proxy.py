@@ -18,14 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import consume_async, produce_async
+from tests.conftest import ON_KAFKA, consume_async, produce_async
 from tests.librdkafka_helpers import librdkafka_producer
 from tests.librdkafka_helpers import produce as librdkafka_produce
 from tools.broker import EmbeddedBroker, free_port
 from tools.listener_proxy import FIND_COORDINATOR, METADATA, ListenerProxy, rewrite_response
 from worker.topics import DEFAULT_TOPICS, ensure_topics, partition_counts
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.skipif(
+    ON_KAFKA, reason="the proxy serves the embedded broker's second listener; Apache Kafka "
+    "serves several itself (tests/test_kafka_image.py)")]
 ROOT = Path(__file__).resolve().parents[1]
 
 

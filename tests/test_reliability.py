@@ -338,6 +338,7 @@ class ReadinessSampler:
 # ---- 1. crash ---------------------------------------------------------------------------------
 
 
+@pytest.mark.kafka_contract
 @pytest.mark.timeout(150)
 def test_sigkill_mid_stream_then_restart_answers_every_request(kafka, spawn):
     topics = WorkerTopics.create(kafka, partitions=2)
@@ -364,6 +365,7 @@ def test_sigkill_mid_stream_then_restart_answers_every_request(kafka, spawn):
 # ---- 2. scale-out -----------------------------------------------------------------------------
 
 
+@pytest.mark.kafka_contract
 @pytest.mark.timeout(180)
 def test_two_workers_share_four_partitions_and_the_survivor_takes_over(kafka, spawn):
     topics = WorkerTopics.create(kafka, partitions=4)
@@ -440,6 +442,7 @@ def test_worker_started_before_the_broker_retries_then_serves(late_broker, spawn
     assert not any(a.dead_letter for a in answers)
 
 
+@pytest.mark.kafka_contract
 @pytest.mark.timeout(150)
 def test_broker_paused_20s_under_load_then_every_request_is_answered(own_kafka, spawn):
     kafka = own_kafka
@@ -482,6 +485,7 @@ def test_broker_paused_20s_under_load_then_every_request_is_answered(own_kafka, 
     assert worker.proc.poll() is None
 
 
+@pytest.mark.kafka_contract
 @pytest.mark.timeout(150)
 def test_worker_survives_a_broker_restart(own_kafka, spawn):
     kafka = own_kafka
@@ -533,6 +537,7 @@ def longest_partition_gap_s(answers: Sequence[Answer], partition_of: dict[str, i
 CHURN_CYCLES = 12  # the issue's "a dozen"; ~8 s each on 2 cores (start, join, SIGTERM)
 
 
+@pytest.mark.kafka_contract
 @pytest.mark.timeout(300)
 def test_rebalance_churn_loses_nothing(kafka, spawn):
     topics = WorkerTopics.create(kafka, partitions=4)
@@ -579,6 +584,7 @@ def test_rebalance_churn_loses_nothing(kafka, spawn):
 INLINE = 'ranker_fetch_deliveries{path="inline"}'
 
 
+@pytest.mark.kafka_contract
 @pytest.mark.timeout(300)
 def test_a_rebalance_while_the_inline_fetch_path_delivers_under_load_loses_nothing(kafka, spawn):
     """Records reach the agent without a task per message while flow is active (worker/
@@ -630,6 +636,7 @@ def _publish_checkpoint(directory, name: str, write) -> None:
     temporary.replace(directory / name)
 
 
+@pytest.mark.kafka_contract
 @pytest.mark.timeout(300)
 def test_live_rollout_swaps_a_good_checkpoint_and_refuses_a_corrupt_one_under_load(
         kafka, spawn, tmp_path):
@@ -694,6 +701,7 @@ def test_live_rollout_swaps_a_good_checkpoint_and_refuses_a_corrupt_one_under_lo
           "swapping; the truncated v3 was refused")
 
 
+@pytest.mark.kafka_contract
 @pytest.mark.timeout(200)
 def test_a_canary_ranks_its_users_live_with_metrics_per_version(kafka, spawn, tmp_path):
     from phoenix.runner import RankingRunner
