@@ -119,20 +119,22 @@ async def _topic_names(bootstrap: str) -> list[str]:
         await admin.close()
 
 
-def _dead_letters(bootstrap: str, topic: str, n: int, timeout_s: float) -> list[dict]:
+def _read_partition0(bootstrap: str, topic: str, n: int, timeout_s: float,
+                     **config: object) -> list[tuple[int, dict]]:
+    """(offset, decoded message) of the first `n` messages of the topic's partition 0, read
+    from the start by a librdkafka consumer (not ours) with extra `config`."""
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex[:6]}",
-                       "enable.auto.commit": False, "fetch.wait.max.ms": 10,
-                       "fetch.max.bytes": 8 << 20, "max.partition.fetch.bytes": 8 << 20})
+                       "enable.auto.commit": False, "fetch.wait.max.ms": 10, **config})
     reader.assign([RdTopicPartition(topic, 0, OFFSET_BEGINNING)])
-    letters, deadline = [], time.monotonic() + timeout_s
+    read, deadline = [], time.monotonic() + timeout_s
     try:
-        while len(letters) < n and time.monotonic() < deadline:
+        while len(read) < n and time.monotonic() < deadline:
             message = reader.poll(0.2)
             if message is not None and message.error() is None:
-                letters.append(codec.decode_message(message.value()))
+                read.append((message.offset(), codec.decode_message(message.value())))
     finally:
         reader.close()
-    return letters
+    return read
 
 
 @pytest.mark.timeout(240)
@@ -159,30 +161,12 @@ def test_the_worker_creates_its_topics_for_the_broker_it_finds(kafka: Kafka, wor
 
     at_cap = b"\xc1" * cap  # 0xc1 is never valid msgpack: dead-lettered not_msgpack
     produce(librdkafka_producer(kafka.bootstrap), topics.requests, [(b"k", at_cap)])
-    [letter] = _dead_letters(kafka.bootstrap, topics.dead_letters, 1, timeout_s=60)
+    [(_, letter)] = _read_partition0(kafka.bootstrap, topics.dead_letters, 1, timeout_s=60,
+                                     **{"fetch.max.bytes": 8 << 20,
+                                        "max.partition.fetch.bytes": 8 << 20})
     assert letter["error"]["code"] == "not_msgpack"
     assert letter["original_size"] == cap and not letter["original_truncated"]
     assert letter["original"] == at_cap
-
-
-def _read_committed(bootstrap: str, topic: str, n: int, timeout_s: float
-                    ) -> list[tuple[int, str]]:
-    """(offset, request id) of the first `n` results a read_committed librdkafka consumer
-    sees."""
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex[:6]}",
-                       "enable.auto.commit": False, "isolation.level": "read_committed",
-                       "fetch.wait.max.ms": 10})
-    reader.assign([RdTopicPartition(topic, 0, OFFSET_BEGINNING)])
-    ids, deadline = [], time.monotonic() + timeout_s
-    try:
-        while len(ids) < n and time.monotonic() < deadline:
-            message = reader.poll(0.2)
-            if message is not None and message.error() is None:
-                ids.append((message.offset(),
-                            codec.decode_message(message.value())["request_id"]))
-    finally:
-        reader.close()
-    return ids
 
 
 @pytest.mark.timeout(240)
@@ -201,8 +185,9 @@ def test_exactly_once_ranks_and_commits_in_transactions(kafka: Kafka, worker_fac
     events = list(generate_events(seed=5, count=40, bad_fraction=0.0))
     produce(librdkafka_producer(kafka.bootstrap), topics.requests,
             [(e.key, e.encode(int(time.time() * 1000))) for e in events])
-    seen = _read_committed(kafka.bootstrap, topics.results, len(events), timeout_s=90)
-    assert sorted(rid for _, rid in seen) == sorted(e.request_id for e in events), \
+    seen = _read_partition0(kafka.bootstrap, topics.results, len(events), timeout_s=90,
+                            **{"isolation.level": "read_committed"})
+    assert sorted(r["request_id"] for _, r in seen) == sorted(e.request_id for e in events), \
         worker.log()[-3000:]
     # Each committed transaction leaves a commit marker, which takes an offset of its own: the
     # results' offsets skip them (output written outside transactions would have no gaps).
