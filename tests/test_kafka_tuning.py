@@ -539,17 +539,27 @@ def test_seek_to_committed_sends_uncommitted_stream_partitions_to_their_start(
     async def committed(self):  # what aiokafka answers: None where nothing was committed
         return {requests: None, at_zero: 0, done: 18, changelog: None}
 
-    started_over: list = []
+    seeks: list = []
 
-    async def seek_to_beginning(self, *partitions):
-        started_over.extend(partitions)
+    async def earliest_offsets(self, *partitions):
+        return {tp: 7 for tp in partitions}  # the log starts at 7 (older records deleted)
+
+    async def call_thread(self, fun, *args):  # as if on the consumer's thread
+        return await fun(*args)
+
+    class Consumer:
+        def seek(self, tp, offset):
+            seeks.append((tp, offset))
 
     monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "seek_to_committed", committed)
-    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "seek_to_beginning",
-                        seek_to_beginning)
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "earliest_offsets",
+                        earliest_offsets)
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "call_thread", call_thread)
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer",
+                        lambda self: Consumer())
     thread = object.__new__(kafka_tuning.TunedConsumerThread)
     thread.app = type("App", (), {"tables": type("Tables", (), {
         "changelog_topics": {changelog.topic}})()})()
     assert asyncio.run(thread.seek_to_committed()) == {requests: None, at_zero: 0, done: 18,
                                                        changelog: None}
-    assert started_over == [requests, at_zero]
+    assert seeks == [(requests, 7), (at_zero, 7)]  # concrete positions, never "awaiting reset"

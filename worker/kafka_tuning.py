@@ -129,7 +129,11 @@ class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         uncommitted = [tp for tp, offset in committed.items()
                        if not offset and tp.topic not in changelogs]
         if uncommitted:
-            await self.seek_to_beginning(*uncommitted)
+            # Concrete offsets, not aiokafka's seek_to_beginning: that leaves a partition
+            # "awaiting reset" with no position, which Faust's livelock check reads (and
+            # asserts on) until the fetcher resolves it.
+            earliest = await self.earliest_offsets(*uncommitted)
+            await self.call_thread(_seek_each, self._ensure_consumer(), earliest)
         return committed
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
@@ -150,6 +154,12 @@ class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return await fetched_end_offsets(
             lambda: self._create_client_consumer(self.transport), reported,
             _tuning_of(self.transport))
+
+
+async def _seek_each(consumer: aiokafka.AIOKafkaConsumer, offsets: Mapping[TP, int]) -> None:
+    """Each partition to its offset (run on the consumer's thread, where it lives)."""
+    for tp, offset in offsets.items():
+        consumer.seek(tp, offset)
 
 
 async def fetched_end_offsets(
