@@ -49,11 +49,7 @@ def tuning(kind: str) -> BrokerTuning:
 
 def title(kind: str) -> str:
     """How reports name the broker: 'embedded broker (tansu)' or 'Apache Kafka <version>'."""
-    if kind == "kafka":
-        from tools.apache_kafka import kafka_version  # reads the pinned version from the pom
-
-        return f"Apache Kafka {kafka_version()}"
-    return "embedded broker (tansu)"
+    return broker_class(kind).title()
 
 
 def add_argument(parser: argparse.ArgumentParser) -> None:

@@ -190,6 +190,10 @@ class ApacheKafka(BrokerProcess):
         self.config = dict(config or {})
         self.listeners = list(listeners)
 
+    @classmethod
+    def title(cls) -> str:
+        return f"Apache Kafka {kafka_version()}"
+
     def broker_config(self, data_dir: Path) -> dict[str, str]:
         """Every property the node starts with."""
         names = ["PLAINTEXT"] + [f"EXTRA{i}" for i in range(1, len(self.listeners) + 1)]

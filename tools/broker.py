@@ -151,6 +151,11 @@ class BrokerProcess:
 
     # ---- what a subclass provides -------------------------------------------------------
 
+    @classmethod
+    def title(cls) -> str:
+        """How output and reports name this broker."""
+        raise NotImplementedError
+
     def _command(self, work_dir: Path) -> list[str]:
         """The process to run; `work_dir` lives until `stop()` (the log goes there)."""
         raise NotImplementedError
@@ -369,6 +374,10 @@ class EmbeddedBroker(BrokerProcess):
         super().__init__(port, **kwargs)
         self._binary = binary
 
+    @classmethod
+    def title(cls) -> str:
+        return "embedded broker (tansu)"
+
     def _command(self, work_dir: Path) -> list[str]:
         listener = f"tcp://{self.bootstrap_servers}"
         return [
@@ -462,7 +471,7 @@ def _make(args: argparse.Namespace) -> tuple[BrokerProcess, list[ListenerProxy]]
 
 
 def _ready_line(broker: BrokerProcess, args: argparse.Namespace) -> str:
-    name = "Apache Kafka" if broker.kind == "kafka" else "embedded broker"
+    name = broker.title()
     storage = (f"data in {args.data_dir}" if broker.kind == "kafka" else "in-memory")
     return (
         f"{name} ready: bootstrap {broker.bootstrap_servers} ({broker.url}), "

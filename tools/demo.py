@@ -21,7 +21,6 @@ from worker.kafka_clients import topic_config
 from worker.settings import Settings, SettingsError
 from worker.topics import TopicSpec
 
-_BROKER_NAMES = {"embedded": "embedded Kafka broker", "kafka": "Apache Kafka"}
 _SHOW_EVERY = 50  # print every n-th result in full; the summary covers the rest
 
 
@@ -132,7 +131,7 @@ def _run(args: argparse.Namespace, settings: Settings, broker_port: int,
         broker.create_topics([TopicSpec(name, settings.partitions, config) for name in (
             settings.requests_topic, settings.results_topic, settings.dead_letter_topic,
             settings.engagements_topic)])
-        print(f"demo: {_BROKER_NAMES[broker.kind]} at {broker.bootstrap_servers}", flush=True)
+        print(f"demo: {broker.title()} at {broker.bootstrap_servers}", flush=True)
         worker = WorkerProcess(
             broker.bootstrap_servers, requests=settings.requests_topic,
             results=settings.results_topic, dead_letters=settings.dead_letter_topic,

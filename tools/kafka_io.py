@@ -52,12 +52,11 @@ def connection(bootstrap: str | None = None, settings: Settings | None = None
 async def topic_partitions(conn: Mapping[str, Any], topic: str) -> list[int]:
     """The topic's partition ids; `KafkaIOError` if it does not exist (it is never created:
     only all topics are described)."""
-    options = {k: v for k, v in conn.items() if k != "bootstrap_servers"}
-    counts = await partition_counts(conn["bootstrap_servers"], [topic], **options)
-    if topic not in counts:
+    partitions = await assignable_partitions(conn, [topic])
+    if not partitions:
         raise KafkaIOError(f"topic {topic!r} does not exist on {conn['bootstrap_servers']}; "
                            "create it first or fix the name")
-    return list(range(counts[topic]))
+    return [tp.partition for tp in partitions]
 
 
 async def assignable_partitions(conn: Mapping[str, Any], topics: Sequence[str]

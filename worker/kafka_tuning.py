@@ -11,9 +11,9 @@ thread lets Faust build the consumer exactly as it always does and then replaces
 before the consumer starts (aiokafka builds its fetcher from it in `start()`). Nothing else of
 Faust's consumer configuration is copied or changed. The same classes carry three fixes of how
 Faust drives that consumer, each explained where it is made: inline delivery while the flow is
-active (`TunedConsumer.wait_first`), the seek after a rebalance with the flow stopped, partitions
-without a committed offset included (`TunedConsumer.perform_seek`), and table recovery reading changelogs to the end a fetch
-reports (`TunedConsumerThread._highwaters`). Both library versions are pinned here and in
+active (`TunedConsumer.wait_first`), the seek after a rebalance with the flow stopped,
+partitions without a committed offset included (`TunedConsumer.perform_seek`), and table
+recovery reading changelogs to the end a fetch reports (`TunedConsumerThread._highwaters`). Both library versions are pinned here and in
 pyproject.toml; `tests/test_kafka_tuning.py` fails if the internals this relies on move.
 
     app = TunedApp("ranking-worker", broker="kafka://127.0.0.1:9092",
@@ -121,7 +121,7 @@ class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Faust's seek to committed offsets, then stream partitions with none (or 0) to their
-        first offset, as the worker's reset policy (earliest) says; see `TunedConsumer.perform_seek`.
+        first offset, as the worker's reset policy (earliest) says (`TunedConsumer.perform_seek`).
         Changelog partitions are left alone: table recovery positions them itself."""
         committed = await super().seek_to_committed()
         changelogs = self.app.tables.changelog_topics
