@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaException, Producer
+import threading
+import uuid
+
+from confluent_kafka import Consumer, KafkaException, Producer
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
@@ -21,3 +24,42 @@ def produce(producer: Producer, topic: str, messages: list[tuple[bytes, bytes]])
                          on_delivery=lambda error, _msg: error and errors.append(error))
     if producer.flush(60) or errors:
         raise KafkaException(errors[0] if errors else "undelivered messages after 60 s")
+
+
+class Reader:
+    """Follows topics from their start in a background thread with a librdkafka consumer of its
+    own (no consumer group offsets): `records()` is what arrived so far, as (topic, partition,
+    offset, key, value). `isolation` "read_committed" sees only committed transactions."""
+
+    def __init__(self, bootstrap: str, topics: list[str], isolation: str = "read_committed"):
+        self._consumer = Consumer({"bootstrap.servers": bootstrap,
+                                   "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                                   "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                                   "isolation.level": isolation, "fetch.wait.max.ms": 10,
+                                   "topic.metadata.refresh.interval.ms": 1000})
+        self._consumer.subscribe(topics)
+        self._records: list[tuple[str, int, int, bytes | None, bytes | None]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Reader":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for message in self._consumer.consume(500, 0.2):
+                if message.error() is None:
+                    with self._lock:
+                        self._records.append((message.topic(), message.partition(),
+                                              message.offset(), message.key(), message.value()))
+
+    def records(self) -> list[tuple[str, int, int, bytes | None, bytes | None]]:
+        with self._lock:
+            return list(self._records)

@@ -172,10 +172,6 @@ def test_the_worker_creates_its_topics_for_the_broker_it_finds(kafka: Kafka, wor
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(not ON_KAFKA, reason="the embedded broker has no transactions: the worker "
                     "refuses exactly_once there (test_exactly_once_fails_fast_with_a_clear_message)")
-@pytest.mark.xfail(strict=True, reason="known: with exactly_once the worker's results are sent "
-                   "outside the transactions that commit its offsets (Faust's TransactionManager "
-                   "picks a transactional producer by the output record's partition); the "
-                   "exactly-once issue fixes it and turns this into a pass")
 def test_exactly_once_ranks_and_commits_in_transactions(kafka: Kafka, worker_factory):
     """Exactly-once on Apache Kafka: the worker starts, a read_committed consumer (not ours)
     sees every request answered once, and the results were written in transactions."""
@@ -190,6 +186,12 @@ def test_exactly_once_ranks_and_commits_in_transactions(kafka: Kafka, worker_fac
     assert sorted(r["request_id"] for _, r in seen) == sorted(e.request_id for e in events), \
         worker.log()[-3000:]
     # Each committed transaction leaves a commit marker, which takes an offset of its own: the
-    # results' offsets skip them (output written outside transactions would have no gaps).
-    offsets = [offset for offset, _ in seen]
-    assert offsets[-1] + 1 > len(offsets)
+    # partition's end is past its results (output written outside transactions has none).
+    reader = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "watermarks",
+                       "isolation.level": "read_committed"})
+    try:
+        _, end = reader.get_watermark_offsets(RdTopicPartition(topics.results, 0), timeout=10)
+    finally:
+        reader.close()
+    assert end > len(seen), f"end offset {end} for {len(seen)} results: no commit marker"
+

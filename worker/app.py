@@ -32,6 +32,7 @@ from phoenix.checkpoint import CheckpointError
 from phoenix.config import ConfigError
 from worker import codec, history
 from worker.engagement import parse_engagement
+from worker.exactly_once import commit_guard
 from worker.errors import ValidationError
 from worker.handler import BatchHandler, WorkerState, to_record
 from worker.breaker import BreakerConfig, DeadLetterBreaker
@@ -160,14 +161,17 @@ def _add_history(app: faust.App, engagements: Any, settings: Settings, partition
 
     @app.agent(engagements, concurrency=1)
     async def record_history(stream):
-        # Applied on the event loop (tens of microseconds each). An event is acked when the
-        # next one is taken, after its dead letter (if any) was acknowledged; Faust commits
-        # an offset only after flushing the producer, changelog writes included.
+        # Applied on the event loop (tens of microseconds each), acked once its dead letter
+        # (if any) was acknowledged; Faust commits an offset only after flushing the producer,
+        # changelog writes included. Under exactly-once, no commit comes between the table
+        # write and the ack (worker/exactly_once.py).
         try:
-            async for event in stream.events():
-                dead_letter = ingest(event)
-                if dead_letter is not None:
-                    await handler.publish([dead_letter])
+            async for event in stream.noack().events():
+                async with commit_guard(await app.maybe_start_producer()):
+                    dead_letter = ingest(event)
+                    if dead_letter is not None:
+                        await handler.publish([dead_letter])
+                    await stream.ack(event)
         except Exception as error:  # noqa: BLE001 (CancelledError is not an Exception)
             on_bug(error)
             await asyncio.Event().wait()  # no agent restart: held until the stop cancels it

@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError,
 
 from phoenix import compilations
 from worker.breaker import DeadLetterBreaker
+from worker.exactly_once import commit_guard, transactional_id
 from worker.monitoring import WorkerMetrics
 from worker.errors import PUBLISH_FAILED
 from worker.pipeline import (InputRecord, Outcome, ProcessedBatch,
@@ -162,9 +163,13 @@ class BatchHandler:
             if previous is not None:
                 await previous  # its results go out first; its failure is this batch's too
             publish_start = time.perf_counter()
-            await self._publish(processed.outcomes)
-            for event in events:
-                await stream.ack(event)
+            producer = await self.results_topic.app.maybe_start_producer()
+            # Under exactly-once, no commit between the first send and the last ack: the
+            # transaction holds this batch's results exactly when it commits its offsets.
+            async with commit_guard(producer):
+                await self._publish(processed.outcomes)
+                for event in events:
+                    await stream.ack(event)
             self.metrics.stage_time.labels("publish").observe(time.perf_counter() - publish_start)
         except Exception as error:  # noqa: BLE001 (CancelledError is not an Exception)
             self.on_bug(error)
@@ -251,9 +256,12 @@ class BatchHandler:
         return results
 
     async def _send(self, producer: Any, outcome: Outcome) -> asyncio.Future:
-        """Queues one outcome on the producer; returns the future of the broker's ack."""
-        return await producer.send(self._topic_for(outcome).get_topic_name(), outcome.key,
-                                   outcome.value, None, None, None)
+        """Queues one outcome on the producer; returns the future of the broker's ack. Under
+        exactly-once it goes into its input partition's transaction."""
+        record = outcome.record
+        return await producer.send(
+            self._topic_for(outcome).get_topic_name(), outcome.key, outcome.value, None, None,
+            None, transactional_id=transactional_id(producer, record.topic, record.partition))
 
     def _observe(self, processed: ProcessedBatch) -> None:
         m, outcomes = self.metrics, processed.outcomes

@@ -35,6 +35,8 @@ from faust.transport import by_url as transport_by_url
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, TransportT
 
+from worker.exactly_once import ExactlyOnceTransactions, guarded_commit
+
 SUPPORTED_FAUST_VERSION = "0.15.3"
 SUPPORTED_AIOKAFKA_VERSION = "0.14.0"
 # The value Faust 0.15.3 hard-codes; the pin test checks it is still there (if Faust starts
@@ -245,6 +247,12 @@ class TunedConsumer(faust_aiokafka.Consumer):
             if not self.app.rebalancing and self.app.consumer_generation_id == generation:
                 self.resume_flow()
 
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Faust's commit; under exactly-once held by the commit guard (worker/exactly_once.py)."""
+        parent = super().force_commit
+        return await guarded_commit(self, lambda: parent(
+            topics, start_new_transaction=start_new_transaction))
+
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if not _is_delivery(coros, self.suspend_flow) or self.suspend_flow.is_set():
             return await super().wait_first(*coros, timeout=timeout)
@@ -294,9 +302,11 @@ async def _resume(coro: Coroutine, awaited: Any) -> Any:
 
 
 class TunedTransport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport carrying a `ConsumerTuning` for its consumer."""
+    """Faust's aiokafka transport carrying a `ConsumerTuning` for its consumer, and the
+    exactly-once fixes (worker/exactly_once.py)."""
 
     Consumer = TunedConsumer
+    TransactionManager = ExactlyOnceTransactions
 
     def __init__(self, *args: Any, consumer_tuning: ConsumerTuning, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,0 +1,89 @@
+"""Exactly-once on Faust 0.15.3: what its transaction manager lacks, added through its hooks.
+
+Faust's exactly-once design is Kafka's first one (KIP-98/129): one transactional producer
+per partition index of a co-partitioned topic group, `{group_id}-{group}-{partition}`, begun on
+assignment; a commit sends that partition's input offsets into its transaction and commits it.
+A new owner of the partition starts a producer with the same id, which fences the old owner
+and aborts its open transaction. The worker's requests, engagements and history changelog have
+the same partition count, so they form one group: transaction `{group_id}-0-{p}` holds the
+results and dead letters of request partition p, the changelog writes of engagement partition
+p, and both input offsets.
+
+What Faust 0.15.3 lacks, fixed here (each pinned by tests/test_exactly_once.py):
+
+1. Output goes into the wrong transaction or none. `TransactionManager.send` picks the
+   producer by the *output* record's partition in the consumer's metadata; for a topic the
+   worker does not consume (results, dead letters) there is none, so results were sent by the
+   plain producer, outside every transaction. `send` here takes the transactional id of the
+   *input* partition (`transactional_id_for`), as Kafka Streams does.
+2. A commit can split a batch. Faust commits on a timer, whenever the acked offsets allow; a
+   commit between a batch's sends and its acks committed its results without its offsets (a
+   crash then ranks it again: a duplicate). `commit_guard` is held by the worker from a batch's
+   first send to its last ack, and by `guarded_commit` from reading the acked offsets to the
+   end of the commit, so a transaction always holds exactly the output of the offsets it
+   commits.
+3. Table writes can miss their commit. Faust buffers changelog writes and sends them in the
+   background; a commit did not wait for that buffer, so an engagement's offset could be
+   committed in one transaction and its table write sent in the next. `guarded_commit` flushes
+   the producer first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, AsyncContextManager, Awaitable, Callable
+
+from faust.transport.consumer import TransactionManager
+from faust.types import TP
+from faust.types.tuples import RecordMetadata
+
+
+class ExactlyOnceTransactions(TransactionManager):
+    """Faust's transaction manager with output sent in its input partition's transaction."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Held from a batch's first send to its last ack, and across a commit (see module doc).
+        self.commit_guard = asyncio.Lock()
+
+    def transactional_id_for(self, source: TP) -> str:
+        """The id of the transaction that commits `source`'s offsets (Faust's own format)."""
+        group = self.app.assignor.group_for_topic(source.topic)
+        return f"{self.app.conf.id}-{group}-{source.partition}"
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None,
+                   partition: int | None, timestamp: float | None, headers: Any, *,
+                   transactional_id: str | None = None) -> Awaitable[RecordMetadata]:
+        """With `transactional_id` (the worker's results and dead letters): sent in that
+        transaction. Without (Faust's changelog writes, partitioned like their input): Faust's
+        own choice, which is then right."""
+        if transactional_id is None:
+            return await super().send(topic, key, value, partition, timestamp, headers)
+        return await self.producer.send(topic, key, value, partition, timestamp, headers,
+                                        transactional_id=transactional_id)
+
+
+def commit_guard(producer: Any) -> AsyncContextManager:
+    """What a batch holds from its first send to its last ack: the transactions' commit guard
+    under exactly-once, nothing at least once (a commit may then come at any time)."""
+    if isinstance(producer, ExactlyOnceTransactions):
+        return producer.commit_guard
+    return contextlib.nullcontext()
+
+
+def transactional_id(producer: Any, topic: str, partition: int) -> str | None:
+    """The transaction output for input `topic[partition]` belongs to (None: no transactions)."""
+    if isinstance(producer, ExactlyOnceTransactions):
+        return producer.transactional_id_for(TP(topic, partition))
+    return None
+
+
+async def guarded_commit(consumer: Any, commit: Callable[[], Awaitable[bool]]) -> bool:
+    """Runs Faust's `commit` (reads the acked offsets, commits them) under the commit guard,
+    after flushing buffered changelog writes into the open transactions."""
+    if not consumer.in_transaction:
+        return await commit()
+    async with consumer.transactions.commit_guard:
+        await consumer.app.producer.flush()
+        return await commit()
