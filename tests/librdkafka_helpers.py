@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 import uuid
+from collections.abc import Collection
 
 from confluent_kafka import Consumer, KafkaException, Producer
 
@@ -26,19 +29,30 @@ def produce(producer: Producer, topic: str, messages: list[tuple[bytes, bytes]])
         raise KafkaException(errors[0] if errors else "undelivered messages after 60 s")
 
 
+@dataclasses.dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    received_s: float  # time.monotonic() when the reader got it
+
+
 class Reader:
     """Follows topics from their start in a background thread with a librdkafka consumer of its
-    own (no consumer group offsets): `records()` is what arrived so far, as (topic, partition,
-    offset, key, value). `isolation` "read_committed" sees only committed transactions."""
+    own (a fresh group): `records()` is what arrived so far. `isolation` "read_committed" sees
+    only committed transactions."""
 
     def __init__(self, bootstrap: str, topics: list[str], isolation: str = "read_committed"):
         self._consumer = Consumer({"bootstrap.servers": bootstrap,
                                    "group.id": f"reader-{uuid.uuid4().hex[:8]}",
                                    "enable.auto.commit": False, "auto.offset.reset": "earliest",
                                    "isolation.level": isolation, "fetch.wait.max.ms": 10,
-                                   "topic.metadata.refresh.interval.ms": 1000})
+                                   "topic.metadata.refresh.interval.ms": 1000,
+                                   "log_level": 2})  # a killed broker is expected here
         self._consumer.subscribe(topics)
-        self._records: list[tuple[str, int, int, bytes | None, bytes | None]] = []
+        self._records: list[Record] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -54,12 +68,14 @@ class Reader:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for message in self._consumer.consume(500, 0.2):
-                if message.error() is None:
-                    with self._lock:
-                        self._records.append((message.topic(), message.partition(),
-                                              message.offset(), message.key(), message.value()))
+            messages = self._consumer.consume(500, 0.2)
+            now = time.monotonic()
+            read = [Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), now)
+                    for m in messages if m.error() is None]
+            with self._lock:
+                self._records.extend(read)
 
-    def records(self) -> list[tuple[str, int, int, bytes | None, bytes | None]]:
+    def records(self, topics: Collection[str] | None = None) -> list[Record]:
+        """What arrived so far (of `topics` only, if given), in arrival order."""
         with self._lock:
-            return list(self._records)
+            return [r for r in self._records if topics is None or r.topic in topics]

@@ -182,10 +182,19 @@ class ApacheKafka(BrokerProcess):
         config: Mapping[str, str] | None = None,
         listeners: Sequence[tuple[str, str]] = (),
         start_timeout_s: float = 60.0,
+        node_id: int = 1,
+        controller_port: int | None = None,
+        voters: str | None = None,
+        cluster: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(port, start_timeout_s=start_timeout_s, **kwargs)
-        self.controller_port = free_port(self.host)
+        self.node_id = node_id
+        self.controller_port = controller_port or free_port(self.host)
+        # The controller quorum, "id@host:port,...": None is this node alone (and then its
+        # internal topics get one replica: SINGLE_NODE_CONFIG).
+        self.voters = voters
+        self.cluster_id = cluster or cluster_id()  # every node of a cluster formats with it
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.config = dict(config or {})
         self.listeners = list(listeners)
@@ -202,8 +211,8 @@ class ApacheKafka(BrokerProcess):
         controller = f"{self.host}:{self.controller_port}"
         return {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{controller}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters or f"{self.node_id}@{controller}",
             "controller.listener.names": "CONTROLLER",
             "listeners": ",".join(
                 [f"{n}://{b}" for n, b in zip(names, binds)] + [f"CONTROLLER://{controller}"]),
@@ -212,7 +221,7 @@ class ApacheKafka(BrokerProcess):
             "listener.security.protocol.map": ",".join(
                 [f"{n}:PLAINTEXT" for n in names] + ["CONTROLLER:PLAINTEXT"]),
             "log.dirs": str(data_dir),
-            **SINGLE_NODE_CONFIG,
+            **(SINGLE_NODE_CONFIG if self.voters is None else {}),
             **self.config,
         }
 
@@ -230,7 +239,7 @@ class ApacheKafka(BrokerProcess):
     def _format(self, java: str, jars: str, properties: Path, work_dir: Path) -> None:
         """Write the KRaft storage metadata (cluster id, node id) into an empty data dir."""
         command = [java, f"-Dlog4j2.configurationFile={LOG_CONFIG}", "-cp", jars,
-                   "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id()}",
+                   "kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
                    "--config", str(properties), "--ignore-formatted"]
         with (work_dir / "broker.log").open("ab") as log:
             done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log,

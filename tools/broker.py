@@ -177,6 +177,10 @@ class BrokerProcess:
         return self._process.pid if self._process is not None else None
 
     @property
+    def pids(self) -> list[int | None]:
+        return [self.pid]
+
+    @property
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -198,6 +202,17 @@ class BrokerProcess:
 
     def start(self) -> BrokerProcess:
         """Start the process and block until it answers a Kafka metadata request."""
+        self.launch()
+        try:
+            _run_sync(self.wait_ready(self.start_timeout_s))
+        except BaseException:
+            self._terminate()
+            raise
+        return self
+
+    def launch(self) -> BrokerProcess:
+        """Start the process without waiting for it to serve (nodes of a cluster start
+        together: none serves before a quorum of them runs)."""
         if self.is_running:
             raise BrokerError(
                 f"The broker on {self.bootstrap_servers} is already running (pid {self.pid}); "
@@ -222,11 +237,6 @@ class BrokerProcess:
                 preexec_fn=_die_with_parent if self._die_with_parent else None,
             )
         self._paused = False
-        try:
-            _run_sync(self.wait_ready(self.start_timeout_s))
-        except BaseException:
-            self._terminate()
-            raise
         return self
 
     async def wait_ready(self, timeout_s: float) -> None:
@@ -459,6 +469,12 @@ def _listener_pair(spec: str) -> tuple[str, str]:
 def _make(args: argparse.Namespace) -> tuple[BrokerProcess, list[ListenerProxy]]:
     """The broker `args` ask for (not started), and its further listeners' proxies."""
     pairs = [_listener_pair(spec) for spec in args.listener]
+    if args.kind == "kafka" and args.nodes > 1:
+        from tools.kafka_cluster import KafkaCluster
+
+        return KafkaCluster(args.nodes, hosts=[args.host] * args.nodes,
+                            ports=[args.port + i for i in range(args.nodes)],
+                            data_dir=args.data_dir), []
     if args.kind == "kafka":
         from tools.apache_kafka import ApacheKafka
 
@@ -475,7 +491,8 @@ def _ready_line(broker: BrokerProcess, args: argparse.Namespace) -> str:
     storage = (f"data in {args.data_dir}" if broker.kind == "kafka" else "in-memory")
     return (
         f"{name} ready: bootstrap {broker.bootstrap_servers} ({broker.url}), "
-        f"advertised as {args.advertise or broker.bootstrap_servers}, pid {broker.pid}"
+        f"advertised as {args.advertise or broker.bootstrap_servers}, "
+        f"pid {', '.join(map(str, broker.pids))}"
         + "".join(f", listener {bind} advertised as {advertised}"
                   for bind, advertised in map(_listener_pair, args.listener))
         + ", topics "
@@ -513,7 +530,14 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir", type=Path, default=Path(".cache/kafka/data"),
         help="Apache Kafka's storage, formatted on first use and kept (.cache/kafka/data)",
     )
+    parser.add_argument(
+        "--nodes", type=int, default=1,
+        help="Apache Kafka nodes (3: a replicated cluster on ports PORT, PORT+1, PORT+2)",
+    )
     args = parser.parse_args(argv)
+    if args.nodes != 1 and (args.kind != "kafka" or args.nodes < 1 or args.listener
+                            or args.advertise):
+        parser.error("--nodes N > 1 needs --kind kafka, without --listener or --advertise")
     try:
         for spec in args.listener:
             _listener_pair(spec)
