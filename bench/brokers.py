@@ -41,6 +41,11 @@ TUNING = {
 }
 
 
+# Why the worker cannot run exactly-once on a broker (absent: it can, and the bench runs both
+# guarantees there); the worker itself refuses exactly_once where transactions are missing.
+NO_EXACTLY_ONCE = {"embedded": "the embedded broker has no transactions"}
+
+
 def tuning(kind: str) -> BrokerTuning:
     if kind not in TUNING:
         raise ValueError(f"unknown broker kind {kind!r}; choose one of {', '.join(BROKER_KINDS)}")

@@ -68,9 +68,37 @@ def model_alone(results: dict) -> float | None:
     return statistics.mean(around) if around else None
 
 
+def _ratio(numerator: float | None, denominator: float | None) -> str | None:
+    return f"{numerator / denominator:.2f}x" if numerator and denominator else None
+
+
 def max_over_model(results: dict) -> str | None:
-    top, model = phase_value("max", "results_req_per_s")(results), model_alone(results)
-    return f"{top / model:.2f}x" if top and model else None
+    return _ratio(phase_value("max", "results_req_per_s")(results), model_alone(results))
+
+
+# The worker's processing guarantees (`--processing-guarantee`): every phase runs at least
+# once; where the broker has transactions, max and half max run again exactly once.
+AT_LEAST_ONCE, EXACTLY_ONCE = "at_least_once", "exactly_once"
+GUARANTEES = (AT_LEAST_ONCE, EXACTLY_ONCE)
+# What the guarantees are compared on: (label, phase, keys into that phase's figures).
+GUARANTEE_FIGURES = (("max results/s", "max", ("results_req_per_s",)),
+                     ("p50 ms at half max", "half max", ("latency_ms", "p50_ms")),
+                     ("p99 ms at half max", "half max", ("latency_ms", "p99_ms")))
+
+
+def guarantee_phase(guarantee: str, phase: str) -> str:
+    """A phase's name in the results; at least once keeps the plain names ("max")."""
+    return phase if guarantee == AT_LEAST_ONCE else f"{guarantee} {phase}"
+
+
+def guarantee_value(guarantee: str, phase: str, *keys: str) -> Metric:
+    return phase_value(guarantee_phase(guarantee, phase), *keys)
+
+
+def exactly_once_over_at_least_once(results: dict) -> str | None:
+    """Max results/s exactly once over at least once, same run: the throughput cost."""
+    return _ratio(*(guarantee_value(g, "max", "results_req_per_s")(results)
+                    for g in (EXACTLY_ONCE, AT_LEAST_ONCE)))
 
 
 def _floor(results: dict, label: str) -> dict | None:
@@ -127,6 +155,14 @@ TABLES: tuple[tuple[str, str, tuple[tuple[str, Metric], ...]], ...] = (
         ("results/s", phase_value("max", "results_req_per_s")),
         ("model alone at the max batch, requests/s", model_alone),
         ("e2e max / model alone", max_over_model),
+    )),
+    ("Processing guarantees", "Max and half max at least once (the phases above) and again "
+     "exactly once, on a worker of its own whose results are read `read_committed`, as a "
+     "downstream consumer reads them; each half max is half that guarantee's own max. The "
+     f"embedded broker has no transactions: its exactly-once cells read {MISSING}.", (
+        *((f"{g}: {label}", guarantee_value(g, phase, *keys))
+          for label, phase, keys in GUARANTEE_FIGURES for g in GUARANTEES),
+        (f"max results/s, {EXACTLY_ONCE} / {AT_LEAST_ONCE}", exactly_once_over_at_least_once),
     )),
     ("CPU per request at max load", "Microseconds of CPU per request, by process.", (
         ("worker, all threads", worker_cpu),

@@ -11,7 +11,10 @@ default, or Apache Kafka), started by the bench itself:
      20 req/s; results/s, latency from the producer's timestamp to the result's arrival at a
      consumer (p50/p90/p99/max), batch sizes, compilations (must stay flat after ready); then
      the history table at a quarter of max (an engagement before each v2 request without
-     history) with the engagement-to-visible lag p50/p99;
+     history) with the engagement-to-visible lag p50/p99; all at least once (the default
+     `--processing-guarantee`), then, on Apache Kafka (the embedded broker has no
+     transactions), a second worker exactly once on topics of its own: max and half of its
+     max, its results read `read_committed`, beside at least once's in the report;
   3. a naive baseline: one aiokafka loop, one request at a time, the model applied eagerly;
   4. where the time goes: the batch path split into stages, in process and in the worker;
   5. large candidate sets (`bench.candidates`): the reference layout's rows vs the cached
@@ -35,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import os
@@ -44,7 +49,7 @@ import statistics
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import AsyncIterator, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -58,6 +63,7 @@ from phoenix.runner import RankingRunner
 from bench.load import BenchWorker, ResultCollector, run_naive, run_phase
 from bench.profile import assembly_ratio, demo_records, profile_batch_path
 from bench.stats import Target, markdown_table, shares
+from tools.broker import BrokerProcess
 from tools.producer import VALID, Event, generate_events
 from worker.codec import ENGAGEMENT_SCHEMA, REQUEST_SCHEMA_V2
 from worker.serving import build_pipeline, configure_jax
@@ -153,10 +159,112 @@ def model_probe(settings: Settings, cfg: BenchConfig) -> Callable[[], float]:
     return probe
 
 
+WORKER_TOPICS = ("requests", "results", "dead-letters", "engagements")
+NAIVE_TOPICS = ("naive-requests", "naive-results", "naive-dead-letters")
+
+
+async def create_topics(broker: BrokerProcess, names: Sequence[str], suffix: str,
+                        partitions: int) -> dict[str, str]:
+    """Fresh topics `bench-<name>-<suffix>`, by name."""
+    topics = {name: f"bench-{name}-{suffix}" for name in names}
+    await broker.create_topics_async(brokers.topic_specs(topics.values(), partitions))
+    return topics
+
+
+@dataclasses.dataclass(frozen=True)
+class Phases:
+    """Load phases against one worker, its topics and the collector of its results."""
+
+    bootstrap: str
+    broker_pid: int | None
+    topics: dict[str, str]
+    worker: BenchWorker
+    collector: ResultCollector
+    guarantee: str
+
+    async def run(self, name: str, seed: int, count: int, rate: float,
+                  candidates: tuple[int, int] | None = None, history: bool = False) -> dict:
+        """One phase, named for the guarantee (the seeds repeat across guarantees: the same
+        requests, on other topics)."""
+        events = list(generate_events(seed, count, candidates=candidates))
+        if history:
+            events = list(engagement_then_request(events))
+        result = await run_phase(compare.guarantee_phase(self.guarantee, name), events, rate,
+                                 self.bootstrap, self.topics["requests"], self.collector,
+                                 self.worker, self.broker_pid,
+                                 engagements_topic=self.topics["engagements"])
+        print(_phase_line(result), flush=True)
+        return result
+
+
+@contextlib.asynccontextmanager
+async def serving(broker: BrokerProcess, tuning: brokers.BrokerTuning, topics: dict[str, str],
+                  cfg: BenchConfig, partitions: int, guarantee: str) -> AsyncIterator[Phases]:
+    """A ready worker with `guarantee` on `topics` and a collector of its results, which
+    reads them as a downstream consumer would: `read_committed` under exactly once."""
+    bootstrap = broker.bootstrap_servers
+    worker = await asyncio.to_thread(
+        BenchWorker(bootstrap, topics["requests"], topics["results"], topics["dead-letters"],
+                    cfg.checkpoint, partitions, engagements=topics["engagements"],
+                    extra_args=(*tuning.worker_args(), "--processing-guarantee", guarantee)
+                    ).start)
+    print(f"{guarantee} worker ready after {worker.ready_after_s:.1f} s", flush=True)
+    try:
+        async with ResultCollector(bootstrap, topics["results"], tuning.fetch_max_wait_ms,
+                                   read_committed=guarantee == compare.EXACTLY_ONCE
+                                   ) as collector:
+            yield Phases(bootstrap, broker.pid, topics, worker, collector, guarantee)
+    finally:
+        worker.close()
+
+
+async def run_worker(phases: Phases, cfg: BenchConfig, probe: Callable[[], float]) -> dict:
+    """Warm-up, max (between two model probes), half of that max; at least once, then the
+    light, history table and wide phases too. Returns the worker's figures."""
+    at_ready = phases.worker.snapshot()
+    await phases.run("warm-up", 100, cfg.warmup_requests, 0.0)
+    model_before = await asyncio.to_thread(probe)
+    top = await phases.run("max", 101, cfg.max_requests, 0.0)
+    model_after = await asyncio.to_thread(probe)
+    print(f"model alone at the max batch around the {phases.guarantee} max phase: "
+          f"{model_before:.0f} then {model_after:.0f} req/s", flush=True)
+    half_rate = round(top["results_req_per_s"] / 2)
+    done = [top, await phases.run("half max", 102, int(half_rate * cfg.half_seconds),
+                                  half_rate)]
+    if phases.guarantee == compare.AT_LEAST_ONCE:  # exactly once is compared on those two
+        done += await at_least_once_only(phases, cfg, half_rate)
+    return {"worker_ready_s": phases.worker.ready_after_s,
+            "compilations_at_ready": at_ready.compilations,
+            "compilations_at_end": phases.worker.snapshot().compilations,
+            "duplicate_results": phases.collector.duplicates,
+            "model_alone_around_max_req_per_s": [model_before, model_after], "phases": done}
+
+
+async def at_least_once_only(phases: Phases, cfg: BenchConfig, half_rate: int) -> list[dict]:
+    return [await phases.run("light", 103, int(cfg.light_rate * cfg.light_seconds),
+                             cfg.light_rate),
+            await phases.run("history table", 106, int(half_rate / 2 * cfg.history_seconds),
+                             round(half_rate / 2), history=True),
+            await phases.run(f"N={cfg.wide_candidates}", 105, cfg.wide_requests, 0.0,
+                             (cfg.wide_candidates, cfg.wide_candidates))]
+
+
+async def run_guarantee(broker: BrokerProcess, kind: str, cfg: BenchConfig,
+                        probe: Callable[[], float], partitions: int, run_id: str,
+                        guarantee: str) -> dict:
+    """The worker phases with `guarantee`, on a worker and topics of their own."""
+    topics = await create_topics(broker, WORKER_TOPICS, f"{guarantee}-{run_id}", partitions)
+    async with serving(broker, brokers.tuning(kind), topics, cfg, partitions,
+                       guarantee) as phases:
+        return await run_worker(phases, cfg, probe)
+
+
 async def run_kafka(settings: Settings, cfg: BenchConfig, probe: Callable[[], float],
                     kind: str = brokers.DEFAULT_BROKER) -> dict:
-    """The worker phases on a broker of `kind`, then the naive baseline (after the worker
-    stopped: no contention), then the host floors."""
+    """The worker phases on a broker of `kind` at least once, then max and half max exactly
+    once where the broker has transactions, then the naive baseline (after the workers
+    stopped: no contention), then the host floors. The exactly-once phases join the list of
+    phases; `exactly_once` holds that worker's other figures, or why it did not run."""
     partitions = settings.partitions
     tuning = brokers.tuning(kind)
     with brokers.new_broker(kind) as broker:
@@ -165,51 +273,14 @@ async def run_kafka(settings: Settings, cfg: BenchConfig, probe: Callable[[], fl
         print(f"{brokers.title(kind)} on {bootstrap}, pid {broker.pid} ({executable})",
               flush=True)
         run_id = uuid.uuid4().hex[:8]
-        names = {name: f"bench-{name}-{run_id}" for name in
-                 ("requests", "results", "dead-letters", "engagements", "naive-requests",
-                  "naive-results", "naive-dead-letters")}
-        await broker.create_topics_async(brokers.topic_specs(names.values(), partitions))
-        worker = await asyncio.to_thread(
-            BenchWorker(bootstrap, names["requests"], names["results"], names["dead-letters"],
-                        cfg.checkpoint, partitions, extra_args=tuning.worker_args(),
-                        engagements=names["engagements"]).start)
-        print(f"worker ready after {worker.ready_after_s:.1f} s", flush=True)
-        phases = []
-        try:
-            at_ready = worker.snapshot()
-            async with ResultCollector(bootstrap, names["results"],
-                                       tuning.fetch_max_wait_ms) as collector:
-                async def phase(name, seed, count, rate, candidates=None, history=False):
-                    events = list(generate_events(seed, count, candidates=candidates))
-                    if history:
-                        events = list(engagement_then_request(events))
-                    result = await run_phase(name, events, rate, bootstrap, names["requests"],
-                                             collector, worker, broker.pid,
-                                             engagements_topic=names["engagements"])
-                    print(_phase_line(result), flush=True)
-                    return result
-
-                await phase("warm-up", 100, cfg.warmup_requests, 0.0)
-                model_before = await asyncio.to_thread(probe)
-                top = await phase("max", 101, cfg.max_requests, 0.0)
-                model_after = await asyncio.to_thread(probe)
-                print(f"model alone at B={settings.max_batch_size} around the max phase: "
-                      f"{model_before:.0f} then {model_after:.0f} req/s", flush=True)
-                half_rate = round(top["results_req_per_s"] / 2)
-                phases = [top,
-                          await phase("half max", 102, int(half_rate * cfg.half_seconds),
-                                      half_rate),
-                          await phase("light", 103, int(cfg.light_rate * cfg.light_seconds),
-                                      cfg.light_rate),
-                          await phase("history table", 106,
-                                      int(half_rate / 2 * cfg.history_seconds),
-                                      round(half_rate / 2), history=True),
-                          await phase(f"N={cfg.wide_candidates}", 105, cfg.wide_requests, 0.0,
-                                      (cfg.wide_candidates, cfg.wide_candidates))]
-                duplicates = collector.duplicates
-            at_end = worker.snapshot()
-        finally:
-            worker.close()
+        guaranteed = functools.partial(run_guarantee, broker, kind, cfg, probe, partitions,
+                                       run_id)
+        at_least_once = await guaranteed(compare.AT_LEAST_ONCE)
+        reason = brokers.NO_EXACTLY_ONCE.get(kind)
+        exactly_once = ({"not_run": reason} if reason
+                        else await guaranteed(compare.EXACTLY_ONCE))
+        at_least_once["phases"] += exactly_once.pop("phases", [])
+        names = await create_topics(broker, NAIVE_TOPICS, run_id, partitions)
         naive = await run_naive(bootstrap, list(generate_events(104, cfg.naive_requests)),
                                 names["naive-requests"], names["naive-results"],
                                 names["naive-dead-letters"], cfg.checkpoint,
@@ -218,12 +289,8 @@ async def run_kafka(settings: Settings, cfg: BenchConfig, probe: Callable[[], fl
               flush=True)
         floors = await run_floors(broker, cfg.checkpoint, partitions, cfg.floor_messages,
                                   cfg.floor_rounds)
-    return {"broker_executable": executable,
-            "floors": floors, "worker_ready_s": worker.ready_after_s, "partitions": partitions,
-            "compilations_at_ready": at_ready.compilations,
-            "compilations_at_end": at_end.compilations, "duplicate_results": duplicates,
-            "model_alone_around_max_req_per_s": [model_before, model_after],
-            "phases": phases, "naive": naive}
+    return {**at_least_once, "broker_executable": executable, "floors": floors,
+            "partitions": partitions, "exactly_once": exactly_once, "naive": naive}
 
 
 def _phase_line(p: dict) -> str:
@@ -231,7 +298,7 @@ def _phase_line(p: dict) -> str:
     lag = p.get("engagement_lag_ms")
     lag_text = (f"  engagement->visible p50 {lag['p50_ms']:.1f} p99 {lag['p99_ms']:.1f} ms"
                 if lag else "")
-    return (f"{p['phase']:<9} {p['requests']:>6} req  sent {p['sent_req_per_s']:7.0f}/s  "
+    return (f"{p['phase']:<21} {p['requests']:>6} req  sent {p['sent_req_per_s']:7.0f}/s  "
             f"results {p['results_req_per_s']:7.0f}/s  p50 {lat['p50_ms']:7.1f}  "
             f"p99 {lat['p99_ms']:7.1f}  max {lat['max_ms']:7.1f} ms  "
             f"mean batch {p['mean_batch']:5.1f}{lag_text}")
@@ -373,8 +440,9 @@ def report(results: dict) -> str:
                 f"and wait for the ack): {naive['req_per_s']:.1f} requests/s over "
                 f"{naive['requests']} requests. Compilations: {kafka['compilations_at_ready']:.0f}"
                 f" at ready, {kafka['compilations_at_end']:.0f} at the end. Worker ready "
-                f"{kafka['worker_ready_s']:.1f} s after start.",
-            "", "### Where the time goes", "",
+                f"{kafka['worker_ready_s']:.1f} s after start."]
+    out += guarantees_section(results)
+    out += ["", "### Where the time goes", "",
             f"Batch path per {results['profile']['batch_size']} requests (in process, one "
             "thread; publish + ack from the worker under max load):", ""]
     out.append(markdown_table(["stage", "ms", "share"],
@@ -436,6 +504,32 @@ def report(results: dict) -> str:
                               [[t["name"], _describe(t), "PASS" if t["passed"] else "MISS"]
                                for t in results["targets"]]))
     return "\n".join(out) + "\n"
+
+
+def guarantees_section(results: dict) -> list[str]:
+    """At least once and exactly once side by side, or why exactly once did not run."""
+    out = ["", "### Processing guarantees", ""]
+    kafka = results["end_to_end"]
+    exactly_once = kafka.get("exactly_once") or {"not_run": "this run predates the phases"}
+    if "not_run" in exactly_once:
+        return out + [f"{compare.EXACTLY_ONCE}: {compare.NOT_RUN}: {exactly_once['not_run']}."]
+    out.append(markdown_table(
+        [""] + list(compare.GUARANTEES),
+        [[label, *(compare.cell(results, compare.guarantee_value(g, phase, *keys))
+                   for g in compare.GUARANTEES)]
+         for label, phase, keys in compare.GUARANTEE_FIGURES]))
+    around = [f"{a:.0f}-{b:.0f}" for a, b in (kafka["model_alone_around_max_req_per_s"],
+                                            exactly_once["model_alone_around_max_req_per_s"])]
+    ratio = compare.cell(results, compare.exactly_once_over_at_least_once)
+    return out + [
+        "", f"Max results/s {compare.EXACTLY_ONCE} / {compare.AT_LEAST_ONCE}: {ratio}. "
+            f"Exactly once runs after the at-least-once phases on a worker and topics of its "
+            f"own (ready {exactly_once['worker_ready_s']:.1f} s after start); its results are "
+            f"read `read_committed`, so each arrives when its transaction commits (the "
+            f"worker commits every 0.5 s). Model alone at the max batch around each max "
+            f"phase (the machine's drift between them): {around[0]} and {around[1]} "
+            f"requests/s. Duplicate results seen: {kafka['duplicate_results']} at least once, "
+            f"{exactly_once['duplicate_results']} exactly once."]
 
 
 def _describe(t: dict) -> str:

@@ -194,10 +194,13 @@ class Arrival(NamedTuple):
 
 class ResultCollector(TopicFollower):
     """Consumes the results topic in the background; `arrivals[request_id]` is the first
-    result of each request."""
+    result of each request. `read_committed`: sees only committed transactions, as a
+    downstream consumer of an exactly-once worker does (the latency that counts there)."""
 
-    def __init__(self, bootstrap: str, topic: str, fetch_max_wait_ms: int = FETCH_WAIT_MS):
-        super().__init__(connection(bootstrap), [topic], fetch_max_wait_ms)
+    def __init__(self, bootstrap: str, topic: str, fetch_max_wait_ms: int = FETCH_WAIT_MS,
+                 read_committed: bool = False):
+        super().__init__(connection(bootstrap), [topic], fetch_max_wait_ms,
+                         "read_committed" if read_committed else "read_uncommitted")
         self.arrivals: dict[str, Arrival] = {}
         self.duplicates = 0
         self._changed = asyncio.Event()

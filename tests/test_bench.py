@@ -13,6 +13,7 @@ import prometheus_client
 import pytest
 
 from bench.load import Snapshot, lag_quantiles_ms, stage_means_ms
+from tests.conftest import ON_KAFKA
 from bench.stats import (BenchStatsError, Target, bucket_counts, latency_summary,
                                 markdown_table, percentile, shares, sustained_rate)
 from worker.monitoring import WorkerMetrics, python_threads_cpu_s
@@ -177,8 +178,10 @@ def _phase(name, p50, p99, rate, offered=None, cpu=None):
 
 
 def _run(kind, title, *, light_p99, max_rate, broker_cpu, started=1_700_000_000.0,
-         quick=False):
-    """A results dict with just what the comparison reads (no bench run)."""
+         quick=False, exactly_once_max=None):
+    """A results dict with just what the comparison reads (no bench run); without
+    `exactly_once_max`, exactly once did not run, as on the embedded broker."""
+    from bench.brokers import NO_EXACTLY_ONCE
     from bench.floors import NATIVE
 
     cpu = {"worker python threads": 300.0, NATIVE: 400.0, "broker": broker_cpu,
@@ -200,10 +203,17 @@ def _run(kind, title, *, light_p99, max_rate, broker_cpu, started=1_700_000_000.
         "targets": [{"passed": True}, {"passed": False}],
         "end_to_end": {
             "model_alone_around_max_req_per_s": [3000.0, 5000.0],
-            "floors": floors,
+            "floors": floors, "duplicate_results": 3,
             "phases": [_phase("max", 2000.0, 3000.0, max_rate, cpu=cpu),
                        _phase("half max", 100.0, 190.0, max_rate / 2, round(max_rate / 2)),
-                       _phase("light", 15.0, light_p99, 20.0, 20.0)]},
+                       _phase("light", 15.0, light_p99, 20.0, 20.0)]
+            + ([] if exactly_once_max is None else [
+                _phase("exactly_once max", 2500.0, 3500.0, exactly_once_max),
+                _phase("exactly_once half max", 400.0, 700.0, exactly_once_max / 2,
+                       round(exactly_once_max / 2))]),
+            "exactly_once": ({"not_run": NO_EXACTLY_ONCE["embedded"]} if exactly_once_max is None
+                             else {"worker_ready_s": 12.5, "duplicate_results": 0,
+                                   "model_alone_around_max_req_per_s": [3900.0, 4100.0]})},
     }
 
 
@@ -224,13 +234,13 @@ def test_comparison_puts_each_broker_in_its_own_column():
     header = [l for l in text.splitlines() if "embedded broker (tansu)" in l and l.startswith("|")]
     assert header and "Apache Kafka 4.1.1" in header[0]  # the columns name each broker
     sections = [l for l in text.splitlines() if l.startswith("## ")]
-    assert sections == ["## Light load", "## Half of max", "## Max",
+    assert sections == ["## Light load", "## Half of max", "## Max", "## Processing guarantees",
                         "## CPU per request at max load", "## Host floors (no model)"]
     light = text[text.index("## Light load"):text.index("## Half of max")]
     assert _row(light, "p99 ms") == ["25.7", "12.5"]
     half = text[text.index("## Half of max"):text.index("## Max")]
     assert _row(half, "offered requests/s") == ["846", "1050"]
-    top = text[text.index("## Max"):text.index("## CPU")]
+    top = text[text.index("## Max"):text.index("## Processing guarantees")]
     assert _row(top, "e2e max / model alone") == ["0.42x", "0.53x"]  # over the mean, 4000
     cpu = text[text.index("## CPU"):text.index("## Host floors")]
     assert _row(cpu, "broker (its whole process)") == ["256", "180"]
@@ -240,6 +250,102 @@ def test_comparison_puts_each_broker_in_its_own_column():
         "2500", "2500"]
     assert _row(floors, "(a) CPU us/msg, broker") == ["128", "90"]
     assert _row(floors, "(b) CPU us/msg, floor process") == ["75", "75"]
+
+
+def test_comparison_sets_both_guarantees_side_by_side_in_each_brokers_column():
+    from bench.compare import MISSING, comparison
+
+    runs = {"embedded": _run("embedded", "embedded broker (tansu)", light_p99=25.7,
+                             max_rate=1692.3, broker_cpu=256.0),
+            "kafka": _run("kafka", "Apache Kafka 4.1.1", light_p99=12.5, max_rate=2100.0,
+                          broker_cpu=180.0, exactly_once_max=1470.0)}
+    text = comparison(runs)
+    table = text[text.index("## Processing guarantees"):text.index("## CPU")]
+    assert _row(table, "at_least_once: max results/s") == ["1692.3", "2100"]
+    assert _row(table, "exactly_once: max results/s") == [MISSING, "1470"]
+    assert _row(table, "max results/s, exactly_once / at_least_once") == [MISSING, "0.70x"]
+    assert _row(table, "at_least_once: p50 ms at half max") == ["100", "100"]
+    assert _row(table, "exactly_once: p50 ms at half max") == [MISSING, "400"]
+    assert _row(table, "at_least_once: p99 ms at half max") == ["190", "190"]
+    assert _row(table, "exactly_once: p99 ms at half max") == [MISSING, "700"]
+    # The exactly-once phases stay out of the at-least-once tables.
+    assert _row(text[text.index("## Max"):], "results/s") == ["1692.3", "2100"]
+
+
+def test_a_run_report_sets_the_guarantees_side_by_side_or_says_why_exactly_once_did_not():
+    from bench.brokers import NO_EXACTLY_ONCE
+    from bench.e2e import guarantees_section
+
+    kafka = "\n".join(guarantees_section(_run("kafka", "Apache Kafka 4.1.1", light_p99=12.5,
+                                              max_rate=2100.0, broker_cpu=180.0,
+                                              exactly_once_max=1470.0)))
+    header = next(l for l in kafka.splitlines() if l.startswith("|"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "", "at_least_once", "exactly_once"]
+    assert _row(kafka, "max results/s") == ["2100", "1470"]
+    assert _row(kafka, "p50 ms at half max") == ["100", "400"]
+    assert _row(kafka, "p99 ms at half max") == ["190", "700"]
+    assert "exactly_once / at_least_once: 0.70x" in kafka
+    assert "3000-5000 and 3900-4100 requests/s" in kafka  # the model probes around each max
+    assert "3 at least once, 0 exactly once" in kafka
+    assert "kafka" not in NO_EXACTLY_ONCE
+    embedded = guarantees_section(_run("embedded", "embedded broker (tansu)", light_p99=25.7,
+                                       max_rate=1692.3, broker_cpu=256.0))
+    assert embedded[-1] == "exactly_once: not run: the embedded broker has no transactions."
+    assert not [l for l in embedded if l.startswith("|")]  # no exactly-once rows
+    older = _run("kafka", "Apache Kafka 4.1.1", light_p99=12.5, max_rate=2100.0,
+                 broker_cpu=180.0)
+    del older["end_to_end"]["exactly_once"]  # a results file from before the phases
+    assert guarantees_section(older)[-1] == (
+        "exactly_once: not run: this run predates the phases.")
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_the_bench_guarantees_are_the_worker_settings_values(guarantee):
+    from bench.compare import GUARANTEES
+    from worker.settings import Settings
+
+    assert guarantee in GUARANTEES  # the bench passes each as --processing-guarantee
+    assert Settings.load(("--processing-guarantee", guarantee)).processing_guarantee == guarantee
+
+
+@pytest.mark.skipif(not ON_KAFKA, reason="the embedded broker has no transactions")
+def test_the_exactly_once_collector_reads_committed_results_only(kafka):
+    """The exactly-once phases' latency is a read_committed reader's: an aborted result
+    before a committed one is never seen, though a plain reader sees both."""
+    import asyncio
+    import uuid
+
+    import msgpack
+    from aiokafka import AIOKafkaProducer
+
+    from bench.load import ResultCollector
+
+    topic = kafka.new_topic()
+
+    def result(request_id):
+        return msgpack.packb({"request_id": request_id, "request_timestamp_ms": 1,
+                              "timings": {"queue_wait_ms": 0.0}, "produced_at_ms": 2})
+
+    async def scenario():
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap,
+                                    transactional_id=f"bench-test-{uuid.uuid4().hex}")
+        await producer.start()
+        try:
+            async with ResultCollector(kafka.bootstrap, topic, read_committed=True) as committed, \
+                    ResultCollector(kafka.bootstrap, topic) as plain:
+                for request_id, end in (("aborted", producer.abort_transaction),
+                                        ("committed", producer.commit_transaction)):
+                    await producer.begin_transaction()
+                    await (await producer.send(topic, result(request_id)))
+                    await end()
+                await committed.wait_for(["committed"], timeout_s=30)
+                await plain.wait_for(["aborted", "committed"], timeout_s=30)
+                return set(committed.arrivals)
+        finally:
+            await producer.stop()
+
+    assert asyncio.run(scenario()) == {"committed"}
 
 
 def test_a_broker_never_run_shows_not_run_and_the_run_lines_say_when_and_where():

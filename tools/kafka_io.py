@@ -75,12 +75,15 @@ async def assignable_partitions(conn: Mapping[str, Any], topics: Sequence[str]
 
 
 async def start_at_beginning(conn: Mapping[str, Any], topics: Sequence[str],
-                             fetch_max_wait_ms: int = FETCH_WAIT_MS) -> AIOKafkaConsumer:
+                             fetch_max_wait_ms: int = FETCH_WAIT_MS,
+                             isolation_level: str = "read_uncommitted") -> AIOKafkaConsumer:
     """A started consumer assigned every partition of `topics` at their first offsets: no
     group, no commits, so reading never moves a deployment's offsets. `KafkaIOError` when
-    none of the topics exists (the consumer is then stopped)."""
+    none of the topics exists (the consumer is then stopped). `isolation_level`
+    "read_committed" reads only committed transactions (an exactly-once worker's output as
+    its downstream consumers see it)."""
     consumer = AIOKafkaConsumer(**conn, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest",
+                                auto_offset_reset="earliest", isolation_level=isolation_level,
                                 fetch_max_wait_ms=fetch_max_wait_ms)
     await consumer.start()
     try:
@@ -136,16 +139,19 @@ class TopicFollower:
     `async with` (entering fails at once when none of the topics exists)."""
 
     def __init__(self, conn: Mapping[str, Any], topics: Sequence[str],
-                 fetch_max_wait_ms: int = FETCH_WAIT_MS):
+                 fetch_max_wait_ms: int = FETCH_WAIT_MS,
+                 isolation_level: str = "read_uncommitted"):
         self.conn, self.topics = dict(conn), list(topics)
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.isolation_level = isolation_level
         self._task: asyncio.Task | None = None
 
     def on_records(self, records: list[ConsumerRecord], arrived_ms: float) -> None:
         raise NotImplementedError
 
     async def __aenter__(self) -> "TopicFollower":
-        consumer = await start_at_beginning(self.conn, self.topics, self.fetch_max_wait_ms)
+        consumer = await start_at_beginning(self.conn, self.topics, self.fetch_max_wait_ms,
+                                            self.isolation_level)
         self._task = asyncio.create_task(self._run(consumer))
         return self
 
