@@ -25,6 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import KAFKA_TEST_CONFIG
 from tests.librdkafka_helpers import Reader, Record
+from tests.netns_hosts import TestHosts
 from tests.test_reliability import Load, request_ids, valid_requests
 from tests.worker_harness import WorkerProcess, WorkerTopics
 from tools.broker import port_free
@@ -176,3 +177,66 @@ def test_the_broker_tool_runs_a_three_node_cluster(tmp_path):
         output = process.communicate(timeout=60)[0]
     assert process.returncode == 0, output
     assert "broker stopped" in output
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_cut_off_from_a_leader_for_20s_degraded_then_caught_up(guarantee: str):
+    """The cluster and the worker on hosts of their own (network namespaces): the worker's
+    host loses its network path to the node leading requests[0] for 20 s while both keep
+    running. Nothing is lost, /ready says degraded (naming that node) meanwhile, and after
+    the heal the same worker process catches up."""
+    names = ["k1", "k2", "k3", "worker"]
+    with TestHosts(names) as hosts, KafkaCluster(
+            3, hosts=[hosts.address(n) for n in names[:3]],
+            netns=[hosts.netns(n) for n in names[:3]], config=KAFKA_TEST_CONFIG) as cluster:
+        topics = _topics(cluster)
+        bootstrap = ";".join(node.bootstrap_servers for node in cluster.nodes)
+        worker = WorkerProcess(bootstrap, topics, partitions=2, netns=hosts.netns("worker"),
+                               http_host=hosts.address("worker"),
+                               extra_args=("--processing-guarantee", guarantee))
+        try:
+            worker.start().wait_ready()
+            pid = worker.proc.pid
+            messages = valid_requests(seed=43, count=int(RATE * 400), prefix=f"cut-{guarantee}-")
+            with Reader(cluster.bootstrap_servers, [topics.results, topics.dead_letters]
+                        ) as reader:
+                load = Load(cluster.bootstrap_servers, topics.requests, messages,
+                            rate=RATE).start()
+                _wait(lambda: len(reader.records()) >= 2 * RATE, 60, "results before the cut")
+                leader = cluster.leader_of(topics.requests, 0)
+                cut_at = time.monotonic()
+                hosts.cut("worker", f"k{leader}")
+                said = []
+                while time.monotonic() - cut_at < 20:
+                    status, body = worker.get("/ready")
+                    if status != 200:
+                        said.append(body)
+                    time.sleep(0.5)
+                hosts.heal("worker", f"k{leader}")
+                healed_at = time.monotonic()
+                _wait(worker.ready, 60, "ready again after the heal")
+                ready_again_s = time.monotonic() - healed_at
+                time.sleep(3)  # load after the heal, too
+                load.stop()
+                load.join()
+                assert not load.failed, load.failed[:3]
+                sent = request_ids([s.message for s in load.acked])
+                _wait(lambda: sent <= _ids(reader), 120, f"answers to {len(sent)} requests")
+                caught_up_s = time.monotonic() - healed_at
+                answers = collections.Counter(_all_ids(reader))
+                pause = _longest_gap(reader.records([topics.results]), cut_at, healed_at + 5)
+            assert worker.proc.pid == pid and worker.proc.poll() is None, worker.log()
+        finally:
+            worker.close()
+    duplicates = sum(n - 1 for n in answers.values())
+    print(f"\n{guarantee}, cut from node {leader} (leader of requests[0]) for 20 s: "
+          f"{len(sent)} sent, {len(sent & set(answers))} answered, "
+          f"{len(sent - set(answers))} lost, {duplicates} duplicates; results paused "
+          f"{pause:.1f} s at most; ready again {ready_again_s:.1f} s and every request "
+          f"answered {caught_up_s:.1f} s after the heal")
+    degraded = [body for body in said if "degraded" in body and f"node {leader}" in body]
+    assert degraded, f"/ready never said degraded naming node {leader}: {said[:3]}"
+    assert not sent - set(answers)
+    if guarantee == "exactly_once":
+        assert duplicates == 0

@@ -53,7 +53,8 @@ class WorkerProcess(worker_process.WorkerProcess):
 
     def __init__(self, bootstrap: str, topics: WorkerTopics, *, group_id: str | None = None,
                  extra_args: tuple[str, ...] = (), entry: tuple[str, ...] = ("-m", "worker.app"),
-                 env: dict[str, str] | None = None, partitions: int = 1):
+                 env: dict[str, str] | None = None, partitions: int = 1,
+                 **launch: str):
         super().__init__(
             bootstrap, requests=topics.requests, results=topics.results,
             dead_letters=topics.dead_letters, engagements=topics.engagements,
@@ -63,7 +64,7 @@ class WorkerProcess(worker_process.WorkerProcess):
                         "--session-timeout-s", "2",
                         "--max-batch-wait-ms", "5", *extra_args),
             env={"RANKER_JAX_CACHE_DIR": str(ROOT / ".cache" / "jax"), **BROKER_ENV,
-                 **(env or {})})
+                 **(env or {})}, **launch)
         self.bootstrap = bootstrap
         self.topics = topics
         self.group_id = self.args[self.args.index("--group-id") + 1]

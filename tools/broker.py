@@ -138,8 +138,10 @@ class BrokerProcess:
         advertise: str | None = None,
         start_timeout_s: float = 15.0,
         die_with_parent: bool = True,
+        netns: str | None = None,
     ) -> None:
         self.host = host
+        self.netns = netns  # a network namespace to run in (`ip netns exec`); None: this one
         self.port = port if port is not None else free_port(host)
         self.start_timeout_s = start_timeout_s
         self.advertise = advertise  # host:port named in metadata; None: the listen address
@@ -218,7 +220,7 @@ class BrokerProcess:
                 f"The broker on {self.bootstrap_servers} is already running (pid {self.pid}); "
                 "call stop() or restart() first."
             )
-        if not port_free(self.host, self.port):
+        if self.netns is None and not port_free(self.host, self.port):
             raise BrokerStartError(
                 f"Port {self.port} on {self.host} is already in use, so the broker cannot listen "
                 "there; stop whatever holds it or pick another port."
@@ -227,6 +229,8 @@ class BrokerProcess:
             self._log_dir = tempfile.TemporaryDirectory(prefix=f"broker-{self.kind}-")
         work_dir = Path(self._log_dir.name)
         command = self._command(work_dir)
+        if self.netns:
+            command = ["ip", "netns", "exec", self.netns, *command]
         with (work_dir / "broker.log").open("ab") as log:
             self._process = subprocess.Popen(
                 command,

@@ -50,7 +50,8 @@ class KafkaCluster:
     """`size` Apache Kafka nodes forming one KRaft cluster (every node a controller voter).
 
     `hosts`: the address of each node (default: all on 127.0.0.1, each on its own ports);
-    `ports`: each node's client port (default: free ones). `config` adds to or overrides
+    `ports`: each node's client port (default: free ones). `netns`: the network namespace
+    each node runs in, where its host address is its own (default ports 9092 and 9093 then). `config` adds to or overrides
     `CLUSTER_CONFIG`. Data lives in `data_dir/node-<id>`, kept; without `data_dir`, in a
     temporary directory that `stop()` deletes. A node's `kill()` and `start()` keep its data.
     """
@@ -60,24 +61,27 @@ class KafkaCluster:
     def __init__(self, size: int = 3, *, hosts: Sequence[str] | None = None,
                  ports: Sequence[int] | None = None, data_dir: Path | str | None = None,
                  config: Mapping[str, str] | None = None, start_timeout_s: float = 120.0,
-                 **node_options: Any) -> None:
+                 netns: Sequence[str] | None = None, **node_options: Any) -> None:
         hosts = list(hosts or ["127.0.0.1"] * size)
-        ports = list(ports or [free_port(host) for host in hosts])
+        spaces = list(netns or [None] * size)
+        # In a namespace of its own each node has its address to itself: Kafka's own ports.
+        ports = list(ports or [9092 if netns else free_port(host) for host in hosts])
         if not len(hosts) == len(ports) == size:
             raise ValueError(f"{size} nodes but {len(hosts)} hosts and {len(ports)} ports")
         self.start_timeout_s = start_timeout_s
         self._temporary = None if data_dir else tempfile.TemporaryDirectory(prefix="kafka-")
         root = Path(data_dir) if data_dir else Path(self._temporary.name)
-        controllers = [free_port(host) for host in hosts]
+        controllers = [9093 if netns else free_port(host) for host in hosts]
         voters = ",".join(f"{i}@{host}:{port}"
                           for i, (host, port) in enumerate(zip(hosts, controllers), 1))
         shared = cluster_id()  # formats new data directories only: kept ones keep theirs
         self.nodes = [
             ApacheKafka(port, host=host, node_id=i, controller_port=controller, voters=voters,
-                        cluster=shared, data_dir=root / f"node-{i}",
+                        cluster=shared, data_dir=root / f"node-{i}", netns=space,
                         config={**CLUSTER_CONFIG, **(config or {})},
                         start_timeout_s=start_timeout_s, **node_options)
-            for i, (host, port, controller) in enumerate(zip(hosts, ports, controllers), 1)]
+            for i, (host, port, controller, space)
+            in enumerate(zip(hosts, ports, controllers, spaces), 1)]
         self._topics: dict[str, int] = {}
 
     @classmethod

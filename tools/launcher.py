@@ -31,11 +31,15 @@ class WorkerProcess:
                  group_id: str, checkpoint: str, partitions: int = 1,
                  extra_args: Sequence[str] = (), entry: Sequence[str] = ("-m", "worker.app"),
                  env: Mapping[str, str] | None = None, log_prefix: str = "worker-",
-                 metrics_port: int | None = None, engagements: str | None = None):
+                 metrics_port: int | None = None, engagements: str | None = None,
+                 netns: str | None = None, http_host: str = "127.0.0.1"):
+        """`netns`: run it in that network namespace (`ip netns exec`), reached at
+        `http_host` there."""
         self.metrics_port = metrics_port or free_port()
+        self.http_host = http_host
         self.log_path = Path(tempfile.mkstemp(prefix=log_prefix, suffix=".log")[1])
         self.args = [
-            sys.executable, *entry, "--broker", f"kafka://{bootstrap}",
+            *(("ip", "netns", "exec", netns) if netns else ()), sys.executable, *entry, "--broker", f"kafka://{bootstrap}",
             "--requests-topic", requests, "--results-topic", results,
             "--dead-letter-topic", dead_letters, "--partitions", str(partitions),
             "--group-id", group_id, "--metrics-port", str(self.metrics_port),
@@ -59,7 +63,7 @@ class WorkerProcess:
     def get(self, path: str) -> tuple[int, str]:
         """(HTTP status, body) of a GET on the worker's port; status 0 when unreachable."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}",
+            with urllib.request.urlopen(f"http://{self.http_host}:{self.metrics_port}{path}",
                                         timeout=2) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:  # e.g. 503 from /ready, with its reason

@@ -36,7 +36,8 @@ from worker.exactly_once import EXACTLY_ONCE_COMMIT_INTERVAL_S, commit_guard
 from worker.errors import ValidationError
 from worker.handler import BatchHandler, WorkerState, to_record
 from worker.breaker import BreakerConfig, DeadLetterBreaker
-from worker.kafka_clients import (TopicLayout, check_transactions_supported,
+from worker.broker_health import BrokerHealth
+from worker.kafka_clients import (TopicLayout, check_transactions_supported, client_kwargs,
                                   ensure_topics_with_retry, faust_credentials)
 from worker.kafka_tuning import ConsumerTuning, TunedApp
 from worker.lifecycle import (BoundedStopWorker, StartupSignals, StartupStop,
@@ -258,6 +259,22 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         metrics.ready.set(1 if state.readiness()[0] else 0)
         log.info("assigned partitions: %s", sorted(f"{tp.topic}[{tp.partition}]"
                                                    for tp in assigned))
+
+    health = BrokerHealth(client_kwargs(settings), [requests.get_topic_name(),
+                                                    results.get_topic_name(),
+                                                    dead_letters.get_topic_name(),
+                                                    engagements.get_topic_name()])
+    state.degraded = health.reason
+
+    @app.timer(health.interval_s)
+    async def check_brokers():
+        try:
+            silent = await health.check()
+        except Exception as error:  # noqa: BLE001 (no bootstrap node answers: say so, go on)
+            log.warning("cannot check the broker nodes: %r", error)
+            return
+        metrics.silent_brokers.set(len(silent))
+        metrics.ready.set(1 if state.readiness()[0] else 0)
 
     @app.timer(5.0)
     async def report_lag():

@@ -41,6 +41,8 @@ class WorkerState:
     # True while Faust rebuilds the history table from its changelog after an assignment
     # (requests of those partitions are held until it is done).
     recovering: Callable[[], bool] = lambda: False
+    # Why the worker cannot reach the cluster as it should (None: it can): silent leaders.
+    degraded: Callable[[], str | None] = lambda: None
 
     def readiness(self) -> tuple[bool, str]:
         if not self.compiled:
@@ -51,6 +53,9 @@ class WorkerState:
             return False, "rebuilding the history table from its changelog"
         if self.breaker is not None and self.breaker.is_open:
             return False, f"circuit breaker open: {self.breaker.reason}"
+        degraded = self.degraded()
+        if degraded is not None:
+            return False, f"degraded: {degraded}"
         return True, "ready"
 
 
