@@ -8,6 +8,7 @@ suit both.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 
@@ -195,3 +196,40 @@ def test_exactly_once_ranks_and_commits_in_transactions(kafka: Kafka, worker_fac
         reader.close()
     assert end > len(seen), f"end offset {end} for {len(seen)} results: no commit marker"
 
+
+
+def _active_producers(bootstrap: str, topic: str, partition: int) -> list[str]:
+    """The partition's active (idempotent or transactional) producers, one line each, as
+    Apache Kafka's own kafka-transactions tool lists them."""
+    from tools.apache_kafka import LOG_CONFIG, classpath, java_binary
+
+    shown = subprocess.run(
+        [java_binary(), f"-Dlog4j2.configurationFile={LOG_CONFIG}", "-cp", classpath(),
+         "org.apache.kafka.tools.TransactionsCommand", "--bootstrap-server", bootstrap,
+         "describe-producers", "--topic", topic, "--partition", str(partition)],
+        capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    # Rows start with the producer id; the admin client's logged config comes before them.
+    return [line for line in shown.stdout.splitlines() if line.split()[:1] and
+            line.split()[0].isdigit()]
+
+
+@pytest.mark.kafka_contract
+@pytest.mark.timeout(240)
+def test_the_worker_sends_idempotently_where_the_broker_allows(kafka: Kafka, worker_factory):
+    """At least once, the worker's producer is idempotent on Apache Kafka (a retried send is
+    not written twice): the results partition lists it as an active producer. The embedded
+    broker refuses idempotence; the worker says so once and sends plainly."""
+    topics = WorkerTopics.create(kafka)
+    worker = worker_factory(topics).start()
+    worker.wait_ready()
+    events = list(generate_events(seed=6, count=5, bad_fraction=0.0))
+    produce(librdkafka_producer(kafka.bootstrap), topics.requests,
+            [(e.key, e.encode(int(time.time() * 1000))) for e in events])
+    assert len(_read_partition0(kafka.bootstrap, topics.results, 5, timeout_s=60)) == 5
+    refused = "refused an idempotent producer" in worker.log_path.read_text()
+    if ON_KAFKA:
+        assert not refused
+        assert len(_active_producers(kafka.bootstrap, topics.results, 0)) == 1
+    else:
+        assert refused

@@ -563,3 +563,19 @@ def test_seek_to_committed_sends_uncommitted_stream_partitions_to_their_start(
     assert asyncio.run(thread.seek_to_committed()) == {requests: None, at_zero: 0, done: 18,
                                                        changelog: None}
     assert seeks == [(requests, 7), (at_zero, 7)]  # concrete positions, never "awaiting reset"
+
+
+def test_the_idempotent_producer_adds_to_the_options_faust_builds_its_producer_from():
+    import inspect
+
+    from worker.kafka_tuning import IdempotentProducer, TunedTransport
+
+    assert TunedTransport.Producer is IdempotentProducer
+    source = inspect.getsource(faust_aiokafka.Producer._new_producer)
+    assert "**self._settings_extra()," in source  # merged last: our options win
+    app = type("App", (), {"idempotent_producer": True, "in_transaction": False})()
+    producer = IdempotentProducer.__new__(IdempotentProducer)
+    producer.app = app
+    assert producer._settings_extra() == {"acks": "all", "enable_idempotence": True}
+    app.idempotent_producer = False
+    assert producer._settings_extra() == {}

@@ -38,7 +38,8 @@ from worker.handler import BatchHandler, WorkerState, to_record
 from worker.breaker import BreakerConfig, DeadLetterBreaker
 from worker.broker_health import BrokerHealth
 from worker.kafka_clients import (TopicLayout, check_transactions_supported, client_kwargs,
-                                  ensure_topics_with_retry, faust_credentials)
+                                  ensure_topics_with_retry, faust_credentials,
+                                  supports_idempotence)
 from worker.kafka_tuning import ConsumerTuning, TunedApp
 from worker.lifecycle import (BoundedStopWorker, StartupSignals, StartupStop,
                               log_stopped_before_serving, stop_for_bug, stop_on_signals)
@@ -61,12 +62,15 @@ class AppTopics(NamedTuple):
     engagements: Any
 
 
-def new_app(settings: Settings, replication_factor: int = 1) -> tuple[faust.App, AppTopics]:
+def new_app(settings: Settings, replication_factor: int = 1,
+            idempotent: bool = False) -> tuple[faust.App, AppTopics]:
     """The worker's Faust app and its three raw-bytes topics, no agent yet.
-    `replication_factor`: of the topics Faust creates (the history changelog)."""
+    `replication_factor`: of the topics Faust creates (the history changelog); `idempotent`:
+    whether the broker takes idempotent producers (exactly-once makes them so anyway)."""
     app = TunedApp(
         settings.group_id,
         consumer_tuning=ConsumerTuning(fetch_max_wait_ms=settings.fetch_max_wait_ms),
+        idempotent_producer=idempotent,
         broker=settings.faust_broker,
         broker_credentials=faust_credentials(settings),
         env={},  # Faust would let BROKER_URL & co. from the environment override our settings
@@ -184,15 +188,23 @@ def _add_history(app: faust.App, engagements: Any, settings: Settings, partition
     return table
 
 
+class BrokerLayout(NamedTuple):
+    """What start-up found on the broker: the topics as they exist, and whether it takes
+    idempotent producers."""
+
+    topics: TopicLayout
+    idempotent: bool
+
+
 def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState,
                metrics: WorkerMetrics, watcher: CheckpointWatcher | None = None,
-               layout: TopicLayout | None = None) -> faust.App:
+               layout: BrokerLayout | None = None) -> faust.App:
     """The worker's app: the ranking agent, the history table and its agent, and with a
-    `watcher`, live model rollout. `layout`: the topics as they exist (default: the
-    settings' partitions, one replica)."""
-    layout = layout or TopicLayout(settings.partitions, 1)
-    app, (requests, results, dead_letters, engagements) = new_app(settings,
-                                                                  layout.replication_factor)
+    `watcher`, live model rollout. `layout`: what start-up found on the broker (default: the
+    settings' partitions, one replica, no idempotence)."""
+    layout = layout or BrokerLayout(TopicLayout(settings.partitions, 1), idempotent=False)
+    app, (requests, results, dead_letters, engagements) = new_app(
+        settings, layout.topics.replication_factor, layout.idempotent)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
     decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder")
     def on_bug(error: BaseException) -> None:
@@ -204,7 +216,7 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
                            flow_active=app.flow_control.is_active, decode_executor=decoder,
                            on_bug=on_bug)
     max_wait_s = settings.max_batch_wait_ms / 1000
-    table = _add_history(app, engagements, settings, layout.partitions,
+    table = _add_history(app, engagements, settings, layout.topics.partitions,
                          pipeline, handler, metrics, on_bug)
     state.recovering = lambda: bool(app.in_recovery)
 
@@ -317,17 +329,21 @@ async def _until_done_or_stopped(task: asyncio.Task, signals: StartupSignals) ->
 
 
 def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop,
-                    signals: StartupSignals) -> TopicLayout:
-    """Creates the topics (waiting for the broker); returns their partitions and replicas."""
-    layout: list[TopicLayout] = []
+                    signals: StartupSignals) -> BrokerLayout:
+    """Creates the topics (waiting for the broker); returns their partitions and replicas,
+    and whether the broker takes idempotent producers."""
+    found: list[Any] = []
 
-    async def ensure() -> None:
-        layout.append(await ensure_topics_with_retry(settings))
+    async def probe() -> None:
+        found.append(await ensure_topics_with_retry(settings))
+        if settings.processing_guarantee == "exactly_once":
+            await check_transactions_supported(settings)
+            found.append(True)
+        else:
+            found.append(await supports_idempotence(settings))
 
-    _run_until_complete(loop, ensure(), signals)
-    if settings.processing_guarantee == "exactly_once":
-        _run_until_complete(loop, check_transactions_supported(settings), signals)
-    return layout[0]
+    _run_until_complete(loop, probe(), signals)
+    return BrokerLayout(*found)
 
 
 def _start_health(settings: Settings, metrics: WorkerMetrics,

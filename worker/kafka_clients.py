@@ -143,6 +143,23 @@ async def _ensure_copartitioned(settings: Settings, spec: TopicSpec, replication
             "(a user's engagements and requests must reach the same worker)") from None
 
 
+async def supports_idempotence(settings: Settings) -> bool:
+    """Whether the broker takes idempotent producers (Apache Kafka does, the embedded broker
+    does not): with them, a send retried after a lost ack is not written twice."""
+    producer = AIOKafkaProducer(enable_idempotence=True, acks="all", request_timeout_ms=10_000,
+                                **client_kwargs(settings))
+    try:
+        await producer.start()
+        return True
+    except KafkaError as exc:
+        log.warning("broker %s refused an idempotent producer (%s: %s): results are sent "
+                    "without idempotence, so a retried send may write one twice",
+                    settings.bootstrap_servers, type(exc).__name__, exc)
+        return False
+    finally:
+        await producer.stop()
+
+
 async def check_transactions_supported(settings: Settings) -> None:
     """exactly_once needs transactional producers; fail fast and clearly when the broker
     refuses them (the embedded broker does), instead of Faust's bare UnknownError later."""

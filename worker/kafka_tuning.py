@@ -301,11 +301,23 @@ async def _resume(coro: Coroutine, awaited: Any) -> Any:
         return finished.value
 
 
+class IdempotentProducer(faust_aiokafka.Producer):
+    """Faust's producer, idempotent (and acks=all) when the app says its broker takes it;
+    Faust makes it so only under exactly-once."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        extra = dict(super()._settings_extra())
+        if getattr(self.app, "idempotent_producer", False):
+            extra.update(acks="all", enable_idempotence=True)
+        return extra
+
+
 class TunedTransport(faust_aiokafka.Transport):
     """Faust's aiokafka transport carrying a `ConsumerTuning` for its consumer, and the
     exactly-once fixes (worker/exactly_once.py)."""
 
     Consumer = TunedConsumer
+    Producer = IdempotentProducer
     TransactionManager = ExactlyOnceTransactions
 
     def __init__(self, *args: Any, consumer_tuning: ConsumerTuning, **kwargs: Any) -> None:
@@ -330,10 +342,12 @@ class TunedApp(faust.App):
     """
 
     def __init__(
-        self, id: str, *, consumer_tuning: ConsumerTuning | None = None, **options: Any
+        self, id: str, *, consumer_tuning: ConsumerTuning | None = None,
+        idempotent_producer: bool = False, **options: Any
     ) -> None:
         check_versions()  # again here: an import-time check can be bypassed by reloads/patching
         self.consumer_tuning = consumer_tuning if consumer_tuning is not None else ConsumerTuning()
+        self.idempotent_producer = idempotent_producer
         super().__init__(id, **options)
 
     def _new_transport(self) -> TransportT:
