@@ -18,6 +18,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from faust.tables import recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from tests.conftest import ON_KAFKA
@@ -181,3 +182,12 @@ def test_faust_commit_reads_acked_offsets_inside_force_commit_and_flushes_only_a
 def test_our_transport_and_consumer_carry_the_fixes():
     assert TunedTransport.TransactionManager is ExactlyOnceTransactions
     assert "force_commit" in vars(TunedConsumer)
+
+
+def test_faust_recovers_changelogs_to_a_cached_stable_offset_under_exactly_once():
+    # The flaw TunedConsumerThread._highwaters replaces (committed_record_ends): the cached
+    # last stable offset is None before a partition's first fetch, read as an empty changelog.
+    source = inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread._highwaters)
+    assert "consumer.last_stable_offset(tp) for tp in partitions" in source
+    build = inspect.getsource(recovery.Recovery._build_highwaters)
+    assert "tp: value - 1 if value is not None else -1" in build

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from phoenix.actions import ACTION_NAMES
+from tests.conftest import ON_KAFKA
 from tests.worker_harness import WorkerTopics
 from worker import codec
 
@@ -180,13 +181,21 @@ def engagements_total(*workers) -> float:
 
 
 @pytest.mark.kafka_contract
+@pytest.mark.parametrize("guarantee", [
+    "at_least_once",
+    pytest.param("exactly_once", marks=pytest.mark.skipif(
+        not ON_KAFKA, reason="the embedded broker has no transactions (the worker refuses "
+        "exactly_once there: tests/test_worker_e2e.py)"))])
 def test_two_workers_answer_their_users_and_the_survivor_recovers_before_ranking(
-        kafka, worker_factory):
+        kafka, worker_factory, guarantee):
     """Each worker answers its own users with their full history; after one is killed, the
     other rebuilds the dead one's partitions from the changelog before it ranks any request
-    of those users (they were queued before the takeover), so nothing is lost."""
+    of those users (they were queued before the takeover), so nothing is lost. In both
+    guarantees (under exactly-once the changelog is read committed only)."""
     rng = random.Random(7)
-    group = WorkerGroup.create(kafka, worker_factory, rng, partitions=4)
+    group = WorkerGroup.create(kafka, worker_factory, rng, partitions=4,
+                               extra_args=("--processing-guarantee", guarantee))
+    group.group_id += f"-{guarantee}"  # the same users in each guarantee, a table of its own
     topics = group.topics
     a, b = (group.start("--worker-id", name) for name in ("a", "b"))
     a.wait_ready()

@@ -9,7 +9,7 @@ the same partition count, so they form one group: transaction `{group_id}-0-{p}`
 results and dead letters of request partition p, the changelog writes of engagement partition
 p, and both input offsets.
 
-What Faust 0.15.3 lacks, fixed here (each pinned by tests/test_exactly_once.py):
+What Faust 0.15.3 lacks, fixed here (each shown and pinned by tests/test_exactly_once.py):
 
 1. Output goes into the wrong transaction or none. `TransactionManager.send` picks the
    producer by the *output* record's partition in the consumer's metadata; for a topic the
@@ -26,6 +26,10 @@ What Faust 0.15.3 lacks, fixed here (each pinned by tests/test_exactly_once.py):
    background; a commit did not wait for that buffer, so an engagement's offset could be
    committed in one transaction and its table write sent in the next. `guarded_commit` flushes
    the producer first.
+
+4. A worker that takes over a partition skips its table's recovery: Faust ends a changelog
+   at the consumer's cached last stable offset, unknown before the first fetch (read as "empty").
+   `worker.kafka_tuning.committed_record_ends` finds the last committed record instead.
 
 Beside the fixes: the partitions' transactions commit concurrently (Faust commits them one
 after another, and results wait for the slowest), every `EXACTLY_ONCE_COMMIT_INTERVAL_S`.

@@ -13,7 +13,9 @@ Faust's consumer configuration is copied or changed. The same classes carry thre
 Faust drives that consumer, each explained where it is made: inline delivery while the flow is
 active (`TunedConsumer.wait_first`), the seek after a rebalance with the flow stopped,
 partitions without a committed offset included (`TunedConsumer.perform_seek`), and table
-recovery reading changelogs to the end a fetch reports (`TunedConsumerThread._highwaters`). Both library versions are pinned here and in
+recovery reading changelogs to the end a fetch reports (`TunedConsumerThread._highwaters`;
+under exactly-once, to their last committed record). The same transport carries the
+exactly-once fixes (worker/exactly_once.py) and the idempotent producer. Both library versions are pinned here and in
 pyproject.toml; `tests/test_kafka_tuning.py` fails if the internals this relies on move.
 
     app = TunedApp("ranking-worker", broker="kafka://127.0.0.1:9092",
@@ -150,12 +152,72 @@ class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         larger of the two ends is used. Real Kafka reports both the same; the probe costs one
         short-lived consumer per recovery there.
         """
-        reported = dict(await super()._highwaters(partitions))
         if self.consumer.in_transaction:
-            return reported  # last stable offsets come from fetches already
+            return await committed_record_ends(
+                lambda: self._create_client_consumer(self.transport), partitions,
+                _tuning_of(self.transport))
+        reported = dict(await super()._highwaters(partitions))
         return await fetched_end_offsets(
             lambda: self._create_client_consumer(self.transport), reported,
             _tuning_of(self.transport))
+
+
+async def committed_record_ends(
+    new_consumer: Callable[[], aiokafka.AIOKafkaConsumer], partitions: list[TP],
+    tuning: ConsumerTuning, *, timeout_s: float = 10.0,
+) -> dict[TP, int]:
+    """Under exactly-once: per partition, one past its last committed record, the end table
+    recovery must read to.
+
+    Why: Faust 0.15.3 takes the consumer's cached last stable offset for that end, which is
+    unknown before the first fetch of the partition: Faust then reads it as an empty changelog
+    and skips recovery (a worker that takes a partition over ranks against an empty table), or
+    stops with a ConsistencyError when the table has a persisted offset. And the last stable
+    offset itself lies past the last record (each commit marker takes an offset), which Faust
+    notices only after two idle 5 s waits. So a read_committed consumer reads the tail of each
+    partition, a growing window back from its last stable offset, for its last record.
+    """
+    consumer = new_consumer()
+    apply_tuning(consumer, tuning)
+    consumer._isolation_level = _READ_COMMITTED  # read before start(), as the fetch wait is
+    await consumer.start()
+    try:
+        theirs = {tp: aiokafka.TopicPartition(tp.topic, tp.partition) for tp in partitions}
+        consumer.assign(list(theirs.values()))
+        stable = await consumer.end_offsets(list(theirs.values()))  # read_committed: stable
+        first = await consumer.beginning_offsets(list(theirs.values()))
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        return {tp: await _last_record_end(consumer, part, first[part], stable[part], deadline)
+                for tp, part in theirs.items()}
+    finally:
+        await consumer.stop()
+
+
+_READ_COMMITTED = "read_committed"
+
+
+async def _last_record_end(consumer: aiokafka.AIOKafkaConsumer, tp: aiokafka.TopicPartition,
+                           first: int,
+                           stable: int, deadline: float) -> int:
+    """One past the last committed record of `tp` below `stable` (`first` if it has none);
+    `stable` itself if the reads do not finish by `deadline`."""
+    window = 64
+    loop = asyncio.get_running_loop()
+    while True:
+        start = max(first, stable - window)
+        consumer.seek(tp, start)
+        last = None
+        while await consumer.position(tp) < stable:
+            if loop.time() > deadline:
+                return stable
+            for record in (await consumer.getmany(tp, timeout_ms=200)).get(tp, []):
+                if record.offset < stable:
+                    last = record.offset
+        if last is not None:
+            return last + 1
+        if start == first:
+            return first
+        window *= 8
 
 
 async def _seek_each(consumer: aiokafka.AIOKafkaConsumer, offsets: Mapping[TP, int]) -> None:
