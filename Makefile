@@ -16,7 +16,7 @@ METRICS_PORT ?=
 given = $(filter command line environment environment override,$(origin $(1)))
 BOOTSTRAP = $(if $(call given,BROKER_PORT),127.0.0.1:$(BROKER_PORT))
 
-.PHONY: venv test test-kafka test-fast demo broker worker produce results bench-model bench bench-decode bench-floors bench-latency soak train eval golden clean compose-smoke
+.PHONY: venv test test-kafka test-cluster test-fast demo broker worker produce results bench-model bench bench-decode bench-floors bench-latency soak train eval golden clean compose-smoke
 
 venv: $(STAMP)
 
@@ -27,10 +27,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The whole suite on the embedded broker, then the Kafka-facing contract (tests marked
-# kafka_contract) on Apache Kafka.
+# kafka_contract) on Apache Kafka, then the broker failures on a three-node Apache Kafka cluster.
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not cluster"
 	TEST_BROKER=kafka $(PY) -m pytest -q -m kafka_contract
+	$(MAKE) test-cluster
+
+# Nodes killed and cut off under load, on a cluster of three Apache Kafka nodes (needs root for
+# the network namespaces).
+test-cluster: venv
+	TEST_BROKER=kafka $(PY) -m pytest -q -m cluster
 
 # Every test that needs a broker, on Apache Kafka.
 test-kafka: venv

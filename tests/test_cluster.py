@@ -33,7 +33,7 @@ from tools.kafka_cluster import KafkaCluster
 from tools.launcher import ROOT
 from worker import codec
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.cluster]
 
 RATE = 40.0  # requests/s, steady, for the whole test
 DOWN_S = 8.0  # how long a killed node stays down

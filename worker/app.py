@@ -288,6 +288,10 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         metrics.silent_brokers.set(len(silent))
         metrics.ready.set(1 if state.readiness()[0] else 0)
 
+    @app.on_before_shutdown.connect
+    async def close_health(app, **kwargs):
+        await health.close()
+
     @app.timer(5.0)
     async def report_lag():
         consumer = app.consumer
