@@ -45,7 +45,17 @@ class Fault:
     node: int
     killed_at: float
     restarted_at: float = 0.0
-    pause_s: float = 0.0  # longest gap between results from the kill to 10 s after the restart
+    settled_at: float = 0.0  # 10 s after the restart
+    pause_s: float = 0.0  # longest gap between results from the kill to settled_at
+
+    def report(self, load: Load, answers: collections.Counter) -> str:
+        """What happened to the requests sent from the kill to `settled_at`."""
+        ids = request_ids(load.sent_between(self.killed_at, self.settled_at))
+        lost = len(ids - set(answers))
+        duplicates = sum(answers[i] - 1 for i in ids if answers[i] > 1)
+        return (f"node {self.node} ({self.what}) killed for {DOWN_S:.0f} s: {len(ids)} sent "
+                f"from the kill to 10 s after the restart, {len(ids) - lost} answered, {lost} "
+                f"lost, {duplicates} duplicates; results paused {self.pause_s:.1f} s at most")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +87,7 @@ def _kill_and_restart(cluster: KafkaCluster, what: str, node: int, worker: Worke
     fault.restarted_at = time.monotonic()
     _wait(lambda: all(len(cluster.in_sync(topic, p)) == 3 for topic, p in ((results, 0),)),
           60, f"node {node} back in sync")
-    settle = fault.restarted_at + 10
+    settle = fault.settled_at = fault.restarted_at + 10
     _wait(lambda: time.monotonic() > settle, 30, "results after the restart")
     fault.pause_s = _longest_gap(reader.records([results]), fault.killed_at, settle)
     return fault
@@ -124,8 +134,7 @@ def test_a_node_dies_under_load_and_nothing_is_lost(cluster: KafkaCluster, guara
     print(f"\n{guarantee}: {len(sent)} sent, {len(sent & set(answers))} answered, "
           f"{len(sent - set(answers))} lost, {duplicates} duplicates")
     for fault in faults:
-        print(f"  killed node {fault.node} ({fault.what}) for {DOWN_S:.0f} s: results paused "
-              f"{fault.pause_s:.1f} s at most")
+        print(f"  {fault.report(load, answers)}")
     assert not sent - set(answers)
     assert not [a for a in answers if a.startswith("dead:")], "requests dead-lettered"
     if guarantee == "exactly_once":
@@ -225,6 +234,7 @@ def test_cut_off_from_a_leader_for_20s_degraded_then_caught_up(guarantee: str):
                 _wait(lambda: sent <= _ids(reader), 120, f"answers to {len(sent)} requests")
                 caught_up_s = time.monotonic() - healed_at
                 answers = collections.Counter(_all_ids(reader))
+                during = request_ids(load.sent_between(cut_at, healed_at))
                 pause = _longest_gap(reader.records([topics.results]), cut_at, healed_at + 5)
             assert worker.proc.pid == pid and worker.proc.poll() is None, worker.log()
         finally:
@@ -234,7 +244,9 @@ def test_cut_off_from_a_leader_for_20s_degraded_then_caught_up(guarantee: str):
           f"{len(sent)} sent, {len(sent & set(answers))} answered, "
           f"{len(sent - set(answers))} lost, {duplicates} duplicates; results paused "
           f"{pause:.1f} s at most; ready again {ready_again_s:.1f} s and every request "
-          f"answered {caught_up_s:.1f} s after the heal")
+          f"answered {caught_up_s:.1f} s after the heal; of the {len(during)} sent during the "
+          f"cut, {len(during - set(answers))} lost, "
+          f"{sum(answers[i] - 1 for i in during if answers[i] > 1)} duplicates")
     degraded = [body for body in said if "degraded" in body and f"node {leader}" in body]
     assert degraded, f"/ready never said degraded naming node {leader}: {said[:3]}"
     assert not sent - set(answers)

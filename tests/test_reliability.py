@@ -90,6 +90,7 @@ class Load:
         self.acked: list[Sent] = []
         self.failed: list[tuple[Message, BaseException]] = []
         self.attempted = 0
+        self.started_at: float | None = None  # time.monotonic() of the first send
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -99,6 +100,14 @@ class Load:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def sent_between(self, start: float, end: float) -> list[Message]:
+        """The acknowledged messages whose send was due between `start` and `end`
+        (time.monotonic()): the load keeps its rate, so message i is sent at start + i / rate."""
+        acked = {id(sent.message) for sent in self.acked}
+        first = max(0, int((start - self.started_at) * self.rate))
+        last = max(0, int((end - self.started_at) * self.rate))
+        return [m for m in self.messages[first:last] if id(m) in acked]
 
     def join(self, timeout_s: float = 120.0) -> "Load":
         self._thread.join(timeout_s)
@@ -114,7 +123,7 @@ class Load:
         await producer.start()
         try:
             pending = []
-            start = time.monotonic()
+            start = self.started_at = time.monotonic()
             for i, message in enumerate(self.messages):
                 if self._stop.is_set():
                     break
