@@ -228,10 +228,17 @@ def test_ctrl_c_while_importing_ends_the_process_without_a_traceback(tmp_path):
 @pytest.mark.timeout(180)
 def test_ctrl_c_while_serving_drains_and_exits_0_without_a_traceback(kafka):
     from tests.worker_harness import WorkerProcess, WorkerTopics
+    from tools.producer import generate_events
 
-    worker = WorkerProcess(kafka.bootstrap, WorkerTopics.create(kafka)).start()
+    topics = WorkerTopics.create(kafka)
+    worker = WorkerProcess(kafka.bootstrap, topics).start()
     try:
         worker.wait_ready()
+        # Serving: one request answered (ready can come a moment before Faust has resumed the
+        # stream partitions after its table recovery).
+        event = next(generate_events(seed=3, count=1))
+        kafka.produce(topics.requests, [(event.key, event.encode())])
+        assert len(kafka.consume(topics.results, 1, timeout_s=60)) == 1, worker.log()
         worker.proc.send_signal(signal.SIGINT)
         code = worker.wait(timeout_s=30)
         output = worker.log(chars=200_000)
