@@ -26,7 +26,6 @@ What Faust 0.15.3 lacks, fixed here (each shown and pinned by tests/test_exactly
    background; a commit did not wait for that buffer, so an engagement's offset could be
    committed in one transaction and its table write sent in the next. `guarded_commit` flushes
    the producer first.
-
 4. A worker that takes over a partition skips its table's recovery: Faust ends a changelog
    at the consumer's cached last stable offset, unknown before the first fetch (read as "empty").
    `worker.kafka_tuning.committed_record_ends` finds the last committed record instead.
@@ -43,7 +42,7 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any, AsyncContextManager, Awaitable, Callable
 
-from faust.transport.consumer import TransactionManager
+from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 from faust.types import TP
 from faust.types.tuples import RecordMetadata
 
@@ -61,8 +60,9 @@ class ExactlyOnceTransactions(TransactionManager):
 
     def transactional_id_for(self, source: TP) -> str:
         """The id of the transaction that commits `source`'s offsets (Faust's own format)."""
-        group = self.app.assignor.group_for_topic(source.topic)
-        return f"{self.app.conf.id}-{group}-{source.partition}"
+        group = TopicPartitionGroup(source.topic, source.partition,
+                                    self.app.assignor.group_for_topic(source.topic))
+        return self.transactional_id_format.format(tpg=group, group_id=self.app.conf.id)
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None,
                    partition: int | None, timestamp: float | None, headers: Any, *,
