@@ -48,11 +48,12 @@ class Fault:
     settled_at: float = 0.0  # 10 s after the restart
     pause_s: float = 0.0  # longest gap between results from the kill to settled_at
 
-    def report(self, load: Load, answers: collections.Counter) -> str:
+    def report(self, load: Load, answers: collections.Counter, copies: collections.Counter
+               ) -> str:
         """What happened to the requests sent from the kill to `settled_at`."""
         ids = request_ids(load.sent_between(self.killed_at, self.settled_at))
         lost = len(ids - set(answers))
-        duplicates = sum(answers[i] - 1 for i in ids if answers[i] > 1)
+        duplicates = _duplicates(answers, copies, ids)
         return (f"node {self.node} ({self.what}) killed for {DOWN_S:.0f} s: {len(ids)} sent "
                 f"from the kill to 10 s after the restart, {len(ids) - lost} answered, {lost} "
                 f"lost, {duplicates} duplicates; results paused {self.pause_s:.1f} s at most")
@@ -110,9 +111,11 @@ def test_a_node_dies_under_load_and_nothing_is_lost(cluster: KafkaCluster, guara
     try:
         worker.start().wait_ready()
         messages = valid_requests(seed=41, count=int(RATE * 400), prefix=f"{guarantee}-")
-        with Reader(cluster.bootstrap_servers, [topics.results, topics.dead_letters]) as reader:
-            load = Load(cluster.bootstrap_servers, topics.requests, messages, rate=RATE).start()
-            _wait(lambda: len(reader.records()) >= 2 * RATE, 60, "results before the faults")
+        with Reader(cluster.bootstrap_servers, _read(topics)) as reader:
+            load = Load(cluster.bootstrap_servers, topics.requests, messages, rate=RATE,
+                        idempotent=True).start()
+            _wait(lambda: len(reader.records(_out(topics))) >= 2 * RATE, 60,
+                  "results before the faults")
             faults = []
             for what, leader in (
                     ("leader of requests[0]", lambda: cluster.leader_of(topics.requests, 0)),
@@ -124,34 +127,63 @@ def test_a_node_dies_under_load_and_nothing_is_lost(cluster: KafkaCluster, guara
             load.join()
             assert not load.failed, load.failed[:3]
             sent = request_ids([s.message for s in load.acked])
-            _wait(lambda: sent <= _ids(reader), 120, f"answers to {len(sent)} requests")
+            _wait(lambda: sent <= _ids(reader, topics), 120, f"answers to {len(sent)} requests")
             time.sleep(2.0)  # a late duplicate would arrive within a few commit intervals
-            answers = collections.Counter(_all_ids(reader))
+            answers = collections.Counter(_all_ids(reader, topics))
+            copies = _request_copies(reader, topics)
         assert worker.proc.poll() is None, worker.log()
     finally:
         worker.close()
-    duplicates = sum(n - 1 for n in answers.values())
+    duplicates = _duplicates(answers, copies, sent)
     print(f"\n{guarantee}: {len(sent)} sent, {len(sent & set(answers))} answered, "
-          f"{len(sent - set(answers))} lost, {duplicates} duplicates")
+          f"{len(sent - set(answers))} lost, {duplicates} duplicates "
+          f"({_written_twice(copies)} requests written twice by the load)")
     for fault in faults:
-        print(f"  {fault.report(load, answers)}")
+        print(f"  {fault.report(load, answers, copies)}")
     assert not sent - set(answers)
     assert not [a for a in answers if a.startswith("dead:")], "requests dead-lettered"
     if guarantee == "exactly_once":
         assert duplicates == 0
 
 
-def _all_ids(reader: Reader) -> list[str]:
+def _read(topics: WorkerTopics) -> list[str]:
+    """What the tests' reader follows: the worker's input (to count each request's copies)
+    and its output."""
+    return [topics.requests, *_out(topics)]
+
+
+def _out(topics: WorkerTopics) -> list[str]:
+    return [topics.results, topics.dead_letters]
+
+
+def _request_copies(reader: Reader, topics: WorkerTopics) -> collections.Counter:
+    """How many records of the requests topic carry each request id."""
+    return collections.Counter(str(codec.decode_message(r.value).get("request_id"))
+                               for r in reader.records([topics.requests]))
+
+
+def _duplicates(answers: collections.Counter, copies: collections.Counter,
+                ids: set[str]) -> int:
+    """Answers to `ids` beyond one per copy of the request in the input: a request written
+    twice is rightly answered twice."""
+    return sum(max(0, answers[i] - max(1, copies[i])) for i in ids)
+
+
+def _written_twice(copies: collections.Counter) -> int:
+    return sum(1 for n in copies.values() if n > 1)
+
+
+def _all_ids(reader: Reader, topics: WorkerTopics) -> list[str]:
     ids = []
-    for record in reader.records():
+    for record in reader.records(_out(topics)):
         message = codec.decode_message(record.value)
         dead = "error" in message
         ids.append(("dead:" if dead else "") + str(message.get("request_id")))
     return ids
 
 
-def _ids(reader: Reader) -> set[str]:
-    return set(_all_ids(reader))
+def _ids(reader: Reader, topics: WorkerTopics) -> set[str]:
+    return set(_all_ids(reader, topics))
 
 
 @pytest.mark.timeout(180)
@@ -208,11 +240,11 @@ def test_cut_off_from_a_leader_for_20s_degraded_then_caught_up(guarantee: str):
             worker.start().wait_ready()
             pid = worker.proc.pid
             messages = valid_requests(seed=43, count=int(RATE * 400), prefix=f"cut-{guarantee}-")
-            with Reader(cluster.bootstrap_servers, [topics.results, topics.dead_letters]
-                        ) as reader:
+            with Reader(cluster.bootstrap_servers, _read(topics)) as reader:
                 load = Load(cluster.bootstrap_servers, topics.requests, messages,
-                            rate=RATE).start()
-                _wait(lambda: len(reader.records()) >= 2 * RATE, 60, "results before the cut")
+                            rate=RATE, idempotent=True).start()
+                _wait(lambda: len(reader.records(_out(topics))) >= 2 * RATE, 60,
+                      "results before the cut")
                 leader = cluster.leader_of(topics.requests, 0)
                 cut_at = time.monotonic()
                 hosts.cut("worker", f"k{leader}")
@@ -231,22 +263,24 @@ def test_cut_off_from_a_leader_for_20s_degraded_then_caught_up(guarantee: str):
                 load.join()
                 assert not load.failed, load.failed[:3]
                 sent = request_ids([s.message for s in load.acked])
-                _wait(lambda: sent <= _ids(reader), 120, f"answers to {len(sent)} requests")
+                _wait(lambda: sent <= _ids(reader, topics), 120, f"answers to {len(sent)} requests")
                 caught_up_s = time.monotonic() - healed_at
-                answers = collections.Counter(_all_ids(reader))
+                answers = collections.Counter(_all_ids(reader, topics))
+                copies = _request_copies(reader, topics)
                 during = request_ids(load.sent_between(cut_at, healed_at))
                 pause = _longest_gap(reader.records([topics.results]), cut_at, healed_at + 5)
             assert worker.proc.pid == pid and worker.proc.poll() is None, worker.log()
         finally:
             worker.close()
-    duplicates = sum(n - 1 for n in answers.values())
+    duplicates = _duplicates(answers, copies, sent)
     print(f"\n{guarantee}, cut from node {leader} (leader of requests[0]) for 20 s: "
           f"{len(sent)} sent, {len(sent & set(answers))} answered, "
-          f"{len(sent - set(answers))} lost, {duplicates} duplicates; results paused "
+          f"{len(sent - set(answers))} lost, {duplicates} duplicates "
+          f"({_written_twice(copies)} requests written twice by the load); results paused "
           f"{pause:.1f} s at most; ready again {ready_again_s:.1f} s and every request "
           f"answered {caught_up_s:.1f} s after the heal; of the {len(during)} sent during the "
           f"cut, {len(during - set(answers))} lost, "
-          f"{sum(answers[i] - 1 for i in during if answers[i] > 1)} duplicates")
+          f"{_duplicates(answers, copies, during)} duplicates")
     degraded = [body for body in said if "degraded" in body and f"node {leader}" in body]
     assert degraded, f"/ready never said degraded naming node {leader}: {said[:3]}"
     assert not sent - set(answers)

@@ -81,12 +81,16 @@ class Load:
 
     `acked` lists what the broker acknowledged; `failed` what it did not (with the error).
     A long request timeout lets sends ride out a paused broker instead of failing.
+    `idempotent` makes the producer's retries write each message once (Apache Kafka; the
+    embedded broker refuses it): without it a retry after a leader dies can write a request
+    twice, which an exactly-once worker rightly answers twice.
     """
 
     def __init__(self, bootstrap: str, topic: str, messages: Sequence[Message], rate: float,
-                 request_timeout_ms: int = 60_000):
+                 request_timeout_ms: int = 60_000, idempotent: bool = False):
         self.bootstrap, self.topic, self.messages = bootstrap, topic, list(messages)
         self.rate, self.request_timeout_ms = rate, request_timeout_ms
+        self.idempotent = idempotent
         self.acked: list[Sent] = []
         self.failed: list[tuple[Message, BaseException]] = []
         self.attempted = 0
@@ -119,7 +123,8 @@ class Load:
     async def _run(self) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2,
                                     max_request_size=8 << 20,
-                                    request_timeout_ms=self.request_timeout_ms)
+                                    request_timeout_ms=self.request_timeout_ms,
+                                    enable_idempotence=self.idempotent)
         await producer.start()
         try:
             pending = []
