@@ -98,6 +98,22 @@ def test_readiness_says_so_while_the_table_is_rebuilt():
     assert "self.app.in_recovery = False" in _source(recovery.Recovery._set_recovery_ended)
 
 
+def test_readiness_waits_for_the_streams_to_resume_after_a_rebalance():
+    """Faust resumes flow control only after it resumed and sought the stream partitions, in
+    both ends of a recovery: readiness waits for it (a stop in between interrupted Faust)."""
+    resuming = [True]
+    state = WorkerState(compiled=True, assigned=True, resuming=lambda: resuming[0])
+    assert state.readiness() == (False,
+                                 "rebalancing: waiting for the stream partitions to resume")
+    resuming[0] = False
+    assert state.readiness() == (True, "ready")
+    for ending in (recovery.Recovery._resume_streams, recovery.Recovery.on_recovery_completed):
+        source = _source(ending)
+        steps = [source.index(step) for step in
+                 ("consumer.resume_partitions(", "perform_seek()", "flow_control.resume()")]
+        assert steps == sorted(steps), ending.__name__
+
+
 def test_rocksdb_store_keeps_one_raw_rocksdict_per_partition_in_dbs():
     """worker.app reads RANKER_HISTORY_STORE=rocksdb tables from the decode thread through
     `Store._dbs` (Faust's own read path goes through a key index that is not thread-safe)."""

@@ -219,6 +219,10 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
     table = _add_history(app, engagements, settings, layout.topics.partitions,
                          pipeline, handler, metrics, on_bug)
     state.recovering = lambda: bool(app.in_recovery)
+    # Faust suspends flow control when partitions are revoked and resumes it last, after the
+    # stream partitions are resumed and sought (Recovery._resume_streams and
+    # Recovery.on_recovery_completed).
+    state.resuming = lambda: not app.flow_control.is_active()
 
     @app.agent(requests, concurrency=1)
     async def rank(stream):

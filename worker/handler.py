@@ -41,6 +41,9 @@ class WorkerState:
     # True while Faust rebuilds the history table from its changelog after an assignment
     # (requests of those partitions are held until it is done).
     recovering: Callable[[], bool] = lambda: False
+    # True from a rebalance until Faust resumes the stream partitions (it does so after the
+    # table is rebuilt and the partitions are sought): a stop in between interrupts Faust.
+    resuming: Callable[[], bool] = lambda: False
     # Why the worker cannot reach the cluster as it should (None: it can): silent leaders.
     degraded: Callable[[], str | None] = lambda: None
 
@@ -51,6 +54,8 @@ class WorkerState:
             return False, "waiting for partition assignment"
         if self.recovering():
             return False, "rebuilding the history table from its changelog"
+        if self.resuming():
+            return False, "rebalancing: waiting for the stream partitions to resume"
         if self.breaker is not None and self.breaker.is_open:
             return False, f"circuit breaker open: {self.breaker.reason}"
         degraded = self.degraded()
