@@ -76,3 +76,40 @@ def test_variable_reads_only_settings():
     assert Settings.variable("metrics_port", {}) is None
     with pytest.raises(KeyError):
         Settings.variable("metrics_prot", {})
+
+
+SECRET = "s3cret-Pa55"
+
+
+@pytest.mark.parametrize("name", ["sasl_password", "ssl_key_password"])
+def test_a_secret_comes_from_the_file_its_variable_or_flag_names(tmp_path, name):
+    path = tmp_path / "secret"
+    path.write_text(SECRET + "\n")  # a mounted secret usually ends with a newline
+    by_variable = Settings.load([], environ={Settings.env_name(name) + "_FILE": str(path)})
+    by_flag = Settings.load([flag_name(name) + "-file", str(path)], environ={})
+    assert getattr(by_variable, name) == getattr(by_flag, name) == SECRET
+    assert SECRET not in by_variable.describe()
+
+
+def test_a_secret_given_twice_or_unreadable_is_an_error_without_its_value(tmp_path):
+    path = tmp_path / "password"
+    path.write_text(SECRET)
+    with pytest.raises(SettingsError) as twice:
+        Settings.load([], environ={"RANKER_SASL_PASSWORD": SECRET,
+                                   "RANKER_SASL_PASSWORD_FILE": str(path)})
+    assert str(twice.value) == ("RANKER_SASL_PASSWORD and RANKER_SASL_PASSWORD_FILE both give "
+                                "the sasl_password: set one")
+    missing = tmp_path / "absent"
+    with pytest.raises(SettingsError) as unreadable:
+        Settings.load(["--sasl-password-file", str(missing)], environ={})
+    assert str(unreadable.value) == (f"--sasl-password-file: cannot read the sasl_password from "
+                                     f"{str(missing)!r}: No such file or directory")
+    assert SECRET not in str(twice.value) + str(unreadable.value)
+
+
+def test_help_lists_the_secret_files_and_no_secret(capsys):
+    with pytest.raises(SystemExit):
+        Settings.parser().parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert "--sasl-password-file PATH" in shown and "RANKER_SASL_PASSWORD_FILE" in shown
+    assert "--ssl-key-password-file PATH" in shown

@@ -2,7 +2,8 @@
 
 Each field's metadata names its environment variable and help text; `Settings.load()` applies
 defaults, then `RANKER_*` variables, then `--flags`, and freezes the result. Nothing else in
-the code reads the environment.
+the code reads the environment. A secret (a password) can also come from a file named by
+`RANKER_<NAME>_FILE` or `--<name>-file` (a mounted secret), and is never printed.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class Settings:
     ssl_cafile: str = _setting("", "CA bundle for TLS")
     ssl_certfile: str = _setting("", "client certificate for mutual TLS")
     ssl_keyfile: str = _setting("", "client key for mutual TLS")
+    ssl_key_password: str = _setting("", "passphrase of an encrypted ssl_keyfile", secret=True)
     # Batching and model
     max_batch_size: int = _setting(64, "most records taken from Kafka per batch")
     max_batch_wait_ms: float = _setting(5.0, "longest wait to fill a batch")
@@ -238,6 +240,12 @@ class Settings:
                                 metavar=_METAVARS.get(type(field.default), "TEXT"),
                                 help=f"{meaning} [{cls.env_name(field.name)}, default "
                                      f"{cls.default_text(field)!r}]")
+            if field.metadata["secret"]:
+                parser.add_argument(
+                    flag_name(field.name) + "-file", dest=field.name + _FILE, default=None,
+                    metavar="PATH", help=f"a file holding the {field.name} (one line; "
+                    f"safer than the flag, which `ps` shows) [{cls.env_name(field.name)}"
+                    f"{_FILE.upper()}]")
 
     @classmethod
     def parser(cls, prog: str = PROG) -> argparse.ArgumentParser:
@@ -269,6 +277,8 @@ class Settings:
             raw, source = getattr(args, field.name), flag_name(field.name)
             if raw is None:
                 raw, source = environ.get(cls.env_name(field.name)), cls.env_name(field.name)
+            if field.metadata["secret"]:
+                raw = _secret(field.name, raw, source, args, environ)
             if raw is None:
                 continue
             try:
@@ -288,6 +298,30 @@ class Settings:
 
 
 _METAVARS = {int: "INT", float: "NUMBER", tuple: "N,N,...", str: "TEXT"}
+_FILE = "_file"  # a secret's file: RANKER_<NAME>_FILE, --<name>-file
+
+
+def _secret(name: str, raw: str | None, source: str, args: argparse.Namespace,
+            environ: Mapping[str, str]) -> str | None:
+    """A secret setting's value: `raw` (given directly) or the content of the file its
+    `_FILE` flag or variable names (one trailing newline dropped). Errors name the setting
+    and the file, never the value."""
+    path, path_source = getattr(args, name + _FILE), flag_name(name) + "-file"
+    if path is None:
+        path_source = Settings.env_name(name) + _FILE.upper()
+        path = environ.get(path_source)
+    if path is None:
+        return raw
+    if raw is not None:
+        raise SettingsError(f"{source} and {path_source} both give the {name}: set one")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise SettingsError(f"{path_source}: cannot read the {name} from {path!r}: "
+                            f"{reason}") from None
+    return text[:-1] if text.endswith("\n") else text
 
 
 def _unknown_argument(argument: str, tool_flags: Sequence[str] = (), prog: str = PROG) -> str:
@@ -304,6 +338,8 @@ def _unknown_argument(argument: str, tool_flags: Sequence[str] = (), prog: str =
 def _check_variables(environ: Mapping[str, str]) -> None:
     """A misspelt RANKER_* variable would otherwise be ignored without a word."""
     known = [Settings.env_name(field.name) for field in dataclasses.fields(Settings)]
+    known += [Settings.env_name(field.name) + _FILE.upper()
+              for field in dataclasses.fields(Settings) if field.metadata["secret"]]
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX) and name not in known:
             close = _closest(name, known)
