@@ -6,17 +6,19 @@ import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from confluent_kafka import Consumer, KafkaException, Producer
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
-def librdkafka_producer(bootstrap: str, codec_name: str = "none") -> Producer:
+def librdkafka_producer(bootstrap: str, codec_name: str = "none",
+                        config: Mapping[str, str] | None = None) -> Producer:
+    """`config`: further librdkafka settings (security: `ClientSecurity.librdkafka()`)."""
     return Producer({"bootstrap.servers": bootstrap, "compression.type": codec_name,
                      "acks": "all", "linger.ms": 20, "message.max.bytes": 32 << 20,
-                     "enable.idempotence": False})
+                     "enable.idempotence": False, **(config or {})})
 
 
 def produce(producer: Producer, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
@@ -41,16 +43,19 @@ class Record:
 
 class Reader:
     """Follows topics from their start in a background thread with a librdkafka consumer of its
-    own (a fresh group): `records()` is what arrived so far. `isolation` "read_committed" sees
-    only committed transactions."""
+    own (`group_id`, default a fresh group): `records()` is what arrived so far. `isolation`
+    "read_committed" sees only committed transactions. `config`: further librdkafka settings
+    (security: `ClientSecurity.librdkafka()`)."""
 
-    def __init__(self, bootstrap: str, topics: list[str], isolation: str = "read_committed"):
-        self._consumer = Consumer({"bootstrap.servers": bootstrap,
-                                   "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+    def __init__(self, bootstrap: str, topics: list[str], isolation: str = "read_committed",
+                 *, group_id: str | None = None, config: Mapping[str, str] | None = None):
+        self.group_id = group_id or f"reader-{uuid.uuid4().hex[:8]}"
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": self.group_id,
                                    "enable.auto.commit": False, "auto.offset.reset": "earliest",
                                    "isolation.level": isolation, "fetch.wait.max.ms": 10,
                                    "topic.metadata.refresh.interval.ms": 1000,
-                                   "log_level": 2})  # a killed broker is expected here
+                                   "log_level": 2,  # a killed broker is expected here
+                                   **(config or {})})
         self._consumer.subscribe(topics)
         self._records: list[Record] = []
         self._lock = threading.Lock()

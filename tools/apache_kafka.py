@@ -236,11 +236,16 @@ class ApacheKafka(BrokerProcess):
         return [java, *_JVM_OPTIONS, f"-Dlog4j2.configurationFile={LOG_CONFIG}",
                 "-cp", jars, "kafka.Kafka", str(properties)]
 
+    def format_options(self) -> list[str]:
+        """Further arguments of `kafka-storage format` (records to bootstrap the cluster with,
+        such as SCRAM users); none here."""
+        return []
+
     def _format(self, java: str, jars: str, properties: Path, work_dir: Path) -> None:
         """Write the KRaft storage metadata (cluster id, node id) into an empty data dir."""
         command = [java, f"-Dlog4j2.configurationFile={LOG_CONFIG}", "-cp", jars,
                    "kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
-                   "--config", str(properties), "--ignore-formatted"]
+                   "--config", str(properties), "--ignore-formatted", *self.format_options()]
         with (work_dir / "broker.log").open("ab") as log:
             done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log,
                                   stderr=subprocess.STDOUT, timeout=120)

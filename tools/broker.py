@@ -162,6 +162,11 @@ class BrokerProcess:
         """The process to run; `work_dir` lives until `stop()` (the log goes there)."""
         raise NotImplementedError
 
+    def client_options(self) -> dict[str, Any]:
+        """aiokafka connection options (TLS, SASL) of this object's own clients: the readiness
+        probe and topic creation. {}: plaintext, no authentication."""
+        return {}
+
     # ---- addresses ------------------------------------------------------------------------
 
     @property
@@ -258,7 +263,8 @@ class BrokerProcess:
         while time.monotonic() < deadline:
             self._raise_if_exited()
             client = AIOKafkaClient(
-                bootstrap_servers=self.bootstrap_servers, request_timeout_ms=2000
+                bootstrap_servers=self.bootstrap_servers, request_timeout_ms=2000,
+                **self.client_options(),
             )
             try:
                 await client.bootstrap()
@@ -322,12 +328,14 @@ class BrokerProcess:
 
     async def create_topics_async(self, topics: TopicsArg, *, timeout_s: float = 10.0) -> None:
         """Create each topic with its partition count (see `worker.topics.ensure_topics`)."""
-        created = await ensure_topics(self.bootstrap_servers, topics, timeout_s=timeout_s)
+        created = await ensure_topics(self.bootstrap_servers, topics, timeout_s=timeout_s,
+                                      **self.client_options())
         self._topics.update(created)
 
     def partition_counts(self, names: Iterable[str]) -> dict[str, int]:
         """Partition count of each named topic that exists (missing topics are left out)."""
-        return _run_sync(partition_counts(self.bootstrap_servers, list(names)))
+        return _run_sync(partition_counts(self.bootstrap_servers, list(names),
+                                          **self.client_options()))
 
     # ---- internals ------------------------------------------------------------------------
 

@@ -48,11 +48,11 @@ from worker.pipeline import RankingPipeline
 from worker.rollout import CheckpointWatcher, RolloutError
 from worker.serving import RANDOM_CHECKPOINT, build_pipeline, cache_summary, configure_jax
 from worker.settings import Settings, SettingsError, flag_name
+from worker.topics import HISTORY_TABLE  # changelog: topics.history_changelog_topic
 
 log = logging.getLogger("worker")
 
 _PRODUCER_BATCH_BYTES = 256 * 1024
-HISTORY_TABLE = "user-history"  # changelog topic: {group_id}-user-history-changelog
 
 
 class AppTopics(NamedTuple):

@@ -14,7 +14,8 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import (KafkaConnectionError, KafkaError,
+                             TransactionalIdAuthorizationFailed)
 from aiokafka.helpers import create_ssl_context
 
 from worker import codec
@@ -30,7 +31,8 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     return create_ssl_context(cafile=settings.ssl_cafile or None,
                               certfile=settings.ssl_certfile or None,
-                              keyfile=settings.ssl_keyfile or None)
+                              keyfile=settings.ssl_keyfile or None,
+                              password=settings.ssl_key_password or None)
 
 
 def client_kwargs(settings: Settings, bootstrap: str | None = None) -> dict[str, Any]:
@@ -120,6 +122,8 @@ async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
             log.info("topics (%d replicas): %s", replication,
                      ", ".join(f"{n}[{c}]" for n, c in counts.items()))
             return TopicLayout(partitions, replication)
+        except TopicError as error:  # the broker answered: a set-up to fix, not to wait out
+            raise SettingsError(f"{error}") from None
         except (KafkaConnectionError, KafkaError, OSError, asyncio.TimeoutError) as exc:
             if attempts and attempt >= attempts:
                 raise BrokerUnavailableError(
@@ -163,10 +167,18 @@ async def supports_idempotence(settings: Settings) -> bool:
 async def check_transactions_supported(settings: Settings) -> None:
     """exactly_once needs transactional producers; fail fast and clearly when the broker
     refuses them (the embedded broker does), instead of Faust's bare UnknownError later."""
-    producer = AIOKafkaProducer(transactional_id=f"{settings.group_id}-eos-probe",
-                                request_timeout_ms=10_000, **client_kwargs(settings))
+    probe_id = f"{settings.group_id}-eos-probe"
+    producer = AIOKafkaProducer(transactional_id=probe_id, request_timeout_ms=10_000,
+                                **client_kwargs(settings))
     try:
         await producer.start()
+    except TransactionalIdAuthorizationFailed as exc:
+        raise SettingsError(
+            f"processing_guarantee=exactly_once, but broker {settings.bootstrap_servers} "
+            f"does not let this client use transactional id {probe_id!r} "
+            "(TransactionalIdAuthorizationFailed); grant it Write on the transactional ids "
+            f"prefixed {settings.group_id + '-'!r} (`python -m tools.acls --exactly-once` "
+            "lists every ACL the worker needs)") from exc
     except KafkaError as exc:
         raise SettingsError(
             f"processing_guarantee=exactly_once, but broker {settings.bootstrap_servers} "

@@ -24,8 +24,20 @@ ENGAGEMENTS_TOPIC = "user-engagements"
 
 DEFAULT_TOPICS: tuple[str, ...] = (REQUESTS_TOPIC, RESULTS_TOPIC, DEAD_LETTER_TOPIC,
                                    ENGAGEMENTS_TOPIC)
+# The worker's history table (a Faust table): Faust names its changelog topic after the app id,
+# which is the worker's consumer group id, and creates it at start.
+HISTORY_TABLE = "user-history"
 
-_TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
+
+def history_changelog_topic(group_id: str) -> str:
+    """The history table's changelog topic of the worker in consumer group `group_id`."""
+    return f"{group_id}-{HISTORY_TABLE}-changelog"
+
+
+_TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error codes
+# A secured broker refuses to create a topic for a principal without Create on it, whether
+# the topic exists or not: one that exists (and the principal may describe) is used as it is.
+_TOPIC_AUTHORIZATION_FAILED = 29
 _VISIBLE_POLL_S = 0.05  # real Kafka may list a new topic a moment after creating it
 
 
@@ -72,8 +84,9 @@ async def ensure_topics(
     already match (otherwise its existing count is accepted and returned).
 
     `admin_options` go to `aiokafka.admin.AIOKafkaAdminClient` (TLS/SASL settings). Returns
-    name -> partitions. Raises `TopicError` when the broker refuses a topic, or when one exists
-    with another partition count (e.g. auto-created by a client that used it first).
+    name -> partitions. Raises `TopicError` when the broker refuses a topic (a principal without
+    Create is refused only the topics that do not exist), or when one exists with another
+    partition count (e.g. auto-created by a client that used it first).
     """
     specs = as_specs(topics)
     if not specs:
@@ -90,14 +103,24 @@ async def ensure_topics(
              for s in specs],
             timeout_ms=int(timeout_s * 1000),
         )
+        not_allowed = []
         for name, code, message in (e[:3] for e in response.topic_errors):
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
+            if code == _TOPIC_AUTHORIZATION_FAILED:
+                not_allowed.append(name)
+            elif code not in (0, _TOPIC_ALREADY_EXISTS):
                 raise TopicError(
                     f"The broker at {bootstrap_servers} refused to create topic {name!r}: "
                     f"error {code} ({message})."
                 )
         deadline = time.monotonic() + timeout_s
         actual = await _partition_counts(admin, [s.name for s in specs])
+        missing = [s.name for s in specs if s.name in not_allowed and s.name not in actual]
+        if missing:
+            raise TopicError(
+                f"Topic {missing[0]!r} does not exist on {bootstrap_servers}, and this client "
+                "may not create it (TOPIC_AUTHORIZATION_FAILED); create it first, or grant "
+                "the client Create on it (python -m tools.acls lists what the worker needs)."
+            )
         while len(actual) < len(specs) and time.monotonic() < deadline:
             await asyncio.sleep(_VISIBLE_POLL_S)
             actual = await _partition_counts(admin, [s.name for s in specs])

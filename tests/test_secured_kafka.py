@@ -1,0 +1,390 @@
+"""The worker on a secured Apache Kafka: TLS on every listener, SCRAM-SHA-512 users, client
+certificates, and an authorizer that denies whatever no ACL allows (tools/kafka_security.py).
+
+Refused: clients without credentials or TLS, a wrong SCRAM password, certificates the broker
+does not trust, a producer without Write on the request topic, a reader without Read on the
+results topic; each refusal seen from both aiokafka and librdkafka where they differ. Then
+workers granted exactly `tools.acls.worker_acls` (nothing else) rank requests end to end, as a
+SCRAM user over SASL_SSL and as a certificate over SSL, creating their topics or finding them
+made, at least once and exactly once.
+
+One secured broker for the module. These tests always run on Apache Kafka (they start their
+own); they run in its tier (TEST_BROKER=kafka: `make test-kafka`, the contract tier of
+`make test`) and are skipped on the embedded broker's pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.conn import create_conn
+from aiokafka.errors import (KafkaConnectionError, SaslAuthenticationFailed,
+                             TopicAuthorizationFailedError)
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+from tests.conftest import KAFKA_TEST_CONFIG, ON_KAFKA
+from tests.librdkafka_helpers import Reader
+from tests.worker_harness import WorkerProcess, WorkerTopics
+from tools.acls import WorkerResources, producer_acls, reader_acls, worker_acls
+from tools.kafka_io import Outgoing, send_paced
+from tools.kafka_security import CertificateAuthority, ClientSecurity, SecuredKafka
+from tools.producer import generate_events
+from worker import codec
+from worker.kafka_clients import topic_config
+from worker.settings import Settings
+from worker.topics import TopicSpec
+
+pytestmark = [pytest.mark.kafka, pytest.mark.kafka_contract, pytest.mark.skipif(
+    not ON_KAFKA, reason="starts a secured Apache Kafka: runs in the Apache Kafka tier "
+                         "(TEST_BROKER=kafka)")]
+
+REQUESTS = 6  # valid requests each worker ranks
+_CONNECT_TIMEOUT_S = 10.0
+_HANDSHAKE_REFUSED = "(SSL handshake failed)"  # how the broker logs a refused certificate
+
+
+@pytest.fixture(scope="module")
+def secured() -> Iterator[SecuredKafka]:
+    broker = SecuredKafka(config=KAFKA_TEST_CONFIG, start_timeout_s=90.0)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# ---- connecting ------------------------------------------------------------------------------
+
+
+def aiokafka_connect(client: ClientSecurity) -> None:
+    """One connection to `client.bootstrap` as aiokafka opens it (TLS, then SASL); raises
+    what aiokafka raises when the broker refuses it."""
+    host, port = client.bootstrap.rsplit(":", 1)
+    options = {k: v for k, v in client.aiokafka().items() if k != "bootstrap_servers"}
+
+    async def connect() -> None:
+        connection = await create_conn(host, int(port), request_timeout_ms=5000, **options)
+        connection.close()
+
+    asyncio.run(connect())
+
+
+def librdkafka_connect(config: dict[str, str]) -> list[KafkaError]:
+    """The errors a librdkafka client reports while it connects: [] once it has metadata."""
+    errors: list[KafkaError] = []
+    producer = Producer({**config, "log_level": 0, "error_cb": errors.append})
+    deadline = time.monotonic() + _CONNECT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        producer.poll(0.1)  # serves error_cb
+        if errors:
+            return errors
+        try:
+            producer.list_topics(timeout=0.5)
+            return []
+        except KafkaException:
+            continue
+    raise AssertionError(f"librdkafka neither connected nor failed in {_CONNECT_TIMEOUT_S} s")
+
+
+def broker_log_since(broker: SecuredKafka, mark: int) -> str:
+    assert broker.log_path is not None
+    return broker.log_path.read_text(errors="replace")[mark:]
+
+
+def log_mark(broker: SecuredKafka) -> int:
+    assert broker.log_path is not None
+    return len(broker.log_path.read_text(errors="replace"))
+
+
+def wait_for_text(read: Callable[[], str], text: str, timeout_s: float = 5.0) -> str:
+    """`read()` once it contains `text` (the broker logs a refusal a moment after it)."""
+    deadline = time.monotonic() + timeout_s
+    while text not in (found := read()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def test_clients_without_credentials_or_tls_cannot_connect(secured: SecuredKafka) -> None:
+    plaintext_sasl = dataclasses.replace(secured.admin, protocol="PLAINTEXT")
+    plaintext_ssl = ClientSecurity(secured.ssl_bootstrap, "PLAINTEXT", secured.authority.cafile,
+                                   "User:ANONYMOUS")
+    no_certificate = ClientSecurity(secured.ssl_bootstrap, "SSL", secured.authority.cafile,
+                                    "User:ANONYMOUS")
+    controller = f"{secured.host}:{secured.controller_port}"  # the broker's own certificate only
+    controller_clients = [dataclasses.replace(no_certificate, bootstrap=controller),
+                          dataclasses.replace(plaintext_ssl, bootstrap=controller)]
+    # aiokafka: the broker closes the connection (for TLS 1.3, after the client's handshake).
+    for client in (plaintext_sasl, plaintext_ssl, no_certificate, *controller_clients):
+        with pytest.raises(KafkaConnectionError, match="Connection at .* closed"):
+            aiokafka_connect(client)
+    plain_errors = librdkafka_connect({"bootstrap.servers": secured.bootstrap_servers})
+    assert plain_errors[0].code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
+    mark = log_mark(secured)
+    tls_errors = librdkafka_connect(no_certificate.librdkafka())
+    assert tls_errors[0].code() == KafkaError._TRANSPORT
+    assert "bad certificate" in tls_errors[0].str()
+    assert _HANDSHAKE_REFUSED in wait_for_text(lambda: broker_log_since(secured, mark),
+                                               _HANDSHAKE_REFUSED)
+    # The same listeners take a client with credentials.
+    aiokafka_connect(secured.admin)
+    assert librdkafka_connect(secured.add_certificate_client(_name("known")).librdkafka()) == []
+
+
+def test_a_wrong_scram_password_is_an_authentication_error(secured: SecuredKafka) -> None:
+    user = secured.add_scram_user(_name("alice"))
+    wrong = dataclasses.replace(user, password=user.password + "x")
+    refused = "invalid credentials with SASL mechanism SCRAM-SHA-512"
+    with pytest.raises(SaslAuthenticationFailed, match=refused):
+        aiokafka_connect(wrong)
+    errors = librdkafka_connect(wrong.librdkafka())
+    assert errors[0].code() == KafkaError._AUTHENTICATION and refused in errors[0].str()
+    with pytest.raises(SaslAuthenticationFailed, match=refused):  # a user that does not exist
+        aiokafka_connect(secured.scram_client(_name("nobody"), user.password))
+    aiokafka_connect(user)
+    assert librdkafka_connect(user.librdkafka()) == []
+
+
+def test_certificates_the_broker_does_not_trust_are_refused(secured: SecuredKafka) -> None:
+    expired = secured.certificate_client(secured.authority.issue(_name("late"), expired=True))
+    stranger = secured.certificate_client(
+        CertificateAuthority(secured.directory / _name("other-ca"), "another CA")
+        .issue(_name("mallory")))
+    for client, alert in ((expired, "certificate unknown"), (stranger, "bad certificate")):
+        with pytest.raises(KafkaConnectionError, match="closed"):
+            aiokafka_connect(client)
+        mark = log_mark(secured)
+        errors = librdkafka_connect(client.librdkafka())
+        assert errors[0].code() == KafkaError._TRANSPORT and alert in errors[0].str()
+        assert _HANDSHAKE_REFUSED in wait_for_text(lambda: broker_log_since(secured, mark),
+                                                   _HANDSHAKE_REFUSED)
+    aiokafka_connect(secured.add_certificate_client(_name("trusted")))
+
+
+# ---- authorization ---------------------------------------------------------------------------
+
+
+async def _send(client: ClientSecurity, topic: str, values: list[bytes]) -> list[int]:
+    async with AIOKafkaProducer(**client.aiokafka(), acks="all",
+                                request_timeout_ms=10_000) as producer:
+        return [(await producer.send_and_wait(topic, value)).offset for value in values]
+
+
+def librdkafka_send(client: ClientSecurity, topic: str, value: bytes) -> KafkaError | None:
+    """The delivery report's error of one message (None: delivered)."""
+    reports: list[KafkaError | None] = []
+    producer = Producer({**client.librdkafka(), "log_level": 0, "message.timeout.ms": 10_000})
+    producer.produce(topic, value, on_delivery=lambda error, _message: reports.append(error))
+    assert producer.flush(15) == 0
+    return reports[0]
+
+
+def test_a_producer_without_write_on_the_request_topic_is_refused(
+        secured: SecuredKafka) -> None:
+    topic = _name("requests")
+    secured.create_topics({topic: 1})
+    producer = secured.add_scram_user(_name("producer"))
+    with pytest.raises(TopicAuthorizationFailedError, match=topic):
+        asyncio.run(_send(producer, topic, [b"refused"]))
+    error = librdkafka_send(producer, topic, b"refused")
+    assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    secured.grant(producer_acls(producer.principal, topic))
+    assert asyncio.run(_send(producer, topic, [b"one"])) == [0]
+    assert librdkafka_send(producer, topic, b"two") is None
+    assert secured.partition_counts([topic]) == {topic: 1}
+
+
+async def _read_in_group(client: ClientSecurity, topic: str, group: str,
+                         count: int) -> list[bytes]:
+    consumer = AIOKafkaConsumer(topic, **client.aiokafka(), group_id=group,
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                session_timeout_ms=6000, heartbeat_interval_ms=500)
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(values) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                values.extend(record.value for record in records)
+    finally:
+        await consumer.stop()
+    return values
+
+
+def librdkafka_read_error(client: ClientSecurity, topic: str, group: str) -> KafkaError:
+    """The first error a librdkafka consumer of `topic` in `group` gets."""
+    consumer = Consumer({**client.librdkafka(), "group.id": group, "log_level": 0,
+                         "auto.offset.reset": "earliest"})
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + _CONNECT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None:
+                assert message.error() is not None, "read a record it may not read"
+                return message.error()
+        raise AssertionError(f"no error within {_CONNECT_TIMEOUT_S} s")
+    finally:
+        consumer.close()
+
+
+def test_a_principal_without_read_on_the_results_topic_cannot_read_it(
+        secured: SecuredKafka) -> None:
+    topic, group = _name("results"), _name("reader-group")
+    secured.create_topics({topic: 1})
+    asyncio.run(_send(secured.admin, topic, [b"a result"]))
+    reader = secured.add_certificate_client(_name("reader"))
+    secured.grant(reader_acls(reader.principal, [], group))  # its group, not the topic
+    with pytest.raises(TopicAuthorizationFailedError, match=topic):
+        asyncio.run(_read_in_group(reader, topic, group, 1))
+    error = librdkafka_read_error(reader, topic, group)
+    assert error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
+    secured.grant(reader_acls(reader.principal, [topic]))
+    assert asyncio.run(_read_in_group(reader, topic, group, 1)) == [b"a result"]
+
+
+# ---- the worker with least privilege ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    protocol: str  # how the worker signs in: SASL_SSL (SCRAM) or SSL (a certificate)
+    guarantee: str  # RANKER_PROCESSING_GUARANTEE
+    creates_topics: bool  # the worker creates its topics (Create on them), or finds them made
+
+
+DEPLOYMENTS = {
+    "scram-at_least_once-creates_topics": Deployment("SASL_SSL", "at_least_once", True),
+    "certificate-at_least_once-topics_made_first": Deployment("SSL", "at_least_once", False),
+    "scram-exactly_once-topics_made_first": Deployment("SASL_SSL", "exactly_once", False),
+}
+
+
+def _worker_names() -> tuple[WorkerTopics, WorkerResources]:
+    """Fresh topic names for one worker, and its resources (group, topics, changelog)."""
+    tag = uuid.uuid4().hex[:8]
+    topics = WorkerTopics(f"req-{tag}", f"res-{tag}", f"dlq-{tag}", f"eng-{tag}")
+    return topics, WorkerResources(f"ranker-{tag}", topics.requests, topics.results,
+                                   topics.dead_letters, topics.engagements)
+
+
+def _make_topics(secured: SecuredKafka, resources: WorkerResources) -> None:
+    """What a deployment that keeps Create to itself makes before the worker starts."""
+    config = topic_config(Settings(), replication_factor=1)
+    secured.create_topics([TopicSpec(name, 1, config) for name in (
+        resources.requests, resources.results, resources.dead_letters, resources.engagements)]
+        + [TopicSpec(resources.changelog, 1, {**config, "cleanup.policy": "compact"})])
+
+
+async def _send_requests(client: ClientSecurity, topic: str, seed: int) -> list[str]:
+    events = list(generate_events(seed=seed, count=REQUESTS))
+    async with AIOKafkaProducer(**client.aiokafka(), acks="all") as producer:
+        await send_paced(producer, topic, events,
+                         lambda e: Outgoing(e.encode(int(time.time() * 1000)), e.key))
+    return [event.request_id for event in events]
+
+
+async def _committed(client: ClientSecurity, group: str, topic: str) -> int | None:
+    consumer = AIOKafkaConsumer(**client.aiokafka(), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(TopicPartition(topic, 0))
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS.values(), ids=DEPLOYMENTS.keys())
+def test_a_worker_with_least_privilege_ranks_end_to_end(secured: SecuredKafka,
+                                                        deployment: Deployment) -> None:
+    topics, resources = _worker_names()
+    tag = resources.group_id  # names the test's principals too
+    identity = (secured.add_scram_user(tag) if deployment.protocol == "SASL_SSL"
+                else secured.add_certificate_client(tag))
+    secured.grant(worker_acls(identity.principal, resources,
+                              exactly_once=deployment.guarantee == "exactly_once",
+                              creates_topics=deployment.creates_topics))
+    if not deployment.creates_topics:
+        _make_topics(secured, resources)
+    producer = secured.add_scram_user(f"producer-{tag}")
+    secured.grant(producer_acls(producer.principal, topics.requests))
+    reader = secured.add_certificate_client(f"reader-{tag}")
+    reader_group = f"reader-{tag}"
+    secured.grant(reader_acls(reader.principal, [topics.results, topics.dead_letters],
+                              reader_group))
+
+    worker = WorkerProcess(identity.bootstrap, topics, group_id=resources.group_id,
+                           env=identity.environ(),
+                           extra_args=("--processing-guarantee", deployment.guarantee))
+    try:
+        worker.start()
+        ready_s = worker.wait_ready(timeout_s=180)
+        started = time.monotonic()
+        sent = asyncio.run(_send_requests(producer, topics.requests, seed=7))
+        with Reader(reader.bootstrap, [topics.results, topics.dead_letters], group_id=reader_group,
+                    config=reader.librdkafka()) as results:
+            deadline = time.monotonic() + 60
+            while len(results.records()) < len(sent) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            records = results.records()
+        answered_s = time.monotonic() - started
+        assert {r.topic for r in records} == {topics.results}, worker.log()
+        assert sorted(codec.decode_message(r.value)["request_id"] for r in records) == \
+            sorted(sent)
+        assert worker.stop() == 0, worker.log()
+        # Write on its topics is enough for an idempotent producer (no IdempotentWrite).
+        assert "refused an idempotent producer" not in worker.log(chars=1 << 24)
+        # Least privilege: the worker may not read what it writes.
+        with pytest.raises(TopicAuthorizationFailedError):
+            asyncio.run(_read_in_group(identity, topics.results, resources.group_id, 1))
+        assert asyncio.run(_committed(secured.admin, resources.group_id,
+                                      topics.requests)) == len(sent)
+        print(f"{deployment}: ready {ready_s:.1f} s, {len(sent)} requests answered in "
+              f"{answered_s:.1f} s")
+    finally:
+        worker.close()
+
+
+def test_an_exactly_once_worker_without_its_transactional_ids_stops_saying_so(
+        secured: SecuredKafka) -> None:
+    topics, resources = _worker_names()
+    identity = secured.add_scram_user(resources.group_id)
+    secured.grant(worker_acls(identity.principal, resources))  # the at-least-once list
+    worker = WorkerProcess(identity.bootstrap, topics, group_id=resources.group_id,
+                           env=identity.environ(),
+                           extra_args=("--processing-guarantee", "exactly_once"))
+    try:
+        worker.start()
+        assert worker.wait(timeout_s=180) == 2, worker.log()
+        last_line = worker.log().strip().splitlines()[-1]
+        assert last_line.startswith("worker: error: processing_guarantee=exactly_once")
+        assert "TransactionalIdAuthorizationFailed" in last_line
+        assert f"Write on the transactional ids prefixed '{resources.group_id}-'" in last_line
+    finally:
+        worker.close()
+
+
+def test_a_worker_without_create_stops_naming_the_missing_topic(secured: SecuredKafka) -> None:
+    topics, resources = _worker_names()
+    identity = secured.add_certificate_client(resources.group_id)
+    secured.grant(worker_acls(identity.principal, resources, creates_topics=False))
+    secured.create_topics({topics.requests: 1})  # the deployment forgot the others
+    worker = WorkerProcess(identity.bootstrap, topics, group_id=resources.group_id,
+                           env=identity.environ())
+    try:
+        worker.start()
+        assert worker.wait(timeout_s=180) == 2, worker.log()
+        last_line = worker.log().strip().splitlines()[-1]
+        assert last_line.startswith(f"worker: error: Topic '{topics.results}' does not exist")
+        assert "may not create it (TOPIC_AUTHORIZATION_FAILED)" in last_line
+    finally:
+        worker.close()
+    assert secured.partition_counts([topics.results, topics.dead_letters]) == {}
