@@ -225,3 +225,13 @@ def test_tools_connect_with_the_same_security_settings(tls_files):
     assert conn["security_protocol"] == "SASL_SSL"
     assert conn["sasl_mechanism"] == "SCRAM-SHA-512"
     assert conn["ssl_context"] is not None
+
+
+def test_tls_files_that_do_not_load_are_a_settings_error_naming_them(tls_files, tmp_path):
+    missing = {**tls_files, "RANKER_SSL_CAFILE": str(tmp_path / "absent.pem")}
+    with pytest.raises(SettingsError, match="^RANKER_SSL_CAFILE: cannot read '.*absent.pem'$"):
+        client_kwargs(settings_from_env("SSL", **missing))
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    garbage = {**tls_files, "RANKER_SSL_CERTFILE": str(tmp_path / "garbage.pem")}
+    with pytest.raises(SettingsError, match="the TLS files do not load .*RANKER_SSL_CERTFILE"):
+        client_kwargs(settings_from_env("SASL_SSL", **garbage))

@@ -20,6 +20,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -388,3 +389,67 @@ def test_a_worker_without_create_stops_naming_the_missing_topic(secured: Secured
     finally:
         worker.close()
     assert secured.partition_counts([topics.results, topics.dead_letters]) == {}
+
+
+# ---- a worker that cannot get in -------------------------------------------------------------
+
+
+def _wrong_password(secured: SecuredKafka, tmp: Path) -> tuple[dict[str, str], str, str]:
+    user = secured.add_scram_user(_name("ranker"))
+    env = user.environ()
+    (tmp / "password").write_text(user.password + "-wrong\n")
+    del env["RANKER_SASL_PASSWORD"]
+    env["RANKER_SASL_PASSWORD_FILE"] = str(tmp / "password")
+    return env, user.password + "-wrong", ("authentication failed: broker "
+                                           f"{user.bootstrap} refused SASL user "
+                                           f"'{user.username}' (SCRAM-SHA-512)")
+
+
+def _unknown_ca(secured: SecuredKafka, tmp: Path) -> tuple[dict[str, str], str, str]:
+    user = secured.add_scram_user(_name("ranker"))
+    other = CertificateAuthority(tmp / "other-ca", "another CA")
+    env = {**user.environ(), "RANKER_SSL_CAFILE": str(other.cafile)}
+    return env, user.password, (f"TLS: broker {user.bootstrap}'s certificate is not trusted "
+                                "(unable to get local issuer certificate): RANKER_SSL_CAFILE")
+
+
+def _expired_certificate(secured: SecuredKafka, tmp: Path) -> tuple[dict[str, str], str, str]:
+    client = secured.certificate_client(secured.authority.issue(_name("late"), expired=True))
+    return client.environ(), "", (f"broker {client.bootstrap} closed the connection at once: "
+                                  "it did not accept the client certificate")
+
+
+def _untrusted_certificate(secured: SecuredKafka, tmp: Path) -> tuple[dict[str, str], str, str]:
+    stranger = CertificateAuthority(tmp / "stranger-ca", "a stranger").issue(_name("mallory"))
+    client = secured.certificate_client(stranger)
+    return client.environ(), "", (f"broker {client.bootstrap} closed the connection at once: "
+                                  "it did not accept the client certificate")
+
+
+@pytest.mark.parametrize("case", [_wrong_password, _unknown_ca, _expired_certificate,
+                                  _untrusted_certificate],
+                         ids=["wrong_password", "unknown_ca", "expired_certificate",
+                              "untrusted_certificate"])
+def test_a_worker_that_cannot_authenticate_stops_with_one_line(
+        secured: SecuredKafka, tmp_path: Path,
+        case: Callable[[SecuredKafka, Path], tuple[dict[str, str], str, str]]) -> None:
+    """Exit code 2 and one line naming what to fix, instead of retrying forever; the password
+    appears nowhere in the worker's output."""
+    env, secret, expected = case(secured, tmp_path)
+    topics, resources = _worker_names()
+    worker = WorkerProcess(env["RANKER_BROKER"].split("://")[-1], topics,
+                           group_id=resources.group_id, env=env)
+    try:
+        started = time.monotonic()
+        worker.start()
+        assert worker.wait(timeout_s=120) == 2, worker.log()
+        took_s = time.monotonic() - started
+        output = worker.log(200_000)
+    finally:
+        worker.close()
+    last_line = output.strip().splitlines()[-1]
+    print(f"\n{last_line}\n  (exit 2 {took_s:.1f} s after the start, model compile included)")
+    assert last_line.startswith("worker: error: " + expected), last_line
+    assert "Traceback" not in output
+    if secret:
+        assert secret not in output

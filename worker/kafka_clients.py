@@ -1,7 +1,8 @@
 """Connection options for every Kafka client the project opens, from the one settings object.
 
 aiokafka clients take `client_kwargs` (the tools through `tools.kafka_io.connection`); the Faust
-app takes `faust_credentials`. Also: topic creation with retry, and the exactly-once probe.
+app takes `faust_credentials`. Also: topic creation with retry, the diagnosis of a connection
+the broker refuses (credentials, certificates), and the exactly-once probe.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import ssl
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (KafkaConnectionError, KafkaError,
+from aiokafka.conn import create_conn
+from aiokafka.errors import (KafkaConnectionError, KafkaError, SaslAuthenticationFailed,
                              TransactionalIdAuthorizationFailed)
 from aiokafka.helpers import create_ssl_context
 
@@ -27,12 +30,24 @@ log = logging.getLogger(__name__)
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of every client (None without TLS). A file that cannot be read or
+    loaded is a `SettingsError` naming its setting."""
     if settings.security_protocol not in ("SSL", "SASL_SSL"):
         return None
-    return create_ssl_context(cafile=settings.ssl_cafile or None,
-                              certfile=settings.ssl_certfile or None,
-                              keyfile=settings.ssl_keyfile or None,
-                              password=settings.ssl_key_password or None)
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(settings, name)
+        if path and not os.access(path, os.R_OK):
+            raise SettingsError(f"{Settings.env_name(name)}: cannot read {path!r}")
+    try:
+        return create_ssl_context(cafile=settings.ssl_cafile or None,
+                                  certfile=settings.ssl_certfile or None,
+                                  keyfile=settings.ssl_keyfile or None,
+                                  password=settings.ssl_key_password or None)
+    except ssl.SSLError as error:
+        raise SettingsError(
+            f"the TLS files do not load ({error.reason or error}): RANKER_SSL_CAFILE must be "
+            "PEM certificates; RANKER_SSL_CERTFILE and RANKER_SSL_KEYFILE a certificate and "
+            "its key, RANKER_SSL_KEY_PASSWORD the key's passphrase if it has one") from None
 
 
 def client_kwargs(settings: Settings, bootstrap: str | None = None) -> dict[str, Any]:
@@ -104,6 +119,7 @@ async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
     must be co-partitioned (a user's engagements and requests on the same partition number).
     One that exists with another count is a `SettingsError`."""
     delay, attempt = first_delay_s, 0
+    last_refusal, refusals = None, 0
     options = {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
     while True:
         attempt += 1
@@ -125,6 +141,11 @@ async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
         except TopicError as error:  # the broker answered: a set-up to fix, not to wait out
             raise SettingsError(f"{error}") from None
         except (KafkaConnectionError, KafkaError, OSError, asyncio.TimeoutError) as exc:
+            refusal = await refused_access(settings)
+            refusals = refusals + 1 if refusal is not None and refusal == last_refusal else 1
+            if refusal is not None and (not refusal.retry or refusals >= _SAME_REFUSALS):
+                raise SettingsError(refusal.message) from None
+            last_refusal = refusal
             if attempts and attempt >= attempts:
                 raise BrokerUnavailableError(
                     f"broker {settings.bootstrap_servers} still unreachable after {attempt} "
@@ -133,6 +154,61 @@ async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
                         settings.bootstrap_servers, type(exc).__name__, exc, delay, attempt)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay_s)
+
+
+_SAME_REFUSALS = 3  # closed connections in a row that stop the worker (seconds apart)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why the broker will not talk to this client, as one line naming what to fix."""
+
+    message: str
+    retry: bool = False  # a closed connection: also what a restarting broker may do, so it
+    # stops the worker only when the next attempts meet it too
+
+
+async def refused_access(settings: Settings, timeout_s: float = 10.0) -> Refusal | None:
+    """Connects once to the first bootstrap server as the worker's clients do, and says why
+    the broker refused it: the SASL credentials, the broker's certificate, or this client's
+    (or the protocol). None when it connects, or does not answer at all (a broker away)."""
+    host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
+    options = {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
+    where = f"broker {host}:{port}"
+    try:
+        conn = await asyncio.wait_for(create_conn(host, int(port), **options), timeout_s)
+    except SaslAuthenticationFailed:
+        return Refusal(
+            f"authentication failed: {where} refused SASL user {settings.sasl_username!r} "
+            f"({settings.sasl_mechanism}): a wrong password or an unknown user; check "
+            "RANKER_SASL_USERNAME and RANKER_SASL_PASSWORD (or RANKER_SASL_PASSWORD_FILE)")
+    except ssl.SSLCertVerificationError as error:
+        return Refusal(
+            f"TLS: {where}'s certificate is not trusted ({error.verify_message}): "
+            "RANKER_SSL_CAFILE must hold the CA that signed it")
+    except ssl.SSLError as error:
+        return Refusal(f"TLS handshake with {where} failed ({error.reason or error}); check "
+                       "RANKER_SECURITY_PROTOCOL and the RANKER_SSL_* settings")
+    except KafkaConnectionError as error:
+        if "closed" not in str(error):
+            return None
+        return Refusal(f"{where} closed the connection at once: {_closed_because(settings)}",
+                       retry=True)
+    except (OSError, asyncio.TimeoutError):
+        return None
+    conn.close()
+    return None
+
+
+def _closed_because(settings: Settings) -> str:
+    if settings.security_protocol == "PLAINTEXT":
+        return ("it may expect TLS or SASL (RANKER_SECURITY_PROTOCOL is PLAINTEXT), or "
+                "not be a Kafka listener")
+    if settings.ssl_certfile:
+        return (f"it did not accept the client certificate RANKER_SSL_CERTFILE "
+                f"({settings.ssl_certfile!r}): expired, or signed by a CA it does not trust")
+    return ("it may require a client certificate (RANKER_SSL_CERTFILE and RANKER_SSL_KEYFILE) "
+            f"or another protocol than {settings.security_protocol}")
 
 
 async def _ensure_copartitioned(settings: Settings, spec: TopicSpec, replication: int,
