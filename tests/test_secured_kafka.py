@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +39,7 @@ from tests.worker_harness import WorkerProcess, WorkerTopics
 from tools.acls import WorkerResources, producer_acls, reader_acls, worker_acls
 from tools.kafka_io import Outgoing, send_paced
 from tools.kafka_security import CertificateAuthority, ClientSecurity, SecuredKafka
+from tools.launcher import ROOT
 from tools.producer import generate_events
 from worker import codec
 from worker.kafka_clients import topic_config
@@ -389,6 +394,53 @@ def test_a_worker_without_create_stops_naming_the_missing_topic(secured: Secured
     finally:
         worker.close()
     assert secured.partition_counts([topics.results, topics.dead_letters]) == {}
+
+
+
+# ---- the tools -------------------------------------------------------------------------------
+
+
+def _tool(module: str, client: ClientSecurity, *args: str) -> subprocess.CompletedProcess:
+    """`python -m <module> args` with `client`'s RANKER_* security settings, as a user runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
+    env.update(client.environ())
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("kind", ["scram", "certificate"])
+def test_the_tools_connect_with_the_workers_security_settings(secured: SecuredKafka,
+                                                              tmp_path: Path, kind: str) -> None:
+    """The producer sends requests, `replay record` copies them into a file, `replay publish`
+    sends the file to another topic and the results viewer reads them back, each holding only
+    the ACLs its job needs (SCRAM over SASL_SSL, or a client certificate over SSL)."""
+    requests, copies = _name("tool-req"), _name("tool-copy")
+    secured.create_topics({requests: 1, copies: 1})
+    client = (secured.add_scram_user(_name("tools")) if kind == "scram"
+              else secured.add_certificate_client(_name("tools")))
+    secured.grant(producer_acls(client.principal, requests)
+                  + reader_acls(client.principal, [requests, copies])
+                  + producer_acls(client.principal, copies))
+    bootstrap = client.bootstrap
+    produced = _tool("tools.producer", client, "--bootstrap", bootstrap, "--topic", requests,
+                     "--count", str(REQUESTS), "--no-progress")
+    assert produced.returncode == 0, produced.stderr
+    record = tmp_path / "requests.rec"
+    recorded = _tool("tools.replay", client, "record", requests, str(record), "--bootstrap",
+                     bootstrap, "--count", str(REQUESTS), "--no-progress")
+    assert recorded.returncode == 0, recorded.stderr
+    published = _tool("tools.replay", client, "publish", str(record), "--topic", copies,
+                      "--bootstrap", bootstrap, "--no-progress")
+    assert published.returncode == 0, published.stderr
+    viewed = _tool("tools.viewer", client, "--bootstrap", bootstrap, "--results-topic", copies,
+                   "--no-dead-letters", "--json", "--count", str(REQUESTS),
+                   "--idle-timeout-s", "20")
+    assert viewed.returncode == 0, viewed.stderr
+    ids = [json.loads(line).get("request_id") for line in viewed.stdout.splitlines()
+           if line.startswith("{")]
+    assert len(ids) == REQUESTS and all(ids), viewed.stdout
+    assert not any(client.password and client.password in out for out in (
+        produced.stdout + produced.stderr, recorded.stderr, published.stderr, viewed.stderr))
 
 
 # ---- a worker that cannot get in -------------------------------------------------------------
