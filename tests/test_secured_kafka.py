@@ -505,3 +505,37 @@ def test_a_worker_that_cannot_authenticate_stops_with_one_line(
     assert "Traceback" not in output
     if secret:
         assert secret not in output
+
+
+@pytest.mark.parametrize("resource, operation, expected", [
+    ("requests", "READ", "Topic '{requests}' exists on {bootstrap}, but this client may not see "
+                         "it (no Describe"),
+    ("results", "WRITE", "Topic '{results}' exists on {bootstrap}, but this client may not see "
+                         "it (no Describe"),
+    ("group_id", "READ", "broker {bootstrap} does not let this client use consumer group "
+                         "'{group_id}' (GroupAuthorizationFailed): grant it Read on that group"),
+], ids=["no_read_on_requests", "no_write_on_results", "no_read_on_group"])
+def test_a_worker_missing_an_acl_stops_naming_it(secured: SecuredKafka, resource: str,
+                                                 operation: str, expected: str) -> None:
+    """Granted the least-privilege list less one rule, the worker stops at start with exit 2
+    and one line naming the resource (without the group rule it used to wait forever)."""
+    topics, resources = _worker_names()
+    identity = secured.add_scram_user(resources.group_id)
+    name = getattr(resources, resource)
+    acls = worker_acls(identity.principal, resources)
+    kept = [a for a in acls if not (a.resource_name == name and a.operation == operation)]
+    assert len(kept) == len(acls) - 1
+    secured.grant(kept)
+    worker = WorkerProcess(identity.bootstrap, topics, group_id=resources.group_id,
+                           env=identity.environ())
+    try:
+        started = time.monotonic()
+        worker.start()
+        assert worker.wait(timeout_s=120) == 2, worker.log()
+        took_s = time.monotonic() - started
+        last_line = worker.log().strip().splitlines()[-1]
+    finally:
+        worker.close()
+    print(f"\n{last_line}\n  (exit 2 {took_s:.1f} s after the start)")
+    assert last_line.startswith("worker: error: " + expected.format(
+        bootstrap=identity.bootstrap, **dataclasses.asdict(resources))), last_line

@@ -37,7 +37,8 @@ from worker.errors import ValidationError
 from worker.handler import BatchHandler, WorkerState, to_record
 from worker.breaker import BreakerConfig, DeadLetterBreaker
 from worker.broker_health import BrokerHealth
-from worker.kafka_clients import (TopicLayout, check_transactions_supported, client_kwargs,
+from worker.kafka_clients import (TopicLayout, check_group_access,
+                                  check_transactions_supported, client_kwargs,
                                   ensure_topics_with_retry, faust_credentials,
                                   supports_idempotence)
 from worker.kafka_tuning import ConsumerTuning, TunedApp
@@ -344,6 +345,7 @@ def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop,
 
     async def probe() -> None:
         found.append(await ensure_topics_with_retry(settings))
+        await check_group_access(settings)
         if settings.processing_guarantee == "exactly_once":
             await check_transactions_supported(settings)
             found.append(True)

@@ -15,10 +15,11 @@ import ssl
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
+from aiokafka.client import CoordinationType
 from aiokafka.conn import create_conn
-from aiokafka.errors import (KafkaConnectionError, KafkaError, SaslAuthenticationFailed,
-                             TransactionalIdAuthorizationFailed)
+from aiokafka.errors import (GroupAuthorizationFailedError, KafkaConnectionError, KafkaError,
+                             SaslAuthenticationFailed, TransactionalIdAuthorizationFailed)
 from aiokafka.helpers import create_ssl_context
 
 from worker import codec
@@ -221,6 +222,24 @@ async def _ensure_copartitioned(settings: Settings, spec: TopicSpec, replication
             f"RANKER_ENGAGEMENTS_TOPIC / --engagements-topic: {error} The engagement topic must "
             f"have the request topic {settings.requests_topic!r}'s {spec.partitions} partitions "
             "(a user's engagements and requests must reach the same worker)") from None
+
+
+async def check_group_access(settings: Settings) -> None:
+    """A `SettingsError` naming the ACL when the broker will not let this client use its
+    consumer group: without it the consumer would wait for its group coordinator forever,
+    saying nothing. (Finding the coordinator needs Describe on the group, implied by the Read
+    that joining and committing need.)"""
+    client = AIOKafkaClient(**client_kwargs(settings))
+    try:
+        await client.bootstrap()
+        await client.coordinator_lookup(CoordinationType.GROUP, settings.group_id)
+    except GroupAuthorizationFailedError:
+        raise SettingsError(
+            f"broker {settings.bootstrap_servers} does not let this client use consumer group "
+            f"{settings.group_id!r} (GroupAuthorizationFailed): grant it Read on that group "
+            "(python -m tools.acls lists every ACL the worker needs)") from None
+    finally:
+        await client.close()
 
 
 async def supports_idempotence(settings: Settings) -> bool:

@@ -126,6 +126,14 @@ async def ensure_topics(
             actual = await _partition_counts(admin, [s.name for s in specs])
     finally:
         await admin.close()
+    hidden = [s.name for s in specs if s.name not in actual and s.name not in not_allowed]
+    if hidden:  # created or there already, yet not in the metadata this client may see
+        raise TopicError(
+            f"Topic {hidden[0]!r} exists on {bootstrap_servers}, but this client may not "
+            "see it (no Describe: grant the ACL its role needs, Read to consume it or Write "
+            "to publish to it, which imply Describe; python -m tools.acls lists what the "
+            "worker needs)."
+        )
     for spec in specs:
         if actual.get(spec.name) != spec.partitions and (strict or spec.name not in actual):
             raise TopicError(
