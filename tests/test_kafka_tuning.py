@@ -579,3 +579,37 @@ def test_the_idempotent_producer_adds_to_the_options_faust_builds_its_producer_f
     assert producer._settings_extra() == {"acks": "all", "enable_idempotence": True}
     app.idempotent_producer = False
     assert producer._settings_extra() == {}
+
+
+def test_reset_producer_id_starts_the_idempotent_producers_sequences_again():
+    """IdempotentProducer.reset_producer_id relies on aiokafka numbering a batch when it is
+    drained (and never un-numbering a refused one) and on the sender asking for a producer id
+    whenever it has none; a transactional producer is left alone."""
+    from aiokafka.producer import message_accumulator, sender, transaction_manager
+    from worker.kafka_tuning import IdempotentProducer
+
+    assert "increment_sequence_number(batch.tp, batch.record_count)" in inspect.getsource(
+        message_accumulator.MessageAccumulator._pop_batch)
+    waits = inspect.getsource(sender.Sender._maybe_wait_for_pid)
+    assert "self._txn_manager.has_pid()" in waits and "_do_init_pid" in waits
+    assert "await self._maybe_wait_for_pid()" in inspect.getsource(sender.Sender._sender_routine)
+
+    async def reset(**options) -> tuple[bool, aiokafka.AIOKafkaProducer]:
+        holder = IdempotentProducer.__new__(IdempotentProducer)  # only _producer is used
+        holder._producer = aiokafka.AIOKafkaProducer(bootstrap_servers="127.0.0.1:1",
+                                                     **options)
+        txn = holder._producer._txn_manager
+        if txn is not None:
+            txn.set_pid_and_epoch(7, 0)
+            txn.increment_sequence_number(aiokafka.TopicPartition("t", 0), 5)
+        return holder.reset_producer_id(), holder._producer
+
+    done, producer = asyncio.run(reset(enable_idempotence=True))
+    txn = producer._txn_manager
+    assert done and not txn.has_pid()
+    assert txn.sequence_number(aiokafka.TopicPartition("t", 0)) == 0
+    assert not txn._pid_waiter.done()  # the sender waits for a new id
+    assert transaction_manager.NO_PRODUCER_ID == txn.producer_id
+    assert asyncio.run(reset())[0] is False  # not idempotent: nothing to reset
+    done, producer = asyncio.run(reset(transactional_id="t-0"))
+    assert done is False and producer._txn_manager.producer_id == 7

@@ -539,3 +539,124 @@ def test_a_worker_missing_an_acl_stops_naming_it(secured: SecuredKafka, resource
     print(f"\n{last_line}\n  (exit 2 {took_s:.1f} s after the start)")
     assert last_line.startswith("worker: error: " + expected.format(
         bootstrap=identity.bootstrap, **dataclasses.asdict(resources))), last_line
+
+
+@dataclasses.dataclass
+class _Revocation:
+    """A worker deployment whose Write on the results topic a test takes away."""
+
+    topics: WorkerTopics
+    resources: WorkerResources
+    identity: ClientSecurity
+    producer: ClientSecurity
+    write_results: list
+
+    @classmethod
+    def granted(cls, secured: SecuredKafka, exactly_once: bool) -> "_Revocation":
+        topics, resources = _worker_names()
+        identity = secured.add_scram_user(resources.group_id)
+        acls = secured.grant(worker_acls(identity.principal, resources,
+                                         exactly_once=exactly_once))
+        producer = secured.add_scram_user(f"producer-{resources.group_id}")
+        secured.grant(producer_acls(producer.principal, topics.requests))
+        return cls(topics, resources, identity, producer,
+                   [a for a in acls if a.resource_name == topics.results and
+                    a.operation == "WRITE"])
+
+    def worker(self, guarantee: str) -> WorkerProcess:
+        return WorkerProcess(self.identity.bootstrap, self.topics,
+                             group_id=self.resources.group_id, env=self.identity.environ(),
+                             extra_args=("--processing-guarantee", guarantee))
+
+    def serve_then_revoke(self, secured: SecuredKafka, worker: WorkerProcess, seed: int
+                          ) -> tuple[list[str], list[str]]:
+        """Starts `worker`, has it answer and commit a few requests, takes the ACL away and
+        sends a few more; returns both lists of request ids."""
+        worker.start()
+        worker.wait_ready(timeout_s=180)
+        before = self.send(seed=seed)
+        _wait_until(lambda: self.committed(secured) == len(before), 60,
+                    "the first requests committed")
+        secured.revoke(self.write_results)
+        return before, self.send(seed=seed + 1)
+
+    def send(self, seed: int) -> list[str]:
+        return asyncio.run(_send_requests(self.producer, self.topics.requests, seed=seed))
+
+    def committed(self, secured: SecuredKafka) -> int | None:
+        return asyncio.run(_committed(secured.admin, self.resources.group_id,
+                                      self.topics.requests))
+
+    def answers(self, secured: SecuredKafka, count: int) -> list[dict]:
+        """The first `count` answers a read_committed reader sees (and any right behind)."""
+        with Reader(secured.admin.bootstrap, [self.topics.results, self.topics.dead_letters],
+                    config=secured.admin.librdkafka()) as reader:
+            _wait_until(lambda: len(reader.records()) >= count, 90, f"{count} answers")
+            time.sleep(1.0)  # a duplicate would arrive right behind
+            return [codec.decode_message(r.value) for r in reader.records()]
+
+
+@pytest.mark.timeout(240)
+def test_write_on_results_revoked_while_serving_holds_requests_until_granted_again(
+        secured: SecuredKafka) -> None:
+    """At least once: while the ACL is gone the worker answers nothing, commits nothing past
+    the first unanswered request, and says so (log, /ready, metric); granted again, the same
+    worker answers every request once, none as a dead letter."""
+    case = _Revocation.granted(secured, exactly_once=False)
+    worker = case.worker("at_least_once")
+    try:
+        before, during = case.serve_then_revoke(secured, worker, seed=11)
+        _wait_until(lambda: worker.metric("ranker_sends_refused_total") > 0, 60,
+                    "a refused send")
+        status, body = worker.get("/ready")
+        time.sleep(3.0)  # a few retries: the offsets must stay put meanwhile
+        held_at = case.committed(secured)
+        log = worker.log(1 << 20)
+        secured.grant(case.write_results)
+        answers = case.answers(secured, len(before) + len(during))
+        _wait_until(worker.ready, 30, "ready again")
+    finally:
+        worker.close()
+    assert status == 503 and "refused: the broker refuses this worker's sends to topic " \
+        f"'{case.topics.results}' (TopicAuthorizationFailedError): grant it Write" in body, body
+    assert held_at == len(before), held_at
+    assert "stays unanswered and its offset uncommitted" in log
+    assert not [a["error"] for a in answers if "error" in a]
+    assert sorted(a["request_id"] for a in answers) == sorted(before + during)
+
+
+@pytest.mark.timeout(300)
+def test_write_on_results_revoked_under_exactly_once_stops_the_worker_uncommitted(
+        secured: SecuredKafka) -> None:
+    """Exactly once: the refused send aborts its transaction, so the worker stops (exit 2,
+    one line naming the ACL) with the batch uncommitted; a worker started after the grant
+    answers every request exactly once, as a read_committed reader sees them."""
+    case = _Revocation.granted(secured, exactly_once=True)
+    worker = case.worker("exactly_once")
+    try:
+        before, during = case.serve_then_revoke(secured, worker, seed=13)
+        assert worker.wait(timeout_s=60) == 2, worker.log()
+        last_line = worker.log().strip().splitlines()[-1]
+    finally:
+        worker.close()
+    held_at = case.committed(secured)
+    secured.grant(case.write_results)
+    restarted = case.worker("exactly_once")
+    try:
+        restarted.start()
+        answers = case.answers(secured, len(before) + len(during))
+    finally:
+        restarted.close()
+    assert last_line.startswith("worker: error: the broker refuses this worker's sends to "
+                                f"topic '{case.topics.results}'"), last_line
+    assert "under exactly_once this aborts the transaction" in last_line
+    assert held_at == len(before), held_at
+    assert not [a["error"] for a in answers if "error" in a]
+    assert sorted(a["request_id"] for a in answers) == sorted(before + during)
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)

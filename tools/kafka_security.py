@@ -297,6 +297,16 @@ class SecuredKafka(ApacheKafka):
                   f"{len(bindings)} ACLs to reach the broker's authorizer")
         return acls
 
+    def revoke(self, acls: Iterable[Acl]) -> None:
+        """Deletes the ALLOW bindings of `acls` as the admin; returns once the broker's
+        authorizer no longer lists them."""
+        admin = self._admin_client()
+        bindings = [_binding(acl) for acl in acls]
+        for future in admin.delete_acls([_filter(b) for b in bindings]).values():
+            future.result(timeout=_ADMIN_TIMEOUT_S)
+        _wait_for(lambda: not any(_listed(admin, b) for b in bindings),
+                  f"{len(bindings)} ACLs to leave the broker's authorizer")
+
     def _admin_client(self) -> AdminClient:
         """The admin's librdkafka admin client (kept: its futures fail once it is freed)."""
         if self._admin is None:
@@ -314,12 +324,16 @@ def _binding(acl: Acl) -> AclBinding:
                       AclOperation[acl.operation], AclPermissionType.ALLOW)
 
 
+def _filter(binding: AclBinding) -> AclBindingFilter:
+    """The filter that matches exactly `binding`."""
+    return AclBindingFilter(binding.restype, binding.name, binding.resource_pattern_type,
+                            binding.principal, binding.host, binding.operation,
+                            binding.permission_type)
+
+
 def _listed(admin: AdminClient, binding: AclBinding) -> bool:
-    query = AclBindingFilter(binding.restype, binding.name, binding.resource_pattern_type,
-                             binding.principal, binding.host, binding.operation,
-                             binding.permission_type)
     try:
-        return bool(admin.describe_acls(query).result(timeout=_ADMIN_TIMEOUT_S))
+        return bool(admin.describe_acls(_filter(binding)).result(timeout=_ADMIN_TIMEOUT_S))
     except KafkaException:
         return False
 

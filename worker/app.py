@@ -43,7 +43,8 @@ from worker.kafka_clients import (TopicLayout, check_group_access,
                                   supports_idempotence)
 from worker.kafka_tuning import ConsumerTuning, TunedApp
 from worker.lifecycle import (BoundedStopWorker, StartupSignals, StartupStop,
-                              log_stopped_before_serving, stop_for_bug, stop_on_signals)
+                              log_stopped_before_serving, report_user_error, stop_for_bug,
+                              stop_on_signals)
 from worker.monitoring import HealthServer, WorkerMetrics
 from worker.pipeline import RankingPipeline
 from worker.rollout import CheckpointWatcher, RolloutError
@@ -209,7 +210,9 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
     decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder")
     def on_bug(error: BaseException) -> None:
-        if state.failed is None:  # the first report stops the worker; main() then exits 1
+        """The first report stops the worker; main() then exits 1 (a bug) or 2 (a
+        `SettingsError`: something to change on the cluster, said in one line)."""
+        if state.failed is None:
             state.failed = error
             stop_for_bug(error)
 
@@ -451,6 +454,8 @@ def _start_and_serve(settings: Settings) -> int:
     finally:
         if health is not None:
             health.stop()
+    if isinstance(state.failed, SettingsError):
+        return report_user_error(state.failed)
     return 1 if state.failed is not None else 0
 
 
@@ -476,23 +481,17 @@ def serve(app: faust.App, settings: Settings, loop: asyncio.AbstractEventLoop) -
             raise
 
 
-def _user_error(error: BaseException) -> int:
-    """A setting, a checkpoint, a port: one line naming what to change; no traceback."""
-    print(f"worker: error: {error}", file=sys.stderr, flush=True)
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.load(sys.argv[1:] if argv is None else argv)  # --help exits here
     except SettingsError as error:
-        return _user_error(error)
+        return report_user_error(error)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _start_and_serve(settings)
     except SettingsError as error:
-        return _user_error(error)
+        return report_user_error(error)
     except (StartupStop, KeyboardInterrupt) as stop:
         log_stopped_before_serving(getattr(stop, "signal_name", "SIGINT"))
         return 0

@@ -16,13 +16,16 @@ import time
 from concurrent.futures import Executor
 from typing import Any, Callable, Sequence
 
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, ProducerClosed
+from aiokafka.errors import (ClusterAuthorizationFailedError, KafkaConnectionError, KafkaError,
+                             KafkaTimeoutError, OutOfOrderSequenceNumber, ProducerClosed,
+                             TopicAuthorizationFailedError, TransactionalIdAuthorizationFailed)
 
 from phoenix import compilations
 from worker.breaker import DeadLetterBreaker
 from worker.exactly_once import commit_guard, transactional_id
 from worker.monitoring import WorkerMetrics
 from worker.errors import PUBLISH_FAILED
+from worker.settings import SettingsError
 from worker.pipeline import (InputRecord, Outcome, ProcessedBatch,
                              RankingPipeline, publish_failed)
 
@@ -46,6 +49,9 @@ class WorkerState:
     resuming: Callable[[], bool] = lambda: False
     # Why the worker cannot reach the cluster as it should (None: it can): silent leaders.
     degraded: Callable[[], str | None] = lambda: None
+    # Why the broker refuses the worker's sends (an ACL taken away while serving); None: it
+    # does not. Outcomes are held unanswered and their inputs unacked until it stops.
+    refused: str | None = None
 
     def readiness(self) -> tuple[bool, str]:
         if not self.compiled:
@@ -61,6 +67,8 @@ class WorkerState:
         degraded = self.degraded()
         if degraded is not None:
             return False, f"degraded: {degraded}"
+        if self.refused is not None:
+            return False, f"refused: {self.refused}"
         return True, "ready"
 
 
@@ -71,6 +79,21 @@ def is_transient(error: BaseException) -> bool:
                           asyncio.TimeoutError)):
         return True
     return isinstance(error, KafkaError) and bool(error.retriable)
+
+
+def is_refused(error: BaseException) -> bool:
+    """Whether the broker refused a send for a missing ACL: no use sending anything else in
+    its place (the dead-letter topic may be refused too, and the request would be lost to its
+    caller), but it may succeed unchanged once the ACL is granted again."""
+    return isinstance(error, (TopicAuthorizationFailedError, ClusterAuthorizationFailedError,
+                              TransactionalIdAuthorizationFailed))
+
+
+def breaks_sequences(error: BaseException) -> bool:
+    """Whether the idempotent producer must start its sequences again before a retry can
+    succeed (`IdempotentProducer.reset_producer_id`): after a refused batch, and the
+    out-of-order sequence that follows one."""
+    return is_refused(error) or isinstance(error, OutOfOrderSequenceNumber)
 
 
 def _where(outcome: Outcome) -> str:
@@ -226,16 +249,33 @@ class BatchHandler:
         # of event-loop CPU per result, and the broker 3x the CPU (measured with bench.e2e).
         producer = await self.results_topic.app.maybe_start_producer()
         while pending:
+            if self.state.failed is not None:
+                # The worker is stopping for a failure (a send refused in a transaction):
+                # these outcomes must stay unsent and their inputs unacked until the stop.
+                await asyncio.get_running_loop().create_future()
             attempt += 1
             results = await self._send_all(producer, pending)
             retry: list[Outcome] = []
             wait = False
+            if any(isinstance(r, BaseException) and breaks_sequences(r) for r in results):
+                reset = getattr(producer, "reset_producer_id", None)  # idempotent only
+                if reset is not None and reset():
+                    log.warning("the idempotent producer starts its sequences again after "
+                                "a refused send (a new producer id)")
             for outcome, result in zip(pending, results):
                 if not isinstance(result, BaseException):
                     continue
                 if isinstance(result, asyncio.CancelledError):
                     raise result
-                if is_transient(result) or outcome.dead_letter_code == PUBLISH_FAILED:
+                if isinstance(result, OutOfOrderSequenceNumber):
+                    retry.append(outcome)  # sent again with the new producer id
+                    wait = True
+                elif is_refused(result):
+                    retry.append(outcome)
+                    wait = True
+                    self._refused(outcome, result, attempt, transactional=transactional_id(
+                        producer, outcome.record.topic, outcome.record.partition) is not None)
+                elif is_transient(result) or outcome.dead_letter_code == PUBLISH_FAILED:
                     retry.append(outcome)
                     wait = True
                     log.log(logging.WARNING if is_transient(result) else logging.ERROR,
@@ -247,7 +287,31 @@ class BatchHandler:
                     retry.append(publish_failed(outcome, result))
             if wait:
                 await asyncio.sleep(self.send_retry_delay_s)
+            if not retry and self.state.refused is not None:
+                log.warning("the broker takes this worker's sends again: %s", _where(pending[0]))
+                self.state.refused = None
             pending = retry
+
+    def _refused(self, outcome: Outcome, error: BaseException, attempt: int,
+                 transactional: bool) -> None:
+        """Counts a refused send, and says what to grant (on the first attempts, then at
+        doubling intervals: a revoked ACL may stay revoked for hours). Inside a transaction
+        the refusal aborts it, and no later send of it can succeed: the worker stops instead
+        (exit 2; the batch's offsets are not committed, so a restart ranks it again)."""
+        topic = self._topic_for(outcome).get_topic_name()
+        self.metrics.sends_refused.labels(topic).inc()
+        self.state.refused = (f"the broker refuses this worker's sends to topic {topic!r} "
+                              f"({type(error).__name__}): grant it Write on that topic")
+        if transactional:
+            self.on_bug(SettingsError(
+                f"{self.state.refused}; under exactly_once this aborts the transaction of "
+                f"{_where(outcome)}, whose requests stay uncommitted: restart the worker once "
+                "the ACL is back"))
+            return
+        if attempt & (attempt - 1) == 0:  # 1, 2, 4, 8, ...
+            log.error("%s; the outcome of %s stays unanswered and its offset uncommitted, "
+                      "retried every %.1f s (attempt %d)", self.state.refused, _where(outcome),
+                      self.send_retry_delay_s, attempt)
 
     async def _send_all(self, producer: Any, outcomes: Sequence[Outcome]) -> list[Any]:
         """Sends every outcome, then waits for all the broker's acks: per outcome, its ack or

@@ -224,20 +224,29 @@ async def _ensure_copartitioned(settings: Settings, spec: TopicSpec, replication
             "(a user's engagements and requests must reach the same worker)") from None
 
 
-async def check_group_access(settings: Settings) -> None:
+async def check_group_access(settings: Settings, timeout_s: float = 30.0) -> None:
     """A `SettingsError` naming the ACL when the broker will not let this client use its
     consumer group: without it the consumer would wait for its group coordinator forever,
     saying nothing. (Finding the coordinator needs Describe on the group, implied by the Read
     that joining and committing need.)"""
     client = AIOKafkaClient(**client_kwargs(settings))
+    deadline = asyncio.get_running_loop().time() + timeout_s
     try:
         await client.bootstrap()
-        await client.coordinator_lookup(CoordinationType.GROUP, settings.group_id)
-    except GroupAuthorizationFailedError:
-        raise SettingsError(
-            f"broker {settings.bootstrap_servers} does not let this client use consumer group "
-            f"{settings.group_id!r} (GroupAuthorizationFailed): grant it Read on that group "
-            "(python -m tools.acls lists every ACL the worker needs)") from None
+        while True:
+            try:
+                await client.coordinator_lookup(CoordinationType.GROUP, settings.group_id)
+                return
+            except GroupAuthorizationFailedError:
+                raise SettingsError(
+                    f"broker {settings.bootstrap_servers} does not let this client use "
+                    f"consumer group {settings.group_id!r} (GroupAuthorizationFailed): grant "
+                    "it Read on that group (python -m tools.acls lists every ACL the worker "
+                    "needs)") from None
+            except KafkaError as error:  # e.g. the offsets topic not made yet on a new cluster
+                if not error.retriable or asyncio.get_running_loop().time() > deadline:
+                    return  # not an ACL: the consumer meets it, and says so, itself
+                await asyncio.sleep(0.5)
     finally:
         await client.close()
 

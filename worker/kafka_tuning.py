@@ -30,6 +30,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import aiokafka
+import aiokafka.producer.transaction_manager
 import faust
 import uvloop
 from mode.services import WaitResults
@@ -372,6 +373,31 @@ class IdempotentProducer(faust_aiokafka.Producer):
         if getattr(self.app, "idempotent_producer", False):
             extra.update(acks="all", enable_idempotence=True)
         return extra
+
+    def reset_producer_id(self) -> bool:
+        """After a batch the broker refused for good (a missing ACL): the idempotent
+        producer gets a new producer id and starts its sequences again. Returns whether
+        there was one to reset (not when transactional, or not idempotent).
+
+        Why: aiokafka 0.14.0 numbers a batch when it sends it and keeps the number when the
+        broker refuses the batch (TopicAuthorizationFailed), so every later batch to that
+        partition is OutOfOrderSequenceNumber, for good: an ACL granted back would not let
+        the worker publish again. The sender asks for a new id before its next send
+        (`Sender._maybe_wait_for_pid`), as the Java client does for an unresolved sequence.
+        """
+        producer = self._producer
+        txn = getattr(producer, "_txn_manager", None)
+        if txn is None or txn.transactional_id is not None:
+            return False
+        txn._pid_and_epoch = _NO_PRODUCER_ID
+        txn._pid_waiter = asyncio.get_running_loop().create_future()
+        txn._sequence_numbers.clear()
+        return True
+
+
+_NO_PRODUCER_ID = aiokafka.producer.transaction_manager.PidAndEpoch(
+    aiokafka.producer.transaction_manager.NO_PRODUCER_ID,
+    aiokafka.producer.transaction_manager.NO_PRODUCER_EPOCH)
 
 
 class TunedTransport(faust_aiokafka.Transport):

@@ -8,10 +8,13 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Callable, Iterator
 
 import faust
+
+from worker.settings import SettingsError
 
 log = logging.getLogger("worker")
 
@@ -40,17 +43,36 @@ def _start_watchdog(exit_now: Callable[[int], None], signum: int) -> None:
 def _exit_now(signum: signal.Signals) -> None:
     log.error("the worker did not stop within %.0f s of %s; exiting now (records not yet "
               "committed are delivered again)", STOP_DEADLINE_S, signal.Signals(signum).name)
+    failure = _stopped_for[0] if _stopped_for else None
+    code = report_user_error(failure) if isinstance(failure, SettingsError) else 1
     logging.shutdown()
-    os._exit(1)
+    os._exit(code)
+
+
+def report_user_error(error: BaseException) -> int:
+    """A setting, a checkpoint, a port, an ACL: one line naming what to change, no
+    traceback; returns the exit code for it, 2."""
+    print(f"worker: error: {error}", file=sys.stderr, flush=True)
+    return 2
+
+
+_stopped_for: list[BaseException] = []  # what `stop_for_bug` stopped the worker for
 
 
 def stop_for_bug(error: BaseException) -> None:
-    """The batch step never raises on input or broker trouble, so `error` is a bug. Restarting
+    """The batch step never raises on input or broker trouble, so `error` is a bug (or a
+    `SettingsError` it reports: a set-up that must change, such as a send refused inside a
+    transaction, which nothing but a new transaction can follow). Restarting
     the agent (Faust's default) would go on acking later records while the failed batch stays
     unanswered, and Faust then commits past the gap; instead the worker stops (SIGTERM to
     itself: the bounded stop) and a restart redelivers from the last commit."""
-    log.critical("the ranking agent failed (a bug); stopping the worker so that nothing is "
-                 "committed past the unanswered batch", exc_info=error)
+    _stopped_for.append(error)
+    if isinstance(error, SettingsError):  # not a bug: a set-up the operator must change
+        log.error("%s; stopping the worker so that nothing is committed past the unanswered "
+                  "batch", error)
+    else:
+        log.critical("the ranking agent failed (a bug); stopping the worker so that nothing "
+                     "is committed past the unanswered batch", exc_info=error)
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -94,6 +94,9 @@ class WorkerMetrics:
         self.breaker_open = Gauge("ranker_breaker_open",
                                   "1 while the dead-letter circuit breaker has stopped "
                                   "consumption", registry=r)
+        self.sends_refused = Counter(
+            "ranker_sends_refused", "Sends the broker refused for a missing ACL (retried until "
+            "granted; the inputs stay unacked meanwhile), by topic", ["topic"], registry=r)
         self.silent_brokers = Gauge(
             "ranker_silent_brokers", "Broker nodes leading a partition of the worker's topics "
             "that have not answered this worker for 3 s (worker.broker_health)", registry=r)
