@@ -283,3 +283,16 @@ def test_buckets_the_model_cannot_run_with_name_the_settings():
     assert_one_line_user_error(
         run_worker("--batch-buckets", "8,1", "--metrics-port", "0"),
         "batch_sizes must be distinct ascending", "RANKER_BATCH_BUCKETS / --batch-buckets")
+
+
+def test_help_and_setting_errors_never_show_a_secret(tmp_path):
+    """A password in the environment or in a secret file appears neither in --help nor in
+    the one-line error of a bad setting."""
+    secret = "pa55-" + os.urandom(6).hex()
+    (tmp_path / "password").write_text(secret)
+    shown = run_worker("--help", env={"RANKER_SASL_PASSWORD": secret})
+    assert shown.returncode == 0 and "--sasl-password-file" in shown.stdout
+    refused = run_worker("--max-batch-size", "0",
+                         env={"RANKER_SASL_PASSWORD_FILE": str(tmp_path / "password")})
+    assert_one_line_user_error(refused, "max_batch_size must be >= 1")
+    assert secret not in shown.stdout + shown.stderr + refused.stdout + refused.stderr

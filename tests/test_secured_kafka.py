@@ -371,6 +371,7 @@ def test_an_exactly_once_worker_without_its_transactional_ids_stops_saying_so(
         worker.start()
         assert worker.wait(timeout_s=180) == 2, worker.log()
         last_line = worker.log().strip().splitlines()[-1]
+        assert identity.password not in worker.log(1 << 24)  # nor in any line
         assert last_line.startswith("worker: error: processing_guarantee=exactly_once")
         assert "TransactionalIdAuthorizationFailed" in last_line
         assert f"Write on the transactional ids prefixed '{resources.group_id}-'" in last_line
@@ -534,6 +535,7 @@ def test_a_worker_missing_an_acl_stops_naming_it(secured: SecuredKafka, resource
         assert worker.wait(timeout_s=120) == 2, worker.log()
         took_s = time.monotonic() - started
         last_line = worker.log().strip().splitlines()[-1]
+        assert identity.password not in worker.log(1 << 24)  # nor in any line
     finally:
         worker.close()
     print(f"\n{last_line}\n  (exit 2 {took_s:.1f} s after the start)")
@@ -611,7 +613,8 @@ def test_write_on_results_revoked_while_serving_holds_requests_until_granted_aga
         status, body = worker.get("/ready")
         time.sleep(3.0)  # a few retries: the offsets must stay put meanwhile
         held_at = case.committed(secured)
-        log = worker.log(1 << 20)
+        log = worker.log(1 << 24)
+        assert case.identity.password not in log + worker.metrics() + body
         secured.grant(case.write_results)
         answers = case.answers(secured, len(before) + len(during))
         _wait_until(worker.ready, 30, "ready again")
@@ -637,6 +640,7 @@ def test_write_on_results_revoked_under_exactly_once_stops_the_worker_uncommitte
         before, during = case.serve_then_revoke(secured, worker, seed=13)
         assert worker.wait(timeout_s=60) == 2, worker.log()
         last_line = worker.log().strip().splitlines()[-1]
+        assert case.identity.password not in worker.log(1 << 24)  # nor in any line
     finally:
         worker.close()
     held_at = case.committed(secured)
