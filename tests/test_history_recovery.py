@@ -98,6 +98,14 @@ def test_readiness_says_so_while_the_table_is_rebuilt():
     assert "self.app.in_recovery = False" in _source(recovery.Recovery._set_recovery_ended)
 
 
+def test_readiness_says_why_start_up_waits_for_the_broker():
+    state = WorkerState(compiled=True, broker_wait="broker h:1 not reachable (KafkaError)")
+    assert state.readiness() == (False, "waiting for the broker: broker h:1 not reachable "
+                                        "(KafkaError)")
+    state.broker_wait = None
+    assert state.readiness() == (False, "waiting for partition assignment")
+
+
 def test_readiness_waits_for_the_streams_to_resume_after_a_rebalance():
     """Faust resumes flow control only after it resumed and sought the stream partitions, in
     both ends of a recovery: readiness waits for it (a stop in between interrupted Faust)."""

@@ -439,6 +439,9 @@ def test_worker_started_before_the_broker_retries_then_serves(late_broker, spawn
     topics = WorkerTopics("req-late", "res-late", "dlq-late")
     worker = spawn(broker.bootstrap_servers, topics).start()
     wait_log(worker, r"broker \S+ not reachable .* retrying in", timeout_s=60)
+    status, why = worker.get("/ready")
+    assert status == 503 and why.startswith(
+        f"waiting for the broker: broker {broker.bootstrap_servers} not reachable"), why
     time.sleep(2.0)  # a few more retries with back-off
     broker.start()
     started = time.monotonic()

@@ -341,13 +341,17 @@ async def _until_done_or_stopped(task: asyncio.Task, signals: StartupSignals) ->
 
 
 def _prepare_broker(settings: Settings, loop: asyncio.AbstractEventLoop,
-                    signals: StartupSignals) -> BrokerLayout:
-    """Creates the topics (waiting for the broker); returns their partitions and replicas,
-    and whether the broker takes idempotent producers."""
+                    signals: StartupSignals, state: WorkerState) -> BrokerLayout:
+    """Creates the topics (waiting for the broker, and saying why on /ready meanwhile);
+    returns their partitions and replicas, and whether the broker takes idempotent
+    producers."""
     found: list[Any] = []
 
+    def waiting(reason: str | None) -> None:
+        state.broker_wait = reason
+
     async def probe() -> None:
-        found.append(await ensure_topics_with_retry(settings))
+        found.append(await ensure_topics_with_retry(settings, on_wait=waiting))
         await check_group_access(settings)
         if settings.processing_guarantee == "exactly_once":
             await check_transactions_supported(settings)
@@ -445,7 +449,7 @@ def _start_and_serve(settings: Settings) -> int:
             pipeline = _ready_model(settings, started, metrics, state, backend, signals)
             waiting = asyncio.new_event_loop()  # closed before Faust's loop starts
             try:
-                layout = _prepare_broker(settings, waiting, signals)
+                layout = _prepare_broker(settings, waiting, signals, state)
             finally:
                 waiting.close()
         loop = new_event_loop(settings)  # current before the app is made: Faust binds to it

@@ -37,6 +37,8 @@ class WorkerState:
     """What readiness and lag reporting need to know; mutated on the event loop only."""
 
     compiled: bool = False
+    # Why start-up still waits for the broker (unreachable, or refusing this client so far).
+    broker_wait: str | None = None
     assigned: bool = False
     breaker: DeadLetterBreaker | None = None
     last_offsets: dict[Any, int] = dataclasses.field(default_factory=dict)  # tp -> offset
@@ -56,6 +58,8 @@ class WorkerState:
     def readiness(self) -> tuple[bool, str]:
         if not self.compiled:
             return False, "compiling the model"
+        if self.broker_wait is not None:
+            return False, f"waiting for the broker: {self.broker_wait}"
         if not self.assigned:
             return False, "waiting for partition assignment"
         if self.recovering():

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import ssl
-from typing import Any
+from typing import Any, Callable
 
 import faust
 from aiokafka import AIOKafkaClient, AIOKafkaProducer
@@ -111,14 +111,16 @@ async def replication_for(settings: Settings, options: dict[str, Any]) -> int:
 
 
 async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
-                                   first_delay_s: float = 0.5,
-                                   max_delay_s: float = 10.0) -> TopicLayout:
+                                   first_delay_s: float = 0.5, max_delay_s: float = 10.0,
+                                   on_wait: Callable[[str | None], None] = lambda _: None,
+                                   ) -> TopicLayout:
     """Creates the topics (explicit partition counts, replication and configs), waiting for
     the broker with exponential back-off. `attempts` 0 = until it answers.
 
     The engagement topic gets the request topic's partition count, whatever it is: the two
     must be co-partitioned (a user's engagements and requests on the same partition number).
-    One that exists with another count is a `SettingsError`."""
+    One that exists with another count is a `SettingsError`. `on_wait` hears why it waits
+    before each retry, and None once the broker answered."""
     delay, attempt = first_delay_s, 0
     last_refusal, refusals = None, 0
     options = {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
@@ -138,6 +140,7 @@ async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
                 replication, options))
             log.info("topics (%d replicas): %s", replication,
                      ", ".join(f"{n}[{c}]" for n, c in counts.items()))
+            on_wait(None)
             return TopicLayout(partitions, replication)
         except TopicError as error:  # the broker answered: a set-up to fix, not to wait out
             raise SettingsError(f"{error}") from None
@@ -153,6 +156,9 @@ async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
                     f"attempts ({exc!r}); check RANKER_BROKER and that Kafka is up") from exc
             log.warning("broker %s not reachable (%s: %s); retrying in %.1f s (attempt %d)",
                         settings.bootstrap_servers, type(exc).__name__, exc, delay, attempt)
+            on_wait(refusal.message if refusal is not None else
+                    f"broker {settings.bootstrap_servers} not reachable "
+                    f"({type(exc).__name__}), attempt {attempt}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay_s)
 
