@@ -9,6 +9,7 @@ the Faust internals they rely on are at the end of this file.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import inspect
@@ -20,6 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from faust.tables import recovery
 from faust.transport import consumer as faust_consumer
+from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from tests.conftest import ON_KAFKA
 from tests.librdkafka_helpers import Reader
@@ -27,8 +29,8 @@ from tests.test_history_live import engagements_of
 from tests.test_reliability import Load, Message, request_ids, valid_requests
 from tests.worker_harness import WorkerTopics
 from worker import codec, history
-from worker.exactly_once import ExactlyOnceTransactions
-from worker.kafka_tuning import TunedConsumer, TunedTransport
+from worker.exactly_once import DrainableProducerBuffer, ExactlyOnceTransactions
+from worker.kafka_tuning import IdempotentProducer, TunedConsumer, TunedTransport
 
 REQUESTS, RATE = 3000, 100.0  # 30 s of steady load
 KILL_AFTER = (700, 1700)  # answers seen by the reader before each SIGKILL
@@ -191,3 +193,52 @@ def test_faust_recovers_changelogs_to_a_cached_stable_offset_under_exactly_once(
     assert "consumer.last_stable_offset(tp) for tp in partitions" in source
     build = inspect.getsource(recovery.Recovery._build_highwaters)
     assert "tp: value - 1 if value is not None else -1" in build
+
+
+def test_faust_flush_gives_up_and_the_buffer_is_replaced_by_one_that_drains():
+    # The flaw: flush_atmost returns after 0.1 s without a send, and as soon as the queue is
+    # empty (the background task may still be sending the last message it took).
+    flush = inspect.getsource(faust_producer.ProducerBuffer.flush_atmost)
+    assert "timeout=0.1" in flush and "return flushed_messages" in flush
+    assert "send_pending = self._send_pending" in inspect.getsource(
+        faust_producer.ProducerBuffer._handle_pending.fun)  # so our _send_pending is run
+    # Faust makes the buffer in __init__ and starts it in on_start: the replacement runs.
+    assert "self.buffer = ProducerBuffer(" in inspect.getsource(faust_producer.Producer.__init__)
+    assert "add_runtime_dependency(self.buffer)" in inspect.getsource(
+        faust_producer.Producer.on_start)
+    assert TunedTransport.Producer is IdempotentProducer
+    assert "DrainableProducerBuffer(" in inspect.getsource(IdempotentProducer.__init__)
+
+
+def test_drain_hands_every_buffered_write_over_and_waits_for_a_send_in_progress():
+    sent: list[str] = []
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        class Channel:
+            async def publish_message(self, fut, wait=False):
+                if fut.name == "in-progress":
+                    await release.wait()  # e.g. waiting for the partition's metadata
+                sent.append(fut.name)
+
+        def message(name: str):
+            return type("Fut", (), {"name": name, "message": type("M", (), {
+                "channel": Channel()})()})()
+
+        buffer = DrainableProducerBuffer()
+        buffer.app = type("App", (), {"conf": type("Conf", (), {"producer_threaded": False})})
+        # The background task took this one off the queue and is sending it.
+        background = asyncio.ensure_future(buffer._send_pending(message("in-progress")))
+        await asyncio.sleep(0)
+        buffer.put(message("a"))
+        buffer.put(message("b"))
+        drained = asyncio.ensure_future(buffer.drain())
+        await asyncio.sleep(0.2)  # longer than Faust's flush waits before it gives up
+        assert sent == ["a", "b"] and not drained.done()
+        release.set()
+        await drained
+        assert background.done() and buffer.size == 0
+
+    asyncio.run(scenario())
+    assert sorted(sent) == ["a", "b", "in-progress"]

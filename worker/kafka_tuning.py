@@ -38,7 +38,7 @@ from faust.transport import by_url as transport_by_url
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, TransportT
 
-from worker.exactly_once import ExactlyOnceTransactions, guarded_commit
+from worker.exactly_once import DrainableProducerBuffer, ExactlyOnceTransactions, guarded_commit
 
 SUPPORTED_FAUST_VERSION = "0.15.3"
 SUPPORTED_AIOKAFKA_VERSION = "0.14.0"
@@ -366,7 +366,16 @@ async def _resume(coro: Coroutine, awaited: Any) -> Any:
 
 class IdempotentProducer(faust_aiokafka.Producer):
     """Faust's producer, idempotent (and acks=all) when the app says its broker takes it;
-    Faust makes it so only under exactly-once."""
+    Faust makes it so only under exactly-once. Its buffer can be drained before a commit
+    (`worker.exactly_once.DrainableProducerBuffer`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        faust_buffer = self.buffer  # made in Producer.__init__, started in on_start
+        self.buffer = DrainableProducerBuffer(loop=self.loop, beacon=self.beacon)
+        self.buffer.app = faust_buffer.app
+        if hasattr(faust_buffer, "threaded_producer"):
+            self.buffer.threaded_producer = faust_buffer.threaded_producer
 
     def _settings_extra(self) -> Mapping[str, Any]:
         extra = dict(super()._settings_extra())
