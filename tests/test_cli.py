@@ -47,6 +47,7 @@ def assert_one_line_user_error(run: subprocess.CompletedProcess, *expected: str)
     return line
 
 
+@pytest.mark.slow  # a worker process per case
 def test_help_lists_settings_and_exits_0_before_anything_starts():
     unreachable = f"kafka://127.0.0.1:{free_port()}"
     run = run_worker("--help", "--broker", unreachable)
@@ -61,12 +62,14 @@ def test_help_lists_settings_and_exits_0_before_anything_starts():
     ((), {"RANKER_LOG_LEVEL": "verbose"}, ("RANKER_LOG_LEVEL", "--log-level", "'verbose'")),
     ((), {"RANKER_MAX_BATCH_SIZE": "lots"}, ("RANKER_MAX_BATCH_SIZE", "expected an integer")),
 ], ids=["unknown_flag", "log_level", "bad_value"])
+@pytest.mark.slow  # a worker process per case
 def test_settings_errors_are_one_line_and_exit_2(argv, env, expected):
     assert_one_line_user_error(run_worker(*argv, env=env), *expected)
 
 
 @pytest.mark.parametrize("content", [b"\x00garb", b"PK\x03\x04 and then nothing"],
                          ids=["five_garbage_bytes", "truncated"])
+@pytest.mark.slow  # a worker process per case
 def test_a_damaged_checkpoint_is_one_line_naming_the_path(tmp_path, content):
     path = tmp_path / "model.npz"
     path.write_bytes(content)
@@ -76,6 +79,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_path(tmp_path, content):
     assert "pickle" not in line
 
 
+@pytest.mark.slow  # a worker process per case
 def test_a_metrics_port_in_use_is_one_line_naming_the_port_and_the_setting():
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
@@ -138,6 +142,7 @@ def _stop(tmp_path: Path, signum: int, after_line: str | None) -> tuple[int, str
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("stage, line", [("starting", "settings:"),
                                          ("waiting_for_broker", "not reachable")])
+@pytest.mark.slow  # a worker process per case
 def test_a_stop_before_serving_is_clean(tmp_path, signum, stage, line):
     """Ctrl-C (or SIGTERM) while the model loads and compiles, or while the worker waits for
     a broker that is not there: exit 0, one log line saying so, no traceback."""
@@ -217,6 +222,7 @@ def test_the_broker_wait_ends_within_moments_of_a_start_up_signal():
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow  # a worker process per case
 def test_ctrl_c_while_importing_ends_the_process_without_a_traceback(tmp_path):
     """Before start-up installs its handlers, Ctrl-C ends the process as SIGTERM would (killed
     by the signal) or, if start-up got that far, stops it (exit 0); never a traceback."""
@@ -279,12 +285,14 @@ def test_broker_refuses_a_taken_port_in_one_line():
                           "another with --port (make broker BROKER_PORT=...)\n")
 
 
+@pytest.mark.slow  # a worker process per case
 def test_buckets_the_model_cannot_run_with_name_the_settings():
     assert_one_line_user_error(
         run_worker("--batch-buckets", "8,1", "--metrics-port", "0"),
         "batch_sizes must be distinct ascending", "RANKER_BATCH_BUCKETS / --batch-buckets")
 
 
+@pytest.mark.slow  # a worker process per case
 def test_help_and_setting_errors_never_show_a_secret(tmp_path):
     """A password in the environment or in a secret file appears neither in --help nor in
     the one-line error of a bad setting."""
