@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption
 from tools.acls import Acl
 from tools.apache_kafka import ApacheKafka
 from tools.broker import BrokerError, free_port
-from worker.kafka_clients import client_kwargs
+from worker.kafka_clients import client_kwargs, connection_options
 from worker.settings import Settings
 
 __all__ = ["CertificateAuthority", "ClientCertificate", "ClientSecurity", "SecuredKafka"]
@@ -236,7 +236,7 @@ class SecuredKafka(ApacheKafka):
 
     def client_options(self) -> dict[str, Any]:
         """The admin's aiokafka options: readiness probe and topic creation run as admin."""
-        return {k: v for k, v in self.admin.aiokafka().items() if k != "bootstrap_servers"}
+        return connection_options(self.admin.settings())
 
     def stop(self) -> None:
         """Stop the broker; remove the certificates too if they are in a directory of ours."""

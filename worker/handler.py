@@ -260,17 +260,13 @@ class BatchHandler:
             attempt += 1
             results = await self._send_all(producer, pending)
             retry: list[Outcome] = []
-            wait = False
-            if any(isinstance(r, BaseException) and breaks_sequences(r) for r in results):
-                reset = getattr(producer, "reset_producer_id", None)  # idempotent only
-                if reset is not None and reset():
-                    log.warning("the idempotent producer starts its sequences again after "
-                                "a refused send (a new producer id)")
+            wait = broken = False
             for outcome, result in zip(pending, results):
                 if not isinstance(result, BaseException):
                     continue
                 if isinstance(result, asyncio.CancelledError):
                     raise result
+                broken = broken or breaks_sequences(result)
                 if isinstance(result, OutOfOrderSequenceNumber):
                     retry.append(outcome)  # sent again with the new producer id
                     wait = True
@@ -289,12 +285,23 @@ class BatchHandler:
                     log.error("the outcome of %s was refused for good: %r; publishing a "
                               "publish_failed dead letter instead", _where(outcome), result)
                     retry.append(publish_failed(outcome, result))
+            if broken:
+                self._restart_sequences(producer)
             if wait:
                 await asyncio.sleep(self.send_retry_delay_s)
             if not retry and self.state.refused is not None:
                 log.warning("the broker takes this worker's sends again: %s", _where(pending[0]))
                 self.state.refused = None
             pending = retry
+
+    @staticmethod
+    def _restart_sequences(producer: Any) -> None:
+        """Before the retry of a refused send: an idempotent producer takes a new producer id
+        (`IdempotentProducer.reset_producer_id`; a transactional one has none to reset)."""
+        reset = getattr(producer, "reset_producer_id", None)
+        if reset is not None and reset():
+            log.warning("the idempotent producer starts its sequences again after a refused "
+                        "send (a new producer id)")
 
     def _refused(self, outcome: Outcome, error: BaseException, attempt: int,
                  transactional: bool) -> None:

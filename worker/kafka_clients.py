@@ -65,6 +65,11 @@ def client_kwargs(settings: Settings, bootstrap: str | None = None) -> dict[str,
     return kwargs
 
 
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """`client_kwargs` without the bootstrap servers (for clients given them apart)."""
+    return {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
+
+
 def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     """The same security settings in Faust's terms (None for PLAINTEXT)."""
     context = _ssl_context(settings)
@@ -123,7 +128,7 @@ async def ensure_topics_with_retry(settings: Settings, *, attempts: int = 0,
     before each retry, and None once the broker answered."""
     delay, attempt = first_delay_s, 0
     last_refusal, refusals = None, 0
-    options = {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
+    options = connection_options(settings)
     while True:
         attempt += 1
         try:
@@ -180,7 +185,7 @@ async def refused_access(settings: Settings, timeout_s: float = 10.0) -> Refusal
     the broker refused it: the SASL credentials, the broker's certificate, or this client's
     (or the protocol). None when it connects, or does not answer at all (a broker away)."""
     host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
-    options = {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
+    options = connection_options(settings)
     where = f"broker {host}:{port}"
     try:
         conn = await asyncio.wait_for(create_conn(host, int(port), **options), timeout_s)
