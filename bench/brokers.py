@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from tools.broker import BROKER_KINDS, BrokerProcess, broker_class
 from worker.kafka_clients import topic_config
-from worker.settings import Settings
+from worker.settings import EMBEDDED_BROKER_FETCH_WAIT_MS, Settings
 from worker.topics import TopicSpec
 
 DEFAULT_BROKER = "embedded"
@@ -32,12 +32,12 @@ class BrokerTuning:
 
 TUNING = {
     # tansu answers a waiting fetch only when the wait runs out (it re-checks in halves of
-    # it), so every hop would cost the wait: 10 ms, the worker's own default.
-    "embedded": BrokerTuning(fetch_max_wait_ms=10),
+    # it), so every hop would cost the wait: keep it short.
+    "embedded": BrokerTuning(fetch_max_wait_ms=EMBEDDED_BROKER_FETCH_WAIT_MS),
     # Apache Kafka answers a waiting fetch as soon as data arrives, so the wait only bounds an
-    # idle poll; its own default (500 ms) keeps idle consumers from polling ~100 times a
+    # idle poll; its own default (500 ms, the worker's) keeps idle consumers from polling ~100 times a
     # second, CPU the broker would otherwise charge to the requests.
-    "kafka": BrokerTuning(fetch_max_wait_ms=500),
+    "kafka": BrokerTuning(fetch_max_wait_ms=Settings.fetch_max_wait_ms),
 }
 
 

@@ -4,7 +4,8 @@ Median microseconds per call on one demo-size request (the first world request o
 producer's stream with a full history: S=32 history items, C=8 candidates), for:
 
 - `msgpack.unpackb` alone (the yardstick: decoding only, nothing checked);
-- the untyped path: `codec.decode_request_bytes` + `validate_request` (what every error takes);
+- the error path: `codec.decode_request_bytes` + `first_error` (what naming a refused
+  request's error costs; the demo request breaks no rule, so the walk goes all the way);
 - `check_typed`: decode + validate on the typed path (every rule of the contract checked;
   the request is not yet arrays);
 - `parse_request`: one request decoded, validated and turned into its numpy arrays;
@@ -33,11 +34,11 @@ from phoenix.actions import NUM_ACTIONS
 from tools.producer import generate_events
 from training.world import WorldConfig
 from worker import codec, history
-from worker.codec import ENGAGEMENT_SCHEMA, REQUEST_SCHEMA_V2, REQUEST_SCHEMAS
+from worker.wire import ENGAGEMENT_SCHEMA, REQUEST_SCHEMA_V2, REQUEST_SCHEMAS
 from worker.engagement import encode_engagement, parse_engagement
 from worker.request import RankingRequest
-from worker.validation import (DEFAULT_LIMITS, check_typed, parse_request, parse_requests,
-                               validate_request)
+from worker.validation import (DEFAULT_LIMITS, check_typed, first_error, parse_request,
+                               parse_requests)
 
 BATCH = 64  # the worker's default max batch
 
@@ -103,7 +104,7 @@ def measure(data: bytes, rounds: int = 31, number: int = 200) -> dict[str, float
     batch = [data] * BATCH
     times = median_us({
         "msgpack.unpackb alone": lambda: msgpack.unpackb(data),
-        "untyped decode + validate": lambda: validate_request(
+        "untyped decode + validate": lambda: first_error(
             codec.decode_request_bytes(data, limits), limits),
         "check_typed (decode + validate)": lambda: check_typed(data, limits),
         "parse_request": lambda: parse_request(data, limits),

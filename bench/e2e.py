@@ -65,7 +65,7 @@ from bench.profile import assembly_ratio, demo_records, profile_batch_path
 from bench.stats import Target, markdown_table, shares
 from tools.broker import BrokerProcess
 from tools.producer import VALID, Event, generate_events
-from worker.codec import ENGAGEMENT_SCHEMA, REQUEST_SCHEMA_V2
+from worker.wire import ENGAGEMENT_SCHEMA, REQUEST_SCHEMA_V2
 from worker.serving import build_pipeline, configure_jax
 from worker.settings import Settings
 

@@ -6,7 +6,6 @@ Shapes: B requests, C candidates, A actions.
 from __future__ import annotations
 
 import functools
-import threading
 from typing import NamedTuple
 
 import jax
@@ -71,17 +70,14 @@ class RankingRunner:
         self.model_version = model_version
         self.dtype = jnp.dtype(dtype)
         self._model = build_model(config, self.dtype)
-        self._compilations = 0
-        self._lock = threading.Lock()  # the counter is bumped from executor threads
         self.state = ModelState(
             params=jax.device_put(params), tables=jax.device_put(tables),
             weights=jnp.asarray(scoring.weight_vector()),
             diversity=jnp.asarray(scoring.diversity_params()))
         self.scoring = scoring
-        self._step = jax.jit(self._counted(functools.partial(rank_step, self._model.apply)))
+        self._step = jax.jit(functools.partial(rank_step, self._model.apply))
         self._prefix = build_prefix_model(config, self.dtype)
-        self._cached_step = jax.jit(self._counted(functools.partial(rank_cached_step,
-                                                                    self._prefix)))
+        self._cached_step = jax.jit(functools.partial(rank_cached_step, self._prefix))
 
     @classmethod
     def create(cls, config: RankerConfig = RankerConfig(), seed: int = 0,
@@ -100,18 +96,6 @@ class RankingRunner:
     def save(self, path) -> None:
         checkpoint.save(path, self.config, jax.device_get(self.params),
                         jax.device_get(self.tables), self.model_version)
-
-    def _counted(self, step):
-        def traced(state: ModelState, batch: RecsysBatch):
-            with self._lock:  # runs only while tracing: one increment per compilation
-                self._compilations += 1
-            return step(state, batch)
-        return traced
-
-    @property
-    def compile_count(self) -> int:
-        """How many times a step was traced and compiled (once per step and input shape)."""
-        return self._compilations
 
     def rank(self, batch: RecsysBatch) -> RankOutput:
         """Blocking: returns host numpy arrays."""

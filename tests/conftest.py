@@ -31,7 +31,7 @@ from aiokafka.structs import ConsumerRecord
 
 from tools.kafka_io import assignable_partitions
 from worker.kafka_clients import topic_config
-from worker.settings import Settings
+from worker.settings import EMBEDDED_BROKER_FETCH_WAIT_MS, Settings
 from worker.topics import TopicSpec
 from tools.broker import BROKER_KINDS, BrokerProcess, broker_class
 from tools.launcher import ROOT
@@ -62,7 +62,7 @@ KAFKA_TEST_CONFIG = {"group.min.session.timeout.ms": "500"}
 # wait 2x the session (measured 4.1 s at 2 s): keep short-lived test consumers at 1 s.
 _GROUP_SESSION_MS = 1000
 _GROUP_HEARTBEAT_MS = 300
-_FETCH_WAIT_MS = 10  # tansu long-polls in halves of this; the default 500 ms slows every read
+_FETCH_WAIT_MS = EMBEDDED_BROKER_FETCH_WAIT_MS  # the default 500 ms slows every read
 
 
 class ConsumeTimeout(AssertionError):

@@ -133,20 +133,19 @@ def test_engagement_lag_quantiles_come_from_the_worker_histogram_delta():
 
 def test_python_thread_cpu_counts_a_busy_python_thread_and_is_exported():
     done = threading.Event()
-    started = threading.Event()
+    spun = threading.Event()
 
     def spin() -> None:
-        started.set()
         end = time.thread_time() + 0.3
         while time.thread_time() < end:
             pass
+        spun.set()
         done.wait()
 
     thread = threading.Thread(target=spin)
     before = python_threads_cpu_s()
     thread.start()
-    started.wait()
-    time.sleep(0.5)  # the thread spins 0.3 s of CPU, then waits
+    assert spun.wait(30), "the thread did not spin 0.3 s of CPU within 30 s"  # now it waits
     during = python_threads_cpu_s()
     text = prometheus_client.generate_latest(WorkerMetrics().registry).decode()
     done.set()

@@ -3,8 +3,8 @@ twice under a steady load, and a `read_committed` reader that is not ours (librd
 each request answered once and each engagement applied to the history table once. The same
 run at least once shows the duplicates exactly-once removes.
 
-The fixes this needs in Faust's transaction manager are in worker/exactly_once.py; the pins of
-the Faust internals they rely on are at the end of this file.
+The fixes this needs in Faust are in worker/upstream/ (worker/exactly_once.py lists them); the
+pins of the Faust internals they rely on are at the end of this file.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from tests.test_history_live import engagements_of
 from tests.test_reliability import Load, Message, request_ids, valid_requests
 from tests.worker_harness import WorkerTopics
 from worker import codec, history
-from worker.exactly_once import DrainableProducerBuffer, ExactlyOnceTransactions
-from worker.kafka_tuning import IdempotentProducer, TunedConsumer, TunedTransport
+from worker.upstream.exactly_once_commit import ExactlyOnceTransactions, GuardedCommitConsumer
+from worker.upstream.producer_buffer_drain import DrainableProducerBuffer
+from worker.upstream.tuned_app import IdempotentProducer, TunedConsumer, TunedTransport
 
 REQUESTS, RATE = 3000, 100.0  # 30 s of steady load
 KILL_AFTER = (700, 1700)  # answers seen by the reader before each SIGKILL
@@ -153,7 +154,7 @@ def test_sigkill_twice_under_load_each_request_answered_once_with_exactly_once(k
     assert exactly_once.changelog_writes == exactly_once.engagements, exactly_once
 
 
-# ---- pins: the Faust 0.15.3 internals worker/exactly_once.py relies on -----------------------
+# ---- pins: the Faust 0.15.3 internals the exactly-once fixes rely on -----------------------
 
 
 def test_faust_transaction_ids_are_per_partition_of_a_topic_group():
@@ -183,7 +184,7 @@ def test_faust_commit_reads_acked_offsets_inside_force_commit_and_flushes_only_a
 
 def test_our_transport_and_consumer_carry_the_fixes():
     assert TunedTransport.TransactionManager is ExactlyOnceTransactions
-    assert "force_commit" in vars(TunedConsumer)
+    assert TunedConsumer.force_commit is GuardedCommitConsumer.force_commit  # the commit guard
 
 
 def test_faust_recovers_changelogs_to_a_cached_stable_offset_under_exactly_once():

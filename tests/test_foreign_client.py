@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from tests.librdkafka_helpers import CODECS, librdkafka_producer, produce
 from tests.worker_harness import WorkerTopics
-from worker import codec
+from worker import codec, wire
 from tools.producer import generate_events
 
 BIG_RECORDS = (2 << 20, 20 << 20)  # both accepted by the broker, both over the 1 MiB cap
@@ -61,7 +61,7 @@ class Reader:
 
 def wide_request(request_id: str, num_candidates: int) -> bytes:
     return codec.encode_request({
-        "schema": codec.REQUEST_SCHEMA, "request_id": request_id, "user_id": 77,
+        "schema": wire.REQUEST_SCHEMA, "request_id": request_id, "user_id": 77,
         "history": [{"post_id": 5000 + i, "author_id": 9, "actions": ["favorite"],
                      "surface": 0} for i in range(4)],
         "candidates": [{"post_id": 1 + i, "author_id": 1 + i % 11, "surface": i % 3}
@@ -136,7 +136,7 @@ def test_librdkafka_traffic_every_codec_oversized_records_and_any_candidate_coun
     assert slowest_ms <= bound_ms
 
     for letter, size in zip(reader.letters, BIG_RECORDS):
-        assert letter["schema"] == codec.DEAD_LETTER_SCHEMA
+        assert letter["schema"] == wire.DEAD_LETTER_SCHEMA
         assert letter["error"]["code"] == "too_large"
         assert letter["original_size"] == size and letter["original_truncated"] is True
         assert letter["original"] == b"\x85" + bytes(codec.ORIGINAL_PREFIX_BYTES - 1)

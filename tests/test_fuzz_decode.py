@@ -1,11 +1,12 @@
-"""Property tests: hostile input only ever yields ValidationError; the typed and untyped
-decoders agree; codecs round-trip."""
+"""Property tests: hostile input only ever yields ValidationError, naming its field; the typed
+decoder (the acceptor) and the walker (which names errors) agree; codecs round-trip."""
 
 from __future__ import annotations
 
 import copy
 import json
 import pathlib
+import re
 
 import jsonschema
 import msgpack
@@ -19,7 +20,9 @@ from phoenix.actions import ACTION_NAMES, NUM_ACTIONS
 from worker import codec
 from worker.errors import DEAD_LETTER_CODES, ValidationError
 from worker.request import RankingRequest
-from worker.validation import ValidationLimits, parse_request, parse_typed, validate_request
+from worker.validation import (check_typed, first_error, parse_request, to_requests,
+                               validate_request)
+from worker.wire import ValidationLimits
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -30,15 +33,48 @@ SMALL = ValidationLimits(max_message_bytes=2048, max_history=6, history_keep=3,
 pytestmark = pytest.mark.timeout(120)  # A hang fails the file instead of stalling the suite.
 
 
+def field_paths(obj: object, prefix: str = "", depth: int = 4) -> set[str]:
+    """Every field path in a decoded request (to the request's depth), spelled as errors
+    spell them: `candidates[3].post_id`; a bin key by its text."""
+    paths = {prefix}
+    if depth and isinstance(obj, dict):
+        for key, value in obj.items():
+            name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+            paths |= field_paths(value, f"{prefix}.{name}" if prefix else name, depth - 1)
+    elif depth and isinstance(obj, list):
+        for i, value in enumerate(obj):
+            paths |= field_paths(value, f"{prefix}[{i}]", depth - 1)
+    return paths
+
+
+def assert_names_its_field(error: ValidationError, obj: object) -> None:
+    """An "invalid" error about one field names it: the message starts with its path, and the
+    decoded request `obj` has a value there (or, for a missing key, the map that lacks it).
+    Only a message that is not a map, or repeats a key, is about no one field."""
+    message = str(error)
+    if error.field is None:
+        assert error.code != "invalid" or re.search(
+            r"must be a msgpack map|has the key .* more than once", message), message
+        return
+    assert error.code == "invalid"
+    assert re.match(re.escape(error.field) + "[ :]", message), (error.field, message)
+    if "is required but missing" in message:
+        parent = error.field.rsplit(".", 1)[0] if "." in error.field else ""
+        assert parent in field_paths(obj) and error.field not in field_paths(obj), error
+    else:
+        assert error.field in field_paths(obj), error
+
+
 def check_outcome(data: bytes, limits: ValidationLimits) -> None:
     """parse_request either returns a consistent request or raises a ValidationError."""
     try:
         request = parse_request(data, limits)
     except ValidationError as error:
         assert error.code in {"not_msgpack", "too_large", "invalid"}
-        assert isinstance(str(error), str) and str(error)
-        assert error.field is None or isinstance(error.field, str)
-        assert "worker bug" not in str(error)  # The fast and item-by-item checks agree.
+        if error.field is not None:  # The walker named it on msgpack's decode of `data`.
+            assert_names_its_field(error, codec.decode_request_bytes(data, limits))
+        else:
+            assert_names_its_field(error, None)
         return
     assert isinstance(request, RankingRequest)
     c = request.num_candidates
@@ -101,11 +137,12 @@ def test_arbitrary_msgpack_structures(obj):
     data = msgpack.packb(obj, use_bin_type=True)
     check_outcome(data, LIMITS)
     check_outcome(data, SMALL)
-    if isinstance(obj, dict):  # The validator alone, on the Python objects themselves.
+    if isinstance(obj, dict):  # The Python objects themselves, without the decoder's caps.
         try:
             validate_request(obj, LIMITS)
         except ValidationError as error:
             assert error.code == "invalid"
+            assert_names_its_field(error, obj)
 
 
 # ---------------------------------------------------- near-valid requests (reach every rule)
@@ -185,7 +222,7 @@ def test_near_valid_requests(obj):
     try:
         validate_request(obj, LIMITS)
     except ValidationError as error:
-        assert error.code == "invalid" and "worker bug" not in str(error)
+        assert_names_its_field(error, obj)
         # Rejected: the schema must reject it too, unless it is the rule the schema cannot state.
         assert not SCHEMA.is_valid(obj) or "repeats the post id" in str(error), error
     else:
@@ -209,14 +246,28 @@ def test_truncated_and_corrupted_requests(obj, cut, flips):
     check_outcome(bytes(data), SMALL)
 
 
-# ------------------------------------------------- typed decoder vs the untyped validator
+# ------------------------------------------- the acceptor and the walker read one rule book
 
-def untyped(data: bytes, limits: ValidationLimits) -> RankingRequest | None:
-    """The request as msgpack's decode + validate_request build it, or None if they refuse."""
-    try:
-        return validate_request(codec.decode_request_bytes(data, limits), limits)
-    except ValidationError:
-        return None
+def expected_request(obj: dict, limits: ValidationLimits) -> RankingRequest:
+    """The request a valid ranking-request.v1 map describes, built here item by item."""
+    kept = obj["history"][len(obj["history"]) - min(len(obj["history"]), limits.history_keep):]
+    candidates = obj["candidates"]
+
+    def column(items: list, key: str, dtype) -> np.ndarray:
+        return np.array([item[key] for item in items], dtype=dtype)
+
+    return RankingRequest(
+        request_id=obj["request_id"], user_id=obj["user_id"],
+        history_post_ids=column(kept, "post_id", np.uint64),
+        history_author_ids=column(kept, "author_id", np.uint64),
+        history_actions=np.array([sum(1 << ACTION_NAMES.index(a) for a in item["actions"])
+                                  for item in kept], dtype=np.uint32),
+        history_surfaces=column(kept, "surface", np.int32),
+        candidate_post_ids=column(candidates, "post_id", np.uint64),
+        candidate_author_ids=column(candidates, "author_id", np.uint64),
+        candidate_surfaces=column(candidates, "surface", np.int32),
+        top_k=obj.get("top_k"), timestamp_ms=obj.get("timestamp_ms"),
+        deadline_ms=obj.get("deadline_ms"))
 
 
 def assert_same_request(got: RankingRequest, want: RankingRequest) -> None:
@@ -229,23 +280,30 @@ def assert_same_request(got: RankingRequest, want: RankingRequest) -> None:
             assert type(a) is type(b) and a == b, field.name
 
 
-def check_paths_agree(data: bytes, limits: ValidationLimits, shortest: bool) -> None:
-    """The typed path accepts only what the untyped one accepts, and builds the same request;
-    on bytes in msgpack's shortest encoding (`shortest`) it takes every valid request."""
-    typed, slow = parse_typed(data, limits), untyped(data, limits)
-    if typed is None:
-        assert not (shortest and slow is not None), "a valid request missed the typed path"
+def check_readers_agree(data: bytes, limits: ValidationLimits) -> None:
+    """The typed decoder accepts exactly the messages msgpack decodes and the walker finds no
+    broken rule in, and turns each into the request its map describes."""
+    checked = check_typed(data, limits)
+    try:
+        obj = codec.decode_request_bytes(data, limits)
+    except ValidationError:
+        assert checked is None, "the typed decoder took what msgpack's decoder refuses"
         return
-    assert slow is not None, "the typed path accepted what the validator refuses"
-    assert_same_request(typed, slow)
+    error = first_error(obj, limits)
+    if checked is None:
+        assert error is not None, "the typed decoder refused what the walker finds valid"
+        assert_names_its_field(error, obj)
+    else:
+        assert error is None, f"the walker refuses what the typed decoder took: {error!r}"
+        assert_same_request(to_requests([checked])[0], expected_request(obj, limits))
 
 
 @FUZZ
 @given(obj=REQUEST)
-def test_typed_and_untyped_paths_agree_on_near_valid_requests(obj):
-    data = msgpack.packb(obj, use_bin_type=True)  # msgpack-python writes the shortest form
-    check_paths_agree(data, LIMITS, shortest=True)
-    check_paths_agree(data, SMALL, shortest=True)
+def test_acceptor_and_walker_agree_on_near_valid_requests(obj):
+    data = msgpack.packb(obj, use_bin_type=True)
+    check_readers_agree(data, LIMITS)
+    check_readers_agree(data, SMALL)
 
 
 @FUZZ
@@ -254,27 +312,27 @@ def test_typed_path_takes_every_valid_request(obj, nils):
     if nils:  # Explicit nil and absent optional fields both mean "not given".
         obj = {"top_k": None, "timestamp_ms": None, "deadline_ms": None, **obj}
     data = msgpack.packb(obj, use_bin_type=True)
-    assert parse_typed(data, LIMITS) is not None
-    check_paths_agree(data, LIMITS, shortest=True)
-    check_paths_agree(data, SMALL, shortest=True)
+    assert check_typed(data, LIMITS) is not None
+    check_readers_agree(data, LIMITS)
+    check_readers_agree(data, SMALL)
 
 
 @FUZZ
 @given(obj=STRUCTURES)
-def test_typed_and_untyped_paths_agree_on_arbitrary_structures(obj):
+def test_acceptor_and_walker_agree_on_arbitrary_structures(obj):
     data = msgpack.packb(obj, use_bin_type=True)
-    check_paths_agree(data, LIMITS, shortest=True)
-    check_paths_agree(data, SMALL, shortest=True)
+    check_readers_agree(data, LIMITS)
+    check_readers_agree(data, SMALL)
 
 
 @FUZZ
 @given(obj=REQUEST, cut=st.integers(min_value=0), flips=st.lists(
     st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4))
-def test_typed_and_untyped_paths_agree_on_corrupted_bytes(obj, cut, flips):
+def test_acceptor_and_walker_agree_on_corrupted_bytes(obj, cut, flips):
     # Flipped bytes make longer-than-shortest encodings and repeated keys, among others.
     data = corrupted(obj, flips)
-    check_paths_agree(bytes(data[: cut % (len(data) + 1)]), LIMITS, shortest=False)
-    check_paths_agree(bytes(data), SMALL, shortest=False)
+    check_readers_agree(bytes(data[: cut % (len(data) + 1)]), LIMITS)
+    check_readers_agree(bytes(data), SMALL)
 
 
 # -------------------------------------------------------------------------- round trips

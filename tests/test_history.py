@@ -13,6 +13,7 @@ from worker import codec, history
 from worker.engagement import Engagement, parse_engagement
 from worker.errors import ValidationError
 from worker.validation import ValidationLimits, parse_request
+from worker.wire import ENGAGEMENT_SCHEMA, REQUEST_SCHEMA, REQUEST_SCHEMAS, REQUEST_SCHEMA_V2
 
 LIMITS = ValidationLimits()
 
@@ -36,8 +37,17 @@ def posts(value: bytes | None) -> list[int]:
 
 def test_record_is_packed_and_small():
     assert history.RECORD_BYTES == 30  # 8 + 8 + 8 + 4 + 2, no padding
-    assert history.state_bytes(128) == 3840
-    assert history.state_bytes(128, users=1_000_000) == 3_840_000_000
+    full = build([engagement(post, t=post) for post in range(200)], cap=128)
+    assert len(full) == 128 * 30  # a full history is its records and nothing else
+
+
+def test_table_lookup_reads_nothing_until_a_table_is_attached():
+    table: history.HistoryTable = {}
+    history.apply(table, engagement(1, 100), cap=8)
+    read = history.TableLookup()  # the worker's: built with the pipeline, before the table
+    assert read(7) is None
+    read.attach(history.lookup(table))
+    assert posts(read(7)) == [1] and read(8) is None
 
 
 def test_items_are_kept_in_event_time_order_most_recent_last():
@@ -91,7 +101,7 @@ def test_every_field_survives_the_round_trip():
 
 
 def _wire_engagement(user: int, post: int, t: int, rng: random.Random) -> dict:
-    return {"schema": codec.ENGAGEMENT_SCHEMA, "user_id": user, "post_id": post,
+    return {"schema": ENGAGEMENT_SCHEMA, "user_id": user, "post_id": post,
             "author_id": rng.randint(1, 2**64 - 1),
             "actions": rng.sample(ACTION_NAMES, rng.randint(0, 5)),
             "surface": rng.randrange(16), "timestamp_ms": t}
@@ -102,18 +112,18 @@ def test_table_history_request_equals_the_request_carrying_it(n):
     """A v2 request filled from the table holds exactly the arrays of the same request with
     that history on the wire (the S most recent, oldest first)."""
     rng = random.Random(n)
-    wire = [_wire_engagement(9, 100 + i, 10_000 + i, rng) for i in range(n)]
+    sent = [_wire_engagement(9, 100 + i, 10_000 + i, rng) for i in range(n)]
     value = None
-    for item in wire:
+    for item in sent:
         value = history.add(value, parse_engagement(codec.encode_request(item), LIMITS), 64)
     base = {"request_id": "r", "user_id": 9,
             "candidates": [{"post_id": 5, "author_id": 6, "surface": 0}]}
     explicit = parse_request(codec.encode_request({
-        "schema": codec.REQUEST_SCHEMA, **base,
+        "schema": REQUEST_SCHEMA, **base,
         "history": [{k: item[k] for k in ("post_id", "author_id", "actions", "surface")}
-                    for item in wire]}), LIMITS)
-    bare = parse_request(codec.encode_request({"schema": codec.REQUEST_SCHEMA_V2, **base}),
-                         LIMITS, codec.REQUEST_SCHEMAS)
+                    for item in sent]}), LIMITS)
+    bare = parse_request(codec.encode_request({"schema": REQUEST_SCHEMA_V2, **base}),
+                         LIMITS, REQUEST_SCHEMAS)
     filled = history.with_table_history(bare, value, LIMITS.history_keep)
     assert filled.history_source == "table" and filled.version == 2
     assert filled.num_history == min(n, LIMITS.history_keep)
@@ -132,7 +142,7 @@ def test_engagement_errors_use_the_request_codes_and_paths():
              ({**good, "timestamp_ms": 1.0}, "invalid", "timestamp_ms"),
              ({**good, "postid": 1}, "invalid", "postid"),
              ({k: v for k, v in good.items() if k != "timestamp_ms"}, "invalid", "timestamp_ms"),
-             ({**good, "schema": codec.REQUEST_SCHEMA}, "invalid", "schema")]
+             ({**good, "schema": REQUEST_SCHEMA}, "invalid", "schema")]
     for message, code, field in cases:
         with pytest.raises(ValidationError) as info:
             parse_engagement(codec.encode_request(message), LIMITS)

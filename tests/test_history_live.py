@@ -14,7 +14,7 @@ import pytest
 from phoenix.actions import ACTION_NAMES
 from tests.conftest import ON_KAFKA
 from tests.worker_harness import WorkerTopics
-from worker import codec
+from worker import codec, wire
 
 S = 32  # the demo checkpoint's history length
 ITEM_KEYS = ("post_id", "author_id", "actions", "surface")
@@ -23,7 +23,7 @@ ITEM_KEYS = ("post_id", "author_id", "actions", "surface")
 def engagements_of(user: int, n: int, rng: random.Random, start_ms: int) -> list[dict]:
     """n engagements of `user` with distinct times, in a shuffled (late-arriving) order."""
     times = rng.sample(range(start_ms, start_ms + 100_000), n)
-    items = [{"schema": codec.ENGAGEMENT_SCHEMA, "user_id": user,
+    items = [{"schema": wire.ENGAGEMENT_SCHEMA, "user_id": user,
               "post_id": rng.randint(1, 5000), "author_id": rng.randint(1, 300),
               "actions": rng.sample(ACTION_NAMES, rng.randint(0, 4)),
               "surface": rng.randrange(16), "timestamp_ms": t} for t in times]
@@ -63,6 +63,16 @@ def wait_for_metric(worker, name: str, value: float, timeout_s: float = 30.0) ->
     while worker.metric(name) < value:
         assert time.monotonic() < deadline, f"{name} = {worker.metric(name)}, waited for {value}"
         time.sleep(0.1)
+
+
+def wait_committed(kafka, group_id: str, topic: str, count: int,
+                   timeout_s: float = 30.0) -> None:
+    """Waits until `group_id` has committed `count` records of the fresh `topic` (the sum of
+    its partitions' committed offsets)."""
+    deadline = time.monotonic() + timeout_s
+    while (done := sum(o or 0 for o in kafka.committed(group_id, topic).values())) < count:
+        assert time.monotonic() < deadline, f"{group_id} committed {done} of {count} on {topic}"
+        time.sleep(0.2)
 
 
 @dataclasses.dataclass
@@ -127,8 +137,8 @@ def test_request_without_history_ranks_like_the_request_carrying_it(kafka, worke
     messages = []
     for i, user in enumerate(users + [unknown]):
         history = wire_history(items.get(user, []))
-        messages += [request(codec.REQUEST_SCHEMA, f"v1-{i}", user, candidates, history),
-                     request(codec.REQUEST_SCHEMA_V2, f"v2-{i}", user, candidates)]
+        messages += [request(wire.REQUEST_SCHEMA, f"v1-{i}", user, candidates, history),
+                     request(wire.REQUEST_SCHEMA_V2, f"v2-{i}", user, candidates)]
     kafka.produce(topics.requests, [(codec.user_key(m["user_id"]), codec.encode_request(m))
                                     for m in messages])
     results = {r["request_id"]: r for r in (
@@ -215,7 +225,7 @@ def test_two_workers_answer_their_users_and_the_survivor_recovers_before_ranking
                   for p in rng.sample(range(1, 5000), 8)]
 
     def round_of(tag: str) -> dict[int, dict]:
-        messages = [request(codec.REQUEST_SCHEMA_V2, f"{tag}-{i}", user, candidates)
+        messages = [request(wire.REQUEST_SCHEMA_V2, f"{tag}-{i}", user, candidates)
                     for i, user in enumerate(users)]
         results = rank_all(kafka, topics, messages, timeout_s=90)
         assert len(results) == len(users), (f"{tag}: {len(results)} of {len(users)} answered",
@@ -258,7 +268,8 @@ def test_sigkill_while_ingesting_then_restart_keeps_exactly_what_was_produced(
     half = len(produced) // 2
     produce_engagements(kafka, topics, produced[:half])
     wait_for_metric(first, "ranker_engagements_total", half)
-    time.sleep(1.5)  # committed (every 0.5 s), so the restart must take it from the changelog
+    # Committed (every 0.5 s), so the restart must take the first half from the changelog.
+    wait_committed(kafka, group.group_id, topics.engagements, half)
     produce_engagements(kafka, topics, produced[half:])
     deadline = time.monotonic() + 60
     while (seen := first.metric("ranker_engagements_total")) < half + half // 3:
@@ -309,19 +320,20 @@ def assert_v2_ranks_as_v1_with_history(kafka, topics, users, items, rng) -> None
                   for p in rng.sample(range(1, 5000), 8)]
     messages = []
     for i, user in enumerate(users):
-        messages += [request(codec.REQUEST_SCHEMA, f"v1-{i}", user, candidates,
+        messages += [request(wire.REQUEST_SCHEMA, f"v1-{i}", user, candidates,
                              wire_history(items[user])),
-                     request(codec.REQUEST_SCHEMA_V2, f"v2-{i}", user, candidates)]
+                     request(wire.REQUEST_SCHEMA_V2, f"v2-{i}", user, candidates)]
     results = rank_all(kafka, topics, messages)
     for i in range(len(users)):
         assert results[f"v2-{i}"]["history_items"] == S
         assert_same_ranking(results[f"v2-{i}"], results[f"v1-{i}"])
 
 
-def wait_until(condition, timeout_s: float, what: str) -> None:
+def wait_until(condition, timeout_s: float, what: str | Callable[[], str]) -> None:
+    """Waits until `condition()`; `what` (or what it returns) says what was waited for."""
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, what() if callable(what) else what
         time.sleep(0.2)
 
 
@@ -341,11 +353,10 @@ def test_a_worker_that_gives_partitions_up_drops_their_users_from_memory(
     def split() -> tuple[float, float]:
         return a.metric("ranker_history_users"), b.metric("ranker_history_users")
 
-    # a keeps only its own partitions' users. b rebuilt the others from the changelog: all
-    # of them on real Kafka; on the embedded broker a changelog's last batch can be cut short
-    # (README: Limits), hence "at most once" rather than "exactly once" here.
-    wait_until(lambda: 0 < split()[0] < 40 and split()[1] > 0 and sum(split()) <= 40, 40,
-               f"each user held at most once (a, b) = {split()}")
+    # a keeps only its own partitions' users; b rebuilt the others from the changelog, to its
+    # end on either broker (the worker checks the embedded broker's listed ends by a fetch).
+    wait_until(lambda: 0 < split()[0] < 40 and split()[1] > 0 and sum(split()) == 40, 40,
+               lambda: f"each user held once: (a, b) = {split()}")
     print(f"\nhistory memory: a alone held 40 users; after b joined a holds {split()[0]:.0f}, "
           f"b {split()[1]:.0f}")
 

@@ -9,9 +9,10 @@ import pytest
 
 from phoenix.runner import RankingRunner
 from tests.phoenix_helpers import TINY
-from tools import producer, replay
+from tools import producer
+from tools.replay.__main__ import main
 from tools.recordfile import read_records, write_records, Record
-from worker import codec
+from worker import codec, wire
 from worker.errors import ValidationError
 
 FLAGS = ["--batch-buckets", "1,4,16", "--max-candidates", "16", "--no-progress"]
@@ -27,7 +28,7 @@ def checkpoint(tmp_path_factory):
 
 
 def run_cli(capsys, *argv):
-    code = replay.main(list(argv), environ={})
+    code = main(list(argv), environ={})
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return captured.out
@@ -64,9 +65,9 @@ def test_replay_with_engagements_equals_requests_carrying_the_table_history(
             message = codec.decode_message(record.value)
         except ValidationError:
             continue  # a malformed event (kept v1 by the producer)
-        if message.get("schema") != codec.REQUEST_SCHEMA_V2:
+        if message.get("schema") != wire.REQUEST_SCHEMA_V2:
             continue
-        explicit = {**message, "schema": codec.REQUEST_SCHEMA,
+        explicit = {**message, "schema": wire.REQUEST_SCHEMA,
                     "history": by_user[message["user_id"]][-TINY.history_seq_len:]}
         v1_records.append(Record(value=codec.encode_request(explicit), key=record.key,
                                  timestamp_ms=STAMP_MS, topic=record.topic))
@@ -105,7 +106,7 @@ def test_server_history_events_send_each_history_first_then_a_v2_request():
             assert mine == [event]
             continue
         request = codec.decode_message(mine[-1].encode(sent_ms))
-        assert request["schema"] == codec.REQUEST_SCHEMA_V2 and "history" not in request
+        assert request["schema"] == wire.REQUEST_SCHEMA_V2 and "history" not in request
         engagements = [codec.decode_message(e.encode(sent_ms)) for e in mine[:-1]]
         assert [{k: m[k] for k in ITEM_KEYS} for m in engagements] == event.request["history"]
         times = [m["timestamp_ms"] for m in engagements]

@@ -1,9 +1,10 @@
-"""The consumer tuning reaches Faust's aiokafka consumer, and the Faust/aiokafka internals it
-relies on are still what worker/kafka_tuning.py was written against.
+"""The consumer tuning reaches Faust's aiokafka consumer, and the Faust/aiokafka/mode internals
+the fixes in worker/upstream/ rely on are still what they were written against.
 
 If a test in the "pin" group fails after an upgrade, re-read Faust's
 faust/transport/drivers/aiokafka.py (AIOKafkaConsumerThread._create_worker_consumer) and
-aiokafka's AIOKafkaConsumer.start(), then update kafka_tuning.py, its pins and these tests.
+aiokafka's AIOKafkaConsumer.start(), then update the fix in worker/upstream/ that the test
+names, the pins (worker/upstream/versions.py) and these tests.
 """
 
 from __future__ import annotations
@@ -31,15 +32,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import threads as mode_threads
 
 from tests.conftest import Kafka
-from worker import kafka_tuning
-from worker.kafka_tuning import (
-    ConsumerTuning,
-    KafkaTuningError,
-    TunedApp,
-    TunedConsumer,
-    TunedConsumerThread,
-    TunedTransport,
-)
+from worker.upstream import changelog_end_offsets, fetch_wait, inline_delivery, tuned_app, versions
+from worker.upstream.fetch_wait import ConsumerTuning
+from worker.upstream.tuned_app import TunedApp, TunedConsumer, TunedConsumerThread, TunedTransport
+from worker.upstream.versions import KafkaTuningError
 
 REPO = Path(__file__).resolve().parents[1]
 _APP_OPTIONS = dict(
@@ -56,8 +52,8 @@ _APP_OPTIONS = dict(
 
 
 def test_pinned_versions_are_installed() -> None:
-    assert faust.__version__ == kafka_tuning.SUPPORTED_FAUST_VERSION
-    assert aiokafka.__version__ == kafka_tuning.SUPPORTED_AIOKAFKA_VERSION
+    assert faust.__version__ == versions.SUPPORTED_FAUST_VERSION
+    assert aiokafka.__version__ == versions.SUPPORTED_AIOKAFKA_VERSION
 
 
 @pytest.mark.parametrize(
@@ -73,8 +69,8 @@ def test_other_versions_are_refused_with_the_fix(
 ) -> None:
     monkeypatch.setattr(module, "__version__", version)
     with pytest.raises(KafkaTuningError, match=expected) as raised:
-        kafka_tuning.check_versions()
-    assert "kafka_tuning.py" in str(raised.value)  # says where to look
+        versions.check_versions()
+    assert "worker/upstream/" in str(raised.value)  # says where to look
 
 
 def test_faust_still_hard_codes_the_fetch_wait_in_the_overridden_method() -> None:
@@ -82,7 +78,7 @@ def test_faust_still_hard_codes_the_fetch_wait_in_the_overridden_method() -> Non
     assert list(inspect.signature(method).parameters) == ["self", "transport"]
     source = inspect.getsource(method)
     assert "aiokafka.AIOKafkaConsumer(" in source
-    assert f"fetch_max_wait_ms={kafka_tuning.FAUST_HARDCODED_FETCH_MAX_WAIT_MS}," in source
+    assert f"fetch_max_wait_ms={fetch_wait.FAUST_HARDCODED_FETCH_MAX_WAIT_MS}," in source
 
 
 def test_faust_hooks_used_to_install_the_tuned_classes_are_unchanged() -> None:
@@ -171,7 +167,7 @@ def test_plain_faust_app_uses_the_hard_coded_wait() -> None:
     # The control: without TunedApp the same settings leave Faust's constant in place.
     app = faust.App("tuning-control", broker="kafka://127.0.0.1:1", **_APP_OPTIONS)
     consumer = _worker_consumer_of(app)
-    assert consumer._fetch_max_wait_ms == kafka_tuning.FAUST_HARDCODED_FETCH_MAX_WAIT_MS
+    assert consumer._fetch_max_wait_ms == fetch_wait.FAUST_HARDCODED_FETCH_MAX_WAIT_MS
 
 
 def test_tuned_app_refuses_a_transport_that_is_not_aiokafka(
@@ -180,7 +176,7 @@ def test_tuned_app_refuses_a_transport_that_is_not_aiokafka(
     class OtherTransport:
         pass
 
-    monkeypatch.setattr(kafka_tuning, "transport_by_url", lambda url: OtherTransport)
+    monkeypatch.setattr(tuned_app, "transport_by_url", lambda url: OtherTransport)
     app = TunedApp("tuning-other", broker="kafka://127.0.0.1:1", **_APP_OPTIONS)
     with pytest.raises(KafkaTuningError, match="not Faust's aiokafka driver"):
         app.transport
@@ -204,7 +200,8 @@ _PROBE = textwrap.dedent(
 
     import faust
 
-    from worker.kafka_tuning import ConsumerTuning, TunedApp
+    from worker.upstream.fetch_wait import ConsumerTuning
+    from worker.upstream.tuned_app import TunedApp
 
     bootstrap, topic, wait_ms = sys.argv[1], sys.argv[2], int(sys.argv[3])
     app = TunedApp(
@@ -289,7 +286,7 @@ def test_faust_fetch_loop_still_delivers_through_wait_first_with_suspend_flow() 
     assert "await self.wait_first(" in source
     assert "callback(message), self.suspend_flow.wait()" in " ".join(source.split())
     assert isinstance(_consumer().suspend_flow, asyncio.Event)
-    assert kafka_tuning.WaitResults._fields == ("done", "results", "stopped")
+    assert inline_delivery.WaitResults._fields == ("done", "results", "stopped")
 
 
 def _consumer() -> TunedConsumer:
@@ -376,12 +373,12 @@ def test_resume_raises_a_delivery_error_and_cancellation_unwinds_the_delivery() 
                 unwound.append(True)
 
         first = fails()
-        resumed = asyncio.ensure_future(kafka_tuning._resume(first, first.send(None)))
+        resumed = asyncio.ensure_future(inline_delivery._resume(first, first.send(None)))
         failing.set_exception(ValueError("bad record"))
         with pytest.raises(ValueError, match="bad record"):
             await resumed
         second = stuck()
-        resumed = asyncio.ensure_future(kafka_tuning._resume(second, second.send(None)))
+        resumed = asyncio.ensure_future(inline_delivery._resume(second, second.send(None)))
         await asyncio.sleep(0)
         resumed.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -485,7 +482,7 @@ async def _end_offsets_scenario(bootstrap: str, topic: str) -> tuple[dict, dict]
         listed = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
-    fixed = await kafka_tuning.fetched_end_offsets(
+    fixed = await changelog_end_offsets.fetched_end_offsets(
         lambda: aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap), listed, ConsumerTuning())
     return ({tp.partition: v for tp, v in listed.items()},
             {tp.partition: v for tp, v in fixed.items()})
@@ -511,9 +508,9 @@ def test_fetched_end_offsets_keep_the_listed_end_when_no_fetch_answers(monkeypat
         def highwater(self, tp): return None
 
     tp = aiokafka.TopicPartition("t", 0)
-    monkeypatch.setattr(kafka_tuning, "apply_tuning", lambda consumer, tuning: None)
-    ends = asyncio.run(kafka_tuning.fetched_end_offsets(Silent, {tp: 5}, ConsumerTuning(),
-                                                        timeout_s=0.3))
+    monkeypatch.setattr(changelog_end_offsets, "apply_tuning", lambda consumer, tuning: None)
+    ends = asyncio.run(changelog_end_offsets.fetched_end_offsets(Silent, {tp: 5},
+                                                                 ConsumerTuning(), timeout_s=0.3))
     assert ends == {tp: 5}
 
 
@@ -557,7 +554,7 @@ def test_seek_to_committed_sends_uncommitted_stream_partitions_to_their_start(
     monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "call_thread", call_thread)
     monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer",
                         lambda self: Consumer())
-    thread = object.__new__(kafka_tuning.TunedConsumerThread)
+    thread = object.__new__(TunedConsumerThread)
     thread.app = type("App", (), {"tables": type("Tables", (), {
         "changelog_topics": {changelog.topic}})()})()
     assert asyncio.run(thread.seek_to_committed()) == {requests: None, at_zero: 0, done: 18,
@@ -568,7 +565,7 @@ def test_seek_to_committed_sends_uncommitted_stream_partitions_to_their_start(
 def test_the_idempotent_producer_adds_to_the_options_faust_builds_its_producer_from():
     import inspect
 
-    from worker.kafka_tuning import IdempotentProducer, TunedTransport
+    from worker.upstream.tuned_app import IdempotentProducer, TunedTransport
 
     assert TunedTransport.Producer is IdempotentProducer
     source = inspect.getsource(faust_aiokafka.Producer._new_producer)
@@ -586,7 +583,7 @@ def test_reset_producer_id_starts_the_idempotent_producers_sequences_again():
     drained (and never un-numbering a refused one) and on the sender asking for a producer id
     whenever it has none; a transactional producer is left alone."""
     from aiokafka.producer import message_accumulator, sender, transaction_manager
-    from worker.kafka_tuning import IdempotentProducer
+    from worker.upstream.tuned_app import IdempotentProducer
 
     assert "increment_sequence_number(batch.tp, batch.record_count)" in inspect.getsource(
         message_accumulator.MessageAccumulator._pop_batch)
@@ -613,3 +610,42 @@ def test_reset_producer_id_starts_the_idempotent_producers_sequences_again():
     assert asyncio.run(reset())[0] is False  # not idempotent: nothing to reset
     done, producer = asyncio.run(reset(transactional_id="t-0"))
     assert done is False and producer._txn_manager.producer_id == 7
+
+
+# ---- the hook for the bounded stop (worker/upstream/stop_signal.py) ---------------------------
+
+
+def test_mode_worker_handles_stop_signals_in_schedule_shutdown(monkeypatch) -> None:
+    """StopSignalHookWorker overrides mode's `Worker._schedule_shutdown` and reads its
+    `_signal_stop_time` to call the hook on the first signal only."""
+    from mode import worker as mode_worker
+
+    from worker.lifecycle import BoundedStopWorker
+    from worker.upstream.stop_signal import StopSignalHookWorker
+
+    for handler in (mode_worker.Worker._on_sigterm, mode_worker.Worker._on_sigint):
+        assert "self._schedule_shutdown(signal.SIG" in inspect.getsource(handler)
+    schedule = inspect.getsource(mode_worker.Worker._schedule_shutdown)
+    assert "if not self._signal_stop_time:" in schedule
+    assert "self._signal_stop_time = self.loop.time()" in schedule
+    assert issubclass(BoundedStopWorker, StopSignalHookWorker)
+    assert issubclass(StopSignalHookWorker, faust.Worker)
+
+    calls: list[int] = []
+
+    class Probe(StopSignalHookWorker):
+        def __init__(self) -> None:  # no services, no loop: only the signal path is run
+            self._signal_stop_time = None
+
+        def on_first_stop_signal(self, signum):
+            calls.append(signum)
+
+    def schedule(self, signum):  # mode's, minus the stop it would start
+        if not self._signal_stop_time:
+            self._signal_stop_time = 1.0
+
+    monkeypatch.setattr(mode_worker.Worker, "_schedule_shutdown", schedule)
+    probe = Probe()
+    probe._schedule_shutdown(signal.SIGTERM)
+    probe._schedule_shutdown(signal.SIGINT)
+    assert calls == [signal.SIGTERM]  # once, for the first signal

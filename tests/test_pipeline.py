@@ -12,7 +12,7 @@ from phoenix.actions import ACTION_NAMES
 from phoenix.config import ConfigError
 from phoenix.runner import RankingRunner
 from tests.phoenix_helpers import TINY
-from worker import codec
+from worker import codec, wire
 from worker.assembly import Assembler, Buckets, widths_for
 from worker.pipeline import InputRecord, RankingPipeline, publish_failed
 from worker.rollout import Canary, in_canary
@@ -214,7 +214,7 @@ def test_unexpected_error_dead_letters_the_batch_instead_of_raising(runner, monk
 
 def wire_request(request_id: str, num_candidates: int, user_id: int = 7) -> bytes:
     return codec.encode_request({
-        "schema": codec.REQUEST_SCHEMA, "request_id": request_id, "user_id": user_id,
+        "schema": wire.REQUEST_SCHEMA, "request_id": request_id, "user_id": user_id,
         "history": [{"post_id": 900 + i, "author_id": 5, "actions": ["favorite"], "surface": 0}
                     for i in range(3)],
         "candidates": [{"post_id": 1 + i, "author_id": 1 + i % 7, "surface": i % 3}

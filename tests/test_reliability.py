@@ -297,6 +297,38 @@ def wait_log(worker: WorkerProcess, pattern: str, timeout_s: float) -> re.Match:
                          f"{worker.log()}")
 
 
+UNREACHABLE = "not reachable ("  # the worker's log line for each failed broker attempt
+# Records handed from the consumer's fetches to the agent's stream (refreshed every 5 s).
+DELIVERED = "ranker_fetch_deliveries"
+
+
+def wait_metric(worker: WorkerProcess, name: str, at_least: float, timeout_s: float) -> float:
+    """Waits until the worker's metric `name` (all labels summed) reaches `at_least`."""
+    deadline = time.monotonic() + timeout_s
+    while (value := worker.metric(name)) < at_least:
+        assert time.monotonic() < deadline, (f"{name} = {value} after {timeout_s} s, waited "
+                                             f"for {at_least}:\n{worker.log()}")
+        time.sleep(0.1)
+    return value
+
+
+def wait_all_published_read(worker: WorkerProcess, collector: Collector, count: int,
+                            timeout_s: float) -> list[Answer]:
+    """Waits until the worker has published at least `count` outcomes (its own counters,
+    bumped once the broker acked them) and the collector has read every one it published:
+    a duplicate published would be among the answers returned."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        published = (worker.metric("ranker_results_total")
+                     + worker.metric("ranker_dead_letters_total"))
+        answers = collector.answers()
+        if published >= count and len(answers) >= published:
+            return answers
+        assert time.monotonic() < deadline, (f"{published:.0f} outcomes published of {count}, "
+                                             f"{len(answers)} read, after {timeout_s} s")
+        time.sleep(0.1)
+
+
 def full_log(worker: WorkerProcess) -> str:
     return worker.log_path.read_text(errors="replace")  # worker.log() is the tail only
 
@@ -396,7 +428,9 @@ def test_two_workers_share_four_partitions_and_the_survivor_takes_over(kafka, sp
         collector.wait_for(lambda answers: {r.message["worker_id"] for r in answers}
                            >= {"worker-a", "worker-b"}, 60, "results from both workers")
         shared_from_ms = time.time() * 1000
-        time.sleep(1.5)
+        collector.wait_for(lambda answers: {r.message["worker_id"] for r in answers
+                                            if r.message["produced_at_ms"] >= shared_from_ms}
+                           >= {"worker-a", "worker-b"}, 60, "results from both, after that")
         kill_ms = time.time() * 1000
         b.kill()
         load.join()
@@ -442,7 +476,8 @@ def test_worker_started_before_the_broker_retries_then_serves(late_broker, spawn
     status, why = worker.get("/ready")
     assert status == 503 and why.startswith(
         f"waiting for the broker: broker {broker.bootstrap_servers} not reachable"), why
-    time.sleep(2.0)  # a few more retries with back-off
+    retries = full_log(worker).count(UNREACHABLE)
+    wait_count(worker, UNREACHABLE, retries + 1, timeout_s=30)  # two more, with back-off
     broker.start()
     started = time.monotonic()
     worker.wait_ready(60)  # the worker creates its own topics once the broker answers
@@ -472,7 +507,7 @@ def test_broker_paused_20s_under_load_then_every_request_is_answered(own_kafka, 
     messages = valid_requests(seed=74, count=600)  # 30 s at 20/s
     with Collector(kafka.bootstrap, topics) as collector:
         load = Load(kafka.bootstrap, topics.requests, messages, rate=20).start()
-        time.sleep(5.0)
+        collector.wait_for(lambda answers: len(answers) > 0, 60, "a first answer")
         wait_count(worker, "fault: batch", full_log(worker).count("fault: batch"), 10)
         answered_before = len(collector.answered_ids())
         kafka.broker.pause()
@@ -605,7 +640,7 @@ INLINE = 'ranker_fetch_deliveries{path="inline"}'
 @pytest.mark.timeout(300)
 def test_a_rebalance_while_the_inline_fetch_path_delivers_under_load_loses_nothing(kafka, spawn):
     """Records reach the agent without a task per message while flow is active (worker/
-    kafka_tuning.py); a leave and a join in the middle of the load must still lose nothing:
+    upstream/inline_delivery.py); a leave and a join in the middle of the load must still lose nothing:
     the suspension during each rebalance interrupts a blocked delivery exactly as in Faust."""
     topics = WorkerTopics.create(kafka, partitions=4)
     group = f"inline-{uuid.uuid4().hex[:6]}"
@@ -883,8 +918,7 @@ def test_fuzzed_stream_every_message_answered_exactly_once(kafka, spawn):
     with Collector(kafka.bootstrap, topics) as collector:
         collector.wait_for(lambda answers: len(answers) >= len(messages), 120,
                            f"{len(messages)} answers")
-        time.sleep(2.0)  # anything extra would arrive now
-        answers = collector.answers()
+        answers = wait_all_published_read(worker, collector, len(messages), timeout_s=60)
     letters = [a.message for a in answers if a.dead_letter]
     results = [a.message for a in answers if not a.dead_letter]
     codes: dict[str, int] = {}
@@ -951,7 +985,8 @@ def test_sigterm_while_the_breaker_holds_a_batch_exits_without_waiting_the_coold
     wait_count(worker, "CIRCUIT BREAKER OPEN", 0, timeout_s=30)
     good = valid_requests(seed=84, count=10)
     kafka.produce(topics.requests, [(m.key, m.value) for m in good])
-    time.sleep(1.0)  # the next batch is taken and held by the breaker
+    # The good records reach the agent's stream, where the open breaker holds their batch.
+    wait_metric(worker, DELIVERED, len(bad) + len(good), timeout_s=30)
     stopped = time.monotonic()
     worker.terminate()
     code = worker.wait(timeout_s=60)

@@ -20,7 +20,8 @@ import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from worker.kafka_clients import client_kwargs, faust_credentials
-from worker.kafka_tuning import ConsumerTuning, TunedApp
+from worker.upstream.fetch_wait import ConsumerTuning
+from worker.upstream.tuned_app import TunedApp
 from worker.settings import Settings, SettingsError
 
 # A throwaway self-signed certificate (CN=localhost, SAN localhost/127.0.0.1, valid 2000-2100)

@@ -1,6 +1,8 @@
 """Replay: offline ranking and compare through the worker's pipeline, record/publish on Kafka."""
 
 import collections
+import itertools
+import math
 import os
 import re
 import time
@@ -13,8 +15,12 @@ from phoenix.runner import RankingRunner
 from tests.librdkafka_helpers import CODECS, librdkafka_producer, produce
 from tests.phoenix_helpers import TINY
 from tools.pacing import Pace, PaceError
-from tools import replay
-from worker import codec
+from tools.replay.__main__ import main
+from tools.replay.compare import Comparison, ScoreChange, run_compare
+from tools.replay.files import chunked, iter_outcome_batches, replay_pipeline, to_inputs
+from tools.replay.offline import summarize
+from tools.replay.stats import kendall_tau, top_k_overlap
+from worker import codec, wire
 from worker.assembly import Buckets, widths_for
 from worker.pipeline import RankingPipeline
 from tools.producer import generate_events, write_events_to_file
@@ -55,7 +61,7 @@ def requests_file(tmp_path_factory, events):
 
 
 def run_cli(capsys, *argv):
-    code = replay.main(list(argv), environ={})
+    code = main(list(argv), environ={})
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -81,7 +87,7 @@ def test_offline_writes_one_outcome_per_request_like_the_pipeline(
     runner = RankingRunner.from_checkpoint(checkpoints["a"])
     pipeline = RankingPipeline.create(runner, BUCKETS, "direct")
     direct = pipeline.process(pipeline.decode(
-        list(replay.to_inputs(read_records(requests_file), REQUESTS_TOPIC)))).outcomes
+        list(to_inputs(read_records(requests_file), REQUESTS_TOPIC)))).outcomes
 
     for event, record, expected in zip(events, written, direct):
         assert expected.dead_letter_code == event.expected_code, event.kind  # oracle sanity
@@ -102,7 +108,7 @@ def test_offline_writes_one_outcome_per_request_like_the_pipeline(
                                        [c["score"] for c in want["ranked"]], atol=1e-5)
         else:
             assert record.topic == DEAD_LETTER_TOPIC
-            assert message["schema"] == codec.DEAD_LETTER_SCHEMA
+            assert message["schema"] == wire.DEAD_LETTER_SCHEMA
             assert message["error"]["code"] == event.expected_code, event.kind
             original = event.encode(STAMP_MS)  # whole up to the byte cap, else a prefix
             assert message["original_size"] == len(original)
@@ -120,35 +126,38 @@ def test_offline_writes_one_outcome_per_request_like_the_pipeline(
     assert len(expected_codes) == 4  # not_msgpack, too_large, invalid, expired all covered
 
 
-def test_rank_records_gives_one_outcome_per_record_in_order(checkpoints, requests_file, events):
-    pipeline = replay.build_pipeline(settings(), checkpoints["a"])
-    outcomes = replay.rank_records(read_records(requests_file), pipeline, batch_size=16)
+def test_outcome_batches_give_one_outcome_per_record_in_order(checkpoints, requests_file,
+                                                              events):
+    pipeline = replay_pipeline(settings(), checkpoints["a"])
+    batches = list(iter_outcome_batches(read_records(requests_file), pipeline, batch_size=16))
+    assert [len(b) for b in batches] == [16, 16, 16, 12]
+    outcomes = [outcome for batch in batches for outcome in batch]
     assert [o.dead_letter_code for o in outcomes] == [e.expected_code for e in events]
     assert [o.record.offset for o in outcomes] == list(range(len(events)))  # index as offset
     assert all(o.record.partition == 0 for o in outcomes)
 
 
 def test_summarize_counts_results_and_dead_letters_by_code():
-    summary = replay.summarize([None, "invalid", None, "expired", "invalid"], seconds=2.0,
-                               model_version="v1", compilations=3)
+    summary = summarize([None, "invalid", None, "expired", "invalid"], seconds=2.0,
+                        model_version="v1", compilations=3)
     assert (summary.requests, summary.results) == (5, 2)
     assert summary.dead_letters == {"invalid": 2, "expired": 1}
     assert summary.requests_per_s == 2.5
 
 
 def test_summarize_counts_results_by_model_version():
-    summary = replay.summarize([None, None, "invalid", None], 1.0, "v1",
-                               versions=["v1", "canary", None, "v1"])
+    summary = summarize([None, None, "invalid", None], 1.0, "v1",
+                        versions=["v1", "canary", None, "v1"])
     assert summary.by_version == {"v1": 2, "canary": 1}
     assert "(results by model: canary 1, v1 2)" in summary.lines()[-1]
-    assert "results by model" not in replay.summarize([None], 1.0, "v1",
-                                                      versions=["v1"]).lines()[-1]
+    assert "results by model" not in summarize([None], 1.0, "v1",
+                                               versions=["v1"]).lines()[-1]
 
 
 @pytest.mark.parametrize("size, want", [(1, [1] * 5), (2, [2, 2, 1]), (5, [5]), (9, [5])],
                          ids=["one", "uneven", "exact", "larger"])
 def test_chunked_sizes(size, want):
-    assert [len(c) for c in replay.chunked(range(5), size)] == want
+    assert [len(c) for c in chunked(range(5), size)] == want
 
 
 # ----------------------------------------------------------------------------- bad files
@@ -189,33 +198,46 @@ def test_compare_needs_two_checkpoints(capsys, requests_file, checkpoints):
 
 def test_kendall_tau_and_overlap_by_hand():
     order = np.array([10, 20, 30, 40], np.uint64)
-    assert replay.kendall_tau(order, order) == 1.0
-    assert replay.kendall_tau(order, order[::-1]) == -1.0
+    assert kendall_tau(order, order) == 1.0
+    assert kendall_tau(order, order[::-1]) == -1.0
     # One adjacent swap: 5 of 6 pairs concordant, 1 discordant -> (5 - 1) / 6.
-    assert replay.kendall_tau(order, np.array([20, 10, 30, 40], np.uint64)) == pytest.approx(4 / 6)
+    assert kendall_tau(order, np.array([20, 10, 30, 40], np.uint64)) == pytest.approx(4 / 6)
     # Only common ids count: 10, 30 in the same order in both.
-    assert replay.kendall_tau(order, np.array([99, 10, 30], np.uint64)) == 1.0
-    assert np.isnan(replay.kendall_tau(order, np.array([10], np.uint64)))
-    assert replay.top_k_overlap(order, np.array([40, 30, 20, 10], np.uint64), 2) == 0.0
-    assert replay.top_k_overlap(order, np.array([20, 99, 10], np.uint64), 2) == 0.5
+    assert kendall_tau(order, np.array([99, 10, 30], np.uint64)) == 1.0
+    assert np.isnan(kendall_tau(order, np.array([10], np.uint64)))
+    assert top_k_overlap(order, np.array([40, 30, 20, 10], np.uint64), 2) == 0.0
+    assert top_k_overlap(order, np.array([20, 99, 10], np.uint64), 2) == 0.5
 
 
-def test_kendall_tau_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(0)
-    for n in (2, 3, 8, 50):
-        items = rng.permutation(1000)[:n].astype(np.uint64) + 1
-        other = rng.permutation(items)
-        ranks_b = {int(p): i for i, p in enumerate(other)}
-        want = stats.kendalltau(np.arange(n), [ranks_b[int(p)] for p in items]).statistic
-        assert replay.kendall_tau(items, other) == pytest.approx(want)
+def tau_by_pairs(order_a: np.ndarray, order_b: np.ndarray) -> float:
+    """Kendall's tau-a by its definition: each pair of ids both orders hold is concordant
+    (same order in B as in A) or discordant; (concordant - discordant) / pairs."""
+    rank_b = {int(p): i for i, p in enumerate(order_b)}
+    common = [int(p) for p in order_a if int(p) in rank_b]
+    pairs = list(itertools.combinations(common, 2))  # (earlier, later) in A's order
+    if not pairs:
+        return math.nan
+    concordant = sum(rank_b[first] < rank_b[second] for first, second in pairs)
+    return (concordant - (len(pairs) - concordant)) / len(pairs)
+
+
+@pytest.mark.parametrize("common, only_one", [(2, 0), (3, 0), (8, 0), (50, 0), (8, 3),
+                                              (50, 20)],
+                         ids=["2", "3", "8", "50", "8+3-each", "50+20-each"])
+def test_kendall_tau_counts_concordant_and_discordant_pairs(common, only_one):
+    rng = np.random.default_rng(common * 100 + only_one)
+    ids = rng.permutation(1000)[:common + 2 * only_one].astype(np.uint64) + 1
+    shared, only_a, only_b = np.split(ids, [common, common + only_one])
+    order_a = rng.permutation(np.concatenate([shared, only_a]))
+    order_b = rng.permutation(np.concatenate([shared, only_b]))
+    assert kendall_tau(order_a, order_b) == pytest.approx(tau_by_pairs(order_a, order_b))
 
 
 def test_compare_with_itself_agrees_fully(checkpoints, requests_file, events):
     s = settings()
-    comparison = replay.run_compare(
-        requests_file, replay.build_pipeline(s, checkpoints["a"]),
-        replay.build_pipeline(s, checkpoints["a"]), batch_size=16, progress=False)
+    comparison = run_compare(
+        requests_file, replay_pipeline(s, checkpoints["a"]),
+        replay_pipeline(s, checkpoints["a"]), batch_size=16, progress=False)
     valid = sum(e.expected_code is None for e in events)
     assert len(comparison.agreements) == valid
     assert all(a.overlap == 1.0 and a.tau == 1.0 for a in comparison.agreements)
@@ -248,9 +270,9 @@ def test_compare_with_another_model_disagrees_and_reports_changes(
 
 
 def test_comparison_keeps_the_largest_changes():
-    comparison = replay.Comparison(k=5, top=2)
+    comparison = Comparison(k=5, top=2)
     for i, delta in enumerate([0.1, -3.0, 2.0, 0.5]):
-        comparison._keep(replay.ScoreChange("r", i, 1.0, 1.0 + delta))
+        comparison._keep(ScoreChange("r", i, 1.0, 1.0 + delta))
     assert [c.post_id for c in comparison.largest_changes()] == [1, 2]
 
 

@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
+from phoenix import compilations
 from phoenix.config import RankerConfig
+from phoenix.params import dummy_batch
 from phoenix.runner import RankingRunner
 from worker.rollout import (CheckpointWatcher, RolloutError, in_canary, newest_checkpoint,
                             probe_batch)
@@ -60,8 +62,12 @@ def test_a_good_checkpoint_is_loaded_checked_and_compiled_beside_the_serving_one
     path = _save(RankingRunner.create(RankerConfig(), seed=7), tmp_path / "v2.npz", "v2")
     candidate = CheckpointWatcher.prepare(path, serving, SHAPES)
     assert candidate.runner.model_version == "v2" and candidate.path == path
-    assert candidate.runner.compile_count == len(SHAPES) + 1  # each shape, and the probe's
     probe = probe_batch(serving)
+    before = compilations.count()  # each shape and the probe's were compiled in `prepare`
+    for rows, candidates in SHAPES:
+        candidate.runner.rank_cached(dummy_batch(candidate.runner.config, rows, candidates))
+    candidate.runner.rank_cached(probe)
+    assert compilations.count() == before, compilations.last_function()
     assert not np.allclose(candidate.runner.rank_cached(probe).scores,
                            serving.rank_cached(probe).scores)
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from phoenix import compilations
 from phoenix.config import ConfigError
 from phoenix.runner import RankingRunner
 from phoenix.scoring import ScoringConfig, diversify
@@ -15,12 +16,14 @@ def runner():
 
 
 def test_same_shape_compiles_once(runner):
-    before = runner.compile_count
-    for seed in range(5):
-        runner.rank(random_batch(TINY, 3, seed=seed))
-    assert runner.compile_count == before + 1
-    runner.rank(random_batch(TINY, 5, seed=0))  # a new batch size: exactly one more
-    assert runner.compile_count == before + 2
+    batches = [random_batch(TINY, 3, seed=seed) for seed in range(5)]
+    new_size = random_batch(TINY, 5, seed=0)
+    before = compilations.count()
+    for batch in batches:
+        runner.rank(batch)
+    assert compilations.count() == before + 1, compilations.last_function()
+    runner.rank(new_size)  # a new batch size: exactly one more
+    assert compilations.count() == before + 2, compilations.last_function()
 
 
 def test_fresh_model_is_not_degenerate(runner):

@@ -22,7 +22,8 @@ from worker.assembly import Buckets
 from worker.pipeline import InputRecord, RankingPipeline, publish_failed
 from worker.errors import DEAD_LETTER_CODES, ValidationError
 from worker.engagement import parse_engagement, validate_engagement
-from worker.validation import TOP_K_MAX, ValidationLimits, parse_request, validate_request
+from worker.validation import parse_request, validate_request
+from worker.wire import TOP_K_MAX, ValidationLimits
 
 SCHEMAS = pathlib.Path(__file__).resolve().parents[1] / "schemas"
 LIMITS = ValidationLimits()
@@ -81,7 +82,7 @@ def test_schema_files_are_valid_draft_2020_12(name):
 def test_request_schema_matches_the_constants():
     schema = load("ranking-request.v1")
     props, defs = schema["properties"], schema["$defs"]
-    assert props["schema"]["const"] == codec.REQUEST_SCHEMA
+    assert props["schema"]["const"] == wire.REQUEST_SCHEMA
     assert defs["action"]["enum"] == list(ACTION_NAMES)
     assert props["history"]["maxItems"] == LIMITS.max_history
     assert props["candidates"]["maxItems"] == LIMITS.max_candidates
@@ -107,7 +108,7 @@ def _as_schema(info: msgspec.inspect.Type) -> dict:
     if isinstance(info, msgspec.inspect.IntType):
         # msgspec cannot state a bound above int64; a msgpack int stops at 2**64-1 anyway.
         return {"type": "integer", "minimum": info.ge,
-                "maximum": codec.U64_MAX if info.le is None else info.le}
+                "maximum": wire.U64_MAX if info.le is None else info.le}
     if isinstance(info, msgspec.inspect.StrType):
         return {"type": "string", "minLength": info.min_length, "maxLength": info.max_length}
     if isinstance(info, msgspec.inspect.LiteralType):
@@ -141,8 +142,8 @@ def _schema_rules(node: dict, defs: dict) -> dict:
     return rules
 
 
-@pytest.mark.parametrize("name, schema_id", [("ranking-request.v1", codec.REQUEST_SCHEMA),
-                                             ("ranking-request.v2", codec.REQUEST_SCHEMA_V2)])
+@pytest.mark.parametrize("name, schema_id", [("ranking-request.v1", wire.REQUEST_SCHEMA),
+                                             ("ranking-request.v2", wire.REQUEST_SCHEMA_V2)])
 def test_typed_decoder_types_match_the_request_schema_both_ways(name, schema_id):
     # Every schema property is a Struct field with the same required-ness, type and bounds,
     # and every Struct field is a schema property, at every level: one contract, two spellings.
@@ -153,7 +154,7 @@ def test_typed_decoder_types_match_the_request_schema_both_ways(name, schema_id)
     typed["properties"]["history"]["items"]["properties"]["actions"]["uniqueItems"] = True
     typed["required"].sort(), written["required"].sort()  # v2's Struct lists keywords last
     assert typed == written
-    assert ("history" in written["required"]) == (schema_id == codec.REQUEST_SCHEMA)
+    assert ("history" in written["required"]) == (schema_id == wire.REQUEST_SCHEMA)
     assert written["properties"]["history"]["items"]["required"] == [
         "post_id", "author_id", "actions", "surface"]  # The comparison reached the items.
 
@@ -174,12 +175,10 @@ def test_result_and_dead_letter_schemas_match_the_constants():
     result = load("ranking-result.v1")
     probabilities = result["properties"]["ranked"]["items"]["properties"]["probabilities"]
     assert probabilities["required"] == list(ACTION_NAMES)
-    assert result["properties"]["schema"]["const"] == codec.RESULT_SCHEMA
+    assert result["properties"]["schema"]["const"] == wire.RESULT_SCHEMA
     dead = load("dead-letter.v2")
     assert dead["properties"]["error"]["properties"]["code"]["enum"] == list(DEAD_LETTER_CODES)
-    assert dead["properties"]["schema"]["const"] == codec.DEAD_LETTER_SCHEMA
-    assert [load(name)["title"] for name in codec.DEAD_LETTER_SCHEMAS] == list(
-        codec.DEAD_LETTER_SCHEMAS)
+    assert dead["properties"]["schema"]["const"] == wire.DEAD_LETTER_SCHEMA
 
 
 def test_dead_letter_v2_is_v1_plus_the_size_fields_and_publish_failed():
@@ -427,7 +426,7 @@ def _without(node: dict, *keys: str) -> dict:
 def test_request_v2_is_v1_with_history_optional():
     v1, v2 = load("ranking-request.v1"), load("ranking-request.v2")
     assert v2["required"] == [key for key in v1["required"] if key != "history"]
-    assert v2["properties"]["schema"]["const"] == codec.REQUEST_SCHEMA_V2
+    assert v2["properties"]["schema"]["const"] == wire.REQUEST_SCHEMA_V2
     same = ("$id", "title", "description", "required")
     assert _without(v2, *same, "properties") == _without(v1, *same, "properties")
     for name, rule in v1["properties"].items():  # every rule kept; only prose and the id differ
@@ -441,12 +440,12 @@ def test_result_v2_is_v1_plus_the_history_fields():
     assert set(v2["properties"]) - set(v1["properties"]) == {"history_source", "history_items"}
     assert v2["required"] == v1["required"] + ["history_source", "history_items"]
     assert v2["properties"]["history_source"]["enum"] == ["request", "table"]
-    assert v2["properties"]["schema"]["const"] == codec.RESULT_SCHEMA_V2
+    assert v2["properties"]["schema"]["const"] == wire.RESULT_SCHEMA_V2
 
 
 def test_engagement_schema_matches_the_constants():
     schema = load("engagement.v1")
-    assert schema["properties"]["schema"]["const"] == codec.ENGAGEMENT_SCHEMA
+    assert schema["properties"]["schema"]["const"] == wire.ENGAGEMENT_SCHEMA
     assert schema["$defs"]["action"]["enum"] == list(ACTION_NAMES)
     assert schema["$defs"]["surface"]["maximum"] == LIMITS.num_surfaces - 1
     assert schema["$defs"] == {key: load("ranking-request.v1")["$defs"][key]
@@ -477,7 +476,7 @@ def test_generated_engagements_and_v2_requests_are_valid_for_both():
         assert bin(parsed.actions).count("1") == len(engagement["actions"])
         request = generate_request_v2(rng)
         VALIDATORS["ranking-request.v2"].validate(request)
-        parsed = parse_request(codec.encode_request(request), LIMITS, codec.REQUEST_SCHEMAS)
+        parsed = parse_request(codec.encode_request(request), LIMITS, wire.REQUEST_SCHEMAS)
         assert parsed.version == 2
         assert parsed.history_source == ("request" if "history" in request else "table")
 
@@ -506,7 +505,7 @@ def test_validator_and_schema_agree_on_mutated_messages(name):
         generate, validate = generate_engagement, lambda m: validate_engagement(m, LIMITS)
     else:
         generate = generate_request_v2
-        validate = lambda m: validate_request(m, LIMITS, codec.REQUEST_SCHEMAS)  # noqa: E731
+        validate = lambda m: validate_request(m, LIMITS, wire.REQUEST_SCHEMAS)  # noqa: E731
     for _ in range(1500):
         message = generate(rng)
         for _ in range(rng.choice([1, 1, 2])):
@@ -525,7 +524,7 @@ def test_readme_v2_and_engagement_examples():
     VALIDATORS["ranking-request.v2"].validate(request)
     assert "history" not in request
     assert parse_request(codec.encode_request(request), LIMITS,
-                         codec.REQUEST_SCHEMAS).history_source == "table"
+                         wire.REQUEST_SCHEMAS).history_source == "table"
     result = readme_example("ranking-result.v2")
     VALIDATORS["ranking-result.v2"].validate(result)
     assert codec.decode_message(codec.encode_result(result)) == result

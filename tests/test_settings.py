@@ -113,3 +113,28 @@ def test_help_lists_the_secret_files_and_no_secret(capsys):
     shown = capsys.readouterr().out
     assert "--sasl-password-file PATH" in shown and "RANKER_SASL_PASSWORD_FILE" in shown
     assert "--ssl-key-password-file PATH" in shown
+
+
+@pytest.mark.parametrize("guarantee, interval", [("at_least_once", 0.5), ("exactly_once", 0.1)],
+                         ids=["at-least-once", "exactly-once"])
+def test_the_faust_client_options_come_from_the_settings_and_one_declaration(guarantee,
+                                                                             interval):
+    from worker import kafka_clients
+
+    settings = Settings(processing_guarantee=guarantee, compression_type="lz4", partitions=3)
+    options = kafka_clients.faust_client_options(settings, replication_factor=2)
+    assert options["broker_commit_interval"] == interval
+    assert options["processing_guarantee"] == guarantee
+    assert options["producer_compression_type"] == "lz4"
+    assert options["producer_max_batch_size"] == kafka_clients.PRODUCER_BATCH_BYTES
+    assert (options["topic_partitions"], options["topic_replication_factor"]) == (3, 2)
+
+
+def test_the_embedded_brokers_fetch_wait_is_declared_once():
+    from tools.broker import EmbeddedBroker
+    from tools.kafka_io import FETCH_WAIT_MS
+    from worker.settings import EMBEDDED_BROKER_FETCH_WAIT_MS
+    from worker.upstream.fetch_wait import ConsumerTuning
+
+    assert {EmbeddedBroker.fetch_wait_ms, FETCH_WAIT_MS,
+            ConsumerTuning().fetch_max_wait_ms} == {EMBEDDED_BROKER_FETCH_WAIT_MS}

@@ -11,12 +11,13 @@ import pytest
 
 from phoenix.actions import ACTION_NAMES
 from phoenix.config import RankerConfig
-from worker import codec
+from worker import wire
 from worker.codec import encode_request
 from worker.errors import ValidationError
 from worker.request import RankingRequest
-from worker.validation import (ValidationLimits, check_typed, parse_request, parse_requests,
-                               parse_typed, validate_request)
+from worker.validation import (check_typed, first_error, parse_request, parse_requests,
+                               validate_request)
+from worker.wire import ValidationLimits
 
 LIMITS = ValidationLimits()
 
@@ -284,9 +285,9 @@ def test_rule(path, value, field, match):
     if isinstance(value, int) and value > 2**64 - 1:
         return  # msgpack cannot carry it; only direct callers can send it.
     # The same verdict after a real msgpack round trip (what the worker sees).
-    with pytest.raises(ValidationError) as wire:
+    with pytest.raises(ValidationError) as sent:
         parse_request(encode_request(raw), LIMITS)
-    assert (wire.value.code, wire.value.field) == ("invalid", field)
+    assert (sent.value.code, sent.value.field) == ("invalid", field)
 
 
 @pytest.mark.parametrize("value", [
@@ -334,6 +335,8 @@ def test_configured_caps_are_applied():
     ok = make_request(n_history=4, n_candidates=3, request_id="abcde")
     for item in ok["history"] + ok["candidates"]:
         item["surface"] %= 4
+    for item in ok["history"]:  # The untyped decoder caps every list at 4 items here.
+        item["actions"] = item["actions"][:4]
     request = validate_request(ok, limits)
     assert request.num_history == 2 and request.num_candidates == 3
     cases = [
@@ -342,6 +345,8 @@ def test_configured_caps_are_applied():
          "candidates", r"1\.\.3 items; got 4"),
         (("candidates", 0, "surface"), 4, "candidates[0].surface", r"in 0\.\.3; got 4"),
         (("request_id",), "abcdef", "request_id", r"1\.\.5 characters; got 6"),
+        (("history", 0, "actions"), list(ACTION_NAMES[:5]), "history[0].actions",
+         r"0\.\.4 items; got 5 items; send at most 4 actions per item"),
     ]
     for path, value, field, match in cases:
         raw = copy.deepcopy(ok)
@@ -436,10 +441,13 @@ def _same_arrays(a: RankingRequest, b: RankingRequest) -> bool:
         "candidate_post_ids", "candidate_author_ids", "candidate_surfaces"))
 
 
-def test_typed_path_takes_valid_requests_and_builds_what_the_validator_builds():
+def test_typed_decoder_takes_valid_requests_and_the_walker_names_nothing():
     raw = make_request(seed=4, n_history=40, n_candidates=6, top_k=3, deadline_ms=None)
-    typed = parse_typed(encode_request(raw), LIMITS)
-    assert typed is not None and _same_arrays(typed, validate_request(raw, LIMITS))
+    assert check_typed(encode_request(raw), LIMITS) is not None
+    assert first_error(raw, LIMITS) is None
+    typed = parse_request(encode_request(raw), LIMITS)
+    assert _same_arrays(typed, validate_request(raw, LIMITS))
+    assert typed.history_post_ids.tolist() == [h["post_id"] for h in raw["history"][-32:]]
     assert (typed.top_k, typed.timestamp_ms, typed.deadline_ms) == (3, None, None)
 
 
@@ -451,9 +459,9 @@ def test_a_batch_parses_as_each_message_alone_with_errors_in_place():
     bad = make_request(seed=9)
     bad["candidates"][0]["surface"] = -1
     raws[3]["candidates"][0]["surface"] = 5
-    # Valid, but 5 written as a uint8: only the untyped path takes it.
+    # Valid, but 5 written as a uint8: longer than msgpack's shortest encoding.
     wide = encode_request(raws[3]).replace(b"\xa7surface\x05", b"\xa7surface\xcc\x05", 1)
-    assert wide != encode_request(raws[3]) and parse_typed(wide, LIMITS) is None
+    assert wide != encode_request(raws[3]) and check_typed(wide, LIMITS) is not None
     values = [encode_request(raws[0]), encode_request(raws[1]), encode_request(bad),
               encode_request(raws[2]), wide]
     parsed = parse_requests(values, LIMITS)
@@ -469,14 +477,14 @@ def test_a_batch_parses_as_each_message_alone_with_errors_in_place():
 
 @pytest.mark.parametrize("with_history", [True, False], ids=["history", "no_history"])
 def test_typed_path_reads_v2_requests_as_the_validator_does(with_history):
-    raw = make_request(seed=5, n_history=6, n_candidates=3, schema=codec.REQUEST_SCHEMA_V2)
+    raw = make_request(seed=5, n_history=6, n_candidates=3, schema=wire.REQUEST_SCHEMA_V2)
     if not with_history:
         del raw["history"]
     data = encode_request(raw)
     assert check_typed(data, LIMITS) is None  # v1 only unless the caller reads v2
-    assert check_typed(data, LIMITS, codec.REQUEST_SCHEMAS) is not None
-    (typed,) = parse_requests([data], LIMITS, codec.REQUEST_SCHEMAS)
-    untyped = validate_request(raw, LIMITS, codec.REQUEST_SCHEMAS)
+    assert check_typed(data, LIMITS, wire.REQUEST_SCHEMAS) is not None
+    (typed,) = parse_requests([data], LIMITS, wire.REQUEST_SCHEMAS)
+    untyped = validate_request(raw, LIMITS, wire.REQUEST_SCHEMAS)
     assert _same_arrays(typed, untyped) and typed.num_history == (6 if with_history else 0)
     assert (typed.version, typed.history_source) == (untyped.version, untyped.history_source)
     assert typed.version == 2 and typed.history_source == ("request" if with_history
@@ -497,25 +505,29 @@ def _repeat_top_level_key(data: bytes) -> bytes:
     pytest.param(_repeat_top_level_key, "'user_id'", id="top-level"),
 ])
 def test_repeated_keys_never_pass_the_typed_path(repeat, key):
-    # msgspec keeps the last of a repeated key; the length check sends these to the validator.
+    # msgspec keeps the last of a repeated key; the length check hands these to msgpack.
     data = repeat(encode_request(make_request(n_candidates=1)))
-    assert parse_typed(data, LIMITS) is None
+    assert check_typed(data, LIMITS) is None
     with pytest.raises(ValidationError, match=f"has the key {key} more than once") as info:
         parse_request(data, LIMITS)
     assert info.value.code == "invalid"
 
 
-def test_repeated_actions_never_pass_the_typed_path():
+def test_repeated_actions_and_candidates_never_pass_the_typed_path():
     raw = make_request()
     raw["history"][1]["actions"] = ["reply", "favorite", "reply"]
-    assert parse_typed(encode_request(raw), LIMITS) is None
+    assert check_typed(encode_request(raw), LIMITS) is None
+    raw = make_request()
+    raw["candidates"][2]["post_id"] = raw["candidates"][0]["post_id"]
+    assert check_typed(encode_request(raw), LIMITS) is None
+    assert first_error(raw, LIMITS).field == "candidates[2].post_id"
 
 
-def test_valid_requests_in_a_longer_encoding_are_accepted_by_the_validator():
+def test_valid_requests_in_a_longer_encoding_are_accepted():
     raw = make_request(n_history=2, n_candidates=1, user_id=5)
     data = encode_request(raw)
     wide = data.replace(b"\xa7user_id\x05", b"\xa7user_id\xcf" + (5).to_bytes(8, "big"), 1)
-    assert wide != data and parse_typed(wide, LIMITS) is None
+    assert wide != data and check_typed(wide, LIMITS) is not None
     request = parse_request(wide, LIMITS)
     assert request.user_id == 5 and _same_arrays(request, parse_request(data, LIMITS))
 
@@ -528,13 +540,13 @@ def test_typed_path_respects_the_configured_caps():
         item["surface"] %= 4
     for item in ok["history"]:  # The untyped decoder caps every list at 4 items here.
         item["actions"] = item["actions"][:4]
-    assert parse_typed(encode_request(ok), limits).num_history == 2
+    assert parse_request(encode_request(ok), limits).num_history == 2
     five_actions = list(ACTION_NAMES[:5])
     for path, value in [(("request_id",), "abcdef"), (("candidates", 0, "surface"), 4),
                         (("history",), ok["history"] * 2),
                         (("history", 0, "actions"), five_actions)]:
         raw = copy.deepcopy(ok)
         set_at(raw, path, value)
-        assert parse_typed(encode_request(raw), limits) is None
+        assert check_typed(encode_request(raw), limits) is None
     big = make_request(n_history=60)
-    assert len(encode_request(big)) > 4096 and parse_typed(encode_request(big), limits) is None
+    assert len(encode_request(big)) > 4096 and check_typed(encode_request(big), limits) is None

@@ -128,9 +128,9 @@ def test_offline_replay_equals_the_live_worker(kafka, worker_factory, tmp_path):
     """Same file + same checkpoint: the offline replay ranks exactly as the live worker, for
     traffic mixing candidate counts (1 to 300: every width from C to 512), batched
     differently on each side."""
-    from tools import replay
     from tools.producer import write_events_to_file
     from tools.recordfile import read_records
+    from tools.replay.files import iter_outcome_batches, replay_pipeline
     from worker.settings import Settings
 
     path = tmp_path / "requests.rec"
@@ -141,7 +141,8 @@ def test_offline_replay_equals_the_live_worker(kafka, worker_factory, tmp_path):
     assert min(counts) <= 8 < 64 < max(counts), counts  # narrow and wide in the mix
 
     settings = Settings.load([], environ={}, checkpoint=str(DEMO_CHECKPOINT))
-    offline = replay.rank_records(records, replay.build_pipeline(settings), batch_size=16)
+    offline = [outcome for batch in iter_outcome_batches(records, replay_pipeline(settings), 16)
+               for outcome in batch]
 
     topics = WorkerTopics.create(kafka)
     worker = worker_factory(topics, extra_args=("--max-candidates", "300")).start()
@@ -163,3 +164,41 @@ def test_offline_replay_equals_the_live_worker(kafka, worker_factory, tmp_path):
                             timeout_s=30)
     assert sorted(codec.decode_message(r.value)["error"]["code"] for r in letters) == \
         sorted(o.dead_letter_code for o in offline if not o.is_result)
+
+
+# ---- unit: the app's wiring (no broker: the app is built and stopped, never started) ------
+
+
+def test_every_thread_pool_of_the_app_is_shut_down_when_it_stops(tmp_path, monkeypatch):
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from unittest import mock
+
+    from worker import app as worker_app
+    from worker.handler import WorkerState
+    from worker.monitoring import WorkerMetrics
+    from worker.settings import Settings
+
+    made: list[ThreadPoolExecutor] = []
+
+    class Recorded(ThreadPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(worker_app, "ThreadPoolExecutor", Recorded)
+    settings = Settings(broker="kafka://127.0.0.1:1", data_dir=str(tmp_path))
+    watcher = mock.Mock(poll=mock.Mock(return_value=None))  # with live rollout: its pool too
+
+    async def build_and_stop() -> None:
+        app = worker_app.create_app(settings, mock.Mock(), WorkerState(), WorkerMetrics(),
+                                    watcher=watcher)
+        assert len(made) == 3  # ranker, decoder, rollout
+        for pool in made:
+            assert pool.submit(int, "1").result(timeout=5) == 1  # usable until the stop
+        await app.stop()
+
+    asyncio.run(build_and_stop())
+    for pool in made:
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            pool.submit(int, "1")

@@ -40,6 +40,7 @@ from aiokafka.errors import KafkaError
 
 from tools.listener_proxy import ListenerProxy, parse_address
 from worker import topics as wire_topics
+from worker.settings import EMBEDDED_BROKER_FETCH_WAIT_MS
 from worker.topics import TopicError, TopicsArg, TopicSpec, ensure_topics, partition_counts
 
 __all__ = [
@@ -387,9 +388,8 @@ class EmbeddedBroker(BrokerProcess):
     """One tansu broker process, in-memory storage: a restart loses every topic and record."""
 
     kind = "embedded"
-    # Tansu answers a waiting fetch only when the wait runs out, even once records are there:
-    # the wait is added to every delivery, so keep it short (a worker: RANKER_FETCH_MAX_WAIT_MS).
-    fetch_wait_ms = 10
+    # Tansu answers a waiting fetch only when the wait runs out (worker.settings says more).
+    fetch_wait_ms = EMBEDDED_BROKER_FETCH_WAIT_MS
 
     def __init__(self, port: int | None = None, *, binary: str | None = None,
                  **kwargs: Any) -> None:

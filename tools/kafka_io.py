@@ -25,13 +25,13 @@ from aiokafka.structs import ConsumerRecord
 from tools.pacing import Pace
 from worker.errors import WorkerError
 from worker.kafka_clients import client_kwargs
-from worker.settings import Settings
+from worker.settings import EMBEDDED_BROKER_FETCH_WAIT_MS, Settings
 from worker.topics import partition_counts
 
 T = TypeVar("T")
 
 MAX_PENDING_SENDS = 1000  # sends in flight before waiting for their acks
-FETCH_WAIT_MS = 10  # the embedded broker answers a waiting fetch only when this runs out
+FETCH_WAIT_MS = EMBEDDED_BROKER_FETCH_WAIT_MS  # tansu answers a waiting fetch only then
 _POLL_MS = 200
 
 

@@ -55,14 +55,13 @@ from tqdm import tqdm
 
 from phoenix.actions import ACTION_NAMES, NUM_ACTIONS
 from training.world import RequestTruth, World, WorldConfig
-from worker.codec import (ENGAGEMENT_SCHEMA, REQUEST_SCHEMA, REQUEST_SCHEMA_V2, encode_request,
-                          user_key)
+from worker.codec import encode_request, user_key
 from worker.errors import EXPIRED, INVALID, NOT_MSGPACK, TOO_LARGE
 from tools.pacing import Pace
 from tools.recordfile import Record, RecordWriter
 from worker.settings import SettingsError
 from worker.topics import ENGAGEMENTS_TOPIC, REQUESTS_TOPIC
-from worker.validation import DEFAULT_LIMITS
+from worker.wire import DEFAULT_LIMITS, ENGAGEMENT_SCHEMA, REQUEST_SCHEMA, REQUEST_SCHEMA_V2
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 VALID = "valid"  # Event.kind of a well-formed request

@@ -59,6 +59,7 @@ from worker.assembly import Assembler, Buckets, widths_for
 from worker.engagement import encode_engagement, parse_engagement
 from worker.request import RankingRequest
 from worker.validation import ValidationLimits, parse_request
+from worker.wire import ENGAGEMENT_SCHEMA, REQUEST_SCHEMAS, REQUEST_SCHEMA_V2
 
 _LABEL_STREAM = 0x1ABE1  # separates the label draws from the request draws of a seed
 _POPULARITY_STREAM = 0x9091
@@ -137,13 +138,13 @@ def rank_through_table(runner: RankingRunner, wire: Sequence[dict[str, Any]]) ->
     for w in wire:
         table: history.HistoryTable = {}
         for t, item in enumerate(w["history"], start=1):
-            engagement = {"schema": codec.ENGAGEMENT_SCHEMA, "user_id": w["user_id"],
+            engagement = {"schema": ENGAGEMENT_SCHEMA, "user_id": w["user_id"],
                           "timestamp_ms": t, **item}
             history.apply(table, parse_engagement(encode_engagement(engagement), limits),
                           max(len(w["history"]), 1))
         bare = {key: value for key, value in w.items() if key != "history"}
-        request = parse_request(codec.encode_request({**bare, "schema": codec.REQUEST_SCHEMA_V2}),
-                                limits, codec.REQUEST_SCHEMAS)
+        request = parse_request(codec.encode_request({**bare, "schema": REQUEST_SCHEMA_V2}),
+                                limits, REQUEST_SCHEMAS)
         requests.append(history.with_table_history(request, history.lookup(table)(w["user_id"]),
                                                    limits.history_keep))
     return _rank_requests(runner, assembler, requests)

@@ -59,7 +59,7 @@ import numpy as np
 
 from phoenix.actions import ACTION_NAMES, NEGATIVE_ACTIONS, NUM_ACTIONS
 from phoenix.hashing import MIX64_MULTIPLIERS, mix64
-from worker.codec import REQUEST_SCHEMA
+from worker.wire import REQUEST_SCHEMA
 
 TRUTH_SCHEMA = "world-truth.v1"
 
@@ -108,7 +108,6 @@ _HISTORY_SELECTIVITY = 3.0  # history posts are picked with weight exp(selectivi
 
 # Kind codes for ids (top byte of the pre-mix value).
 _USER, _AUTHOR, _POST = 1, 2, 3
-_MASK64 = (1 << 64) - 1
 _M1, _M2 = MIX64_MULTIPLIERS
 _M1_INV = pow(_M1, -1, 1 << 64)
 _M2_INV = pow(_M2, -1, 1 << 64)

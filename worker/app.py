@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import faust
 import uvloop
@@ -32,16 +32,15 @@ from phoenix.checkpoint import CheckpointError
 from phoenix.config import ConfigError
 from worker import codec, history
 from worker.engagement import parse_engagement
-from worker.exactly_once import EXACTLY_ONCE_COMMIT_INTERVAL_S, commit_guard
+from worker.exactly_once import commit_guard
 from worker.errors import ValidationError
 from worker.handler import BatchHandler, WorkerState, to_record
 from worker.breaker import BreakerConfig, DeadLetterBreaker
 from worker.broker_health import BrokerHealth
 from worker.kafka_clients import (TopicLayout, check_group_access,
                                   check_transactions_supported, client_kwargs,
-                                  ensure_topics_with_retry, faust_credentials,
+                                  ensure_topics_with_retry, faust_client_options,
                                   supports_idempotence)
-from worker.kafka_tuning import ConsumerTuning, TunedApp
 from worker.lifecycle import (BoundedStopWorker, StartupSignals, StartupStop,
                               log_stopped_before_serving, report_user_error, stop_for_bug,
                               stop_on_signals)
@@ -51,10 +50,12 @@ from worker.rollout import CheckpointWatcher, RolloutError
 from worker.serving import RANDOM_CHECKPOINT, build_pipeline, cache_summary, configure_jax
 from worker.settings import Settings, SettingsError, flag_name
 from worker.topics import HISTORY_TABLE  # changelog: topics.history_changelog_topic
+from worker.upstream.fetch_wait import ConsumerTuning
+from worker.upstream.memory_store_revoked_keys import track_key_partition
+from worker.upstream.thread_safe_rocksdb_read import read_partition_dbs
+from worker.upstream.tuned_app import TunedApp
 
 log = logging.getLogger("worker")
-
-_PRODUCER_BATCH_BYTES = 256 * 1024
 
 
 class AppTopics(NamedTuple):
@@ -73,36 +74,14 @@ def new_app(settings: Settings, replication_factor: int = 1,
         settings.group_id,
         consumer_tuning=ConsumerTuning(fetch_max_wait_ms=settings.fetch_max_wait_ms),
         idempotent_producer=idempotent,
-        broker=settings.faust_broker,
-        broker_credentials=faust_credentials(settings),
         env={},  # Faust would let BROKER_URL & co. from the environment override our settings
         datadir=os.path.join(settings.data_dir, "{conf.id}"),
         web_enabled=False,
-        topic_disable_leader=True,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=replication_factor,
         # The history table has no standby copies: a partition's new owner rebuilds it from the
         # changelog before it takes that partition's requests (README: Server-side history).
         table_standby_replicas=0,
         store="rocksdb://" if settings.history_store == "rocksdb" else "memory://",
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-        broker_max_poll_interval=settings.max_poll_interval_s,
-        # At least once: bounds re-deliveries after a crash. Exactly once: a result becomes
-        # visible to read_committed consumers when its transaction commits, so commit more
-        # often (Kafka Streams likewise drops commit.interval.ms to 100 ms under exactly-once).
-        broker_commit_interval=(EXACTLY_ONCE_COMMIT_INTERVAL_S
-                                if settings.processing_guarantee == "exactly_once" else 0.5),
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        producer_compression_type=settings.producer_compression,
-        producer_request_timeout=30.0,  # a send during an outage fails and is retried by us
-        producer_max_request_size=codec.publish_cap(settings.max_message_bytes),
-        # Per-partition batch: Faust's 16 KiB holds ~5 results, so publishing one ranked batch
-        # of 64 took several produce round trips; 256 KiB takes one (and stays far under the
-        # broker's 1 MiB record-batch limit).
-        producer_max_batch_size=_PRODUCER_BATCH_BYTES,
-        processing_guarantee=settings.processing_guarantee,
+        **faust_client_options(settings, replication_factor),
     )
     return app, AppTopics(*(app.topic(name, key_serializer="raw", value_serializer="raw")
                             for name in (settings.requests_topic, settings.results_topic,
@@ -112,33 +91,15 @@ def new_app(settings: Settings, replication_factor: int = 1,
 
 def _thread_safe_lookup(table: Any, store: str) -> Any:
     """user id -> stored value, safe to call from the decode thread while the event loop
-    writes. Memory store: `table.get` is a dict get. RocksDB store: Faust's own read goes
-    through an LRU key index (not thread-safe), so read the partition databases directly
-    (rocksdict reads are); co-partitioning puts a user in one of them."""
+    writes. Memory store: `table.get` is a dict get. RocksDB store: Faust's own read is not
+    thread-safe (worker/upstream/thread_safe_rocksdb_read.py)."""
     if store == "memory":
         return history.lookup(table)
 
     def get(user_id: int) -> bytes | None:
-        key = codec.user_key(user_id)
-        # Store._dbs: partition -> rocksdict.Rdict in raw mode (Faust 0.15.3; pinned by
-        # tests/test_history_recovery.py). A snapshot: the loop may open one meanwhile.
-        for db in list(table.data._dbs.values()):
-            value = db.get(key)
-            if value is not None:
-                return value
-        return None
+        return read_partition_dbs(table, codec.user_key(user_id))
 
     return get
-
-
-def _track_partition(table: Any, user_id: int, partition: int) -> None:
-    """Memory store: records which partition a user's value belongs to, as Faust does for
-    the keys it restores from the changelog, so that after a rebalance the store drops the
-    users of partitions this worker no longer owns (Store.on_recovery_completed). Without it,
-    values written here stay in memory after their partition moved to another worker."""
-    key_partition = getattr(table.data, "_key_partition", None)  # Faust 0.15.3, pinned
-    if key_partition is not None:
-        key_partition[codec.user_key(user_id)] = partition
 
 
 def _add_history(app: faust.App, engagements: Any, settings: Settings, partitions: int,
@@ -150,7 +111,7 @@ def _add_history(app: faust.App, engagements: Any, settings: Settings, partition
     table = app.Table(HISTORY_TABLE, default=None, partitions=partitions, key_type=bytes,
                       value_type=bytes,
                       help="user id -> the user's most recent engagements (worker.history)")
-    pipeline.history = _thread_safe_lookup(table, settings.history_store)
+    pipeline.history.attach(_thread_safe_lookup(table, settings.history_store))
 
     def ingest(event: Any) -> Any:
         """One engagement into the table; returns its dead letter if it is bad, else None."""
@@ -162,7 +123,8 @@ def _add_history(app: faust.App, engagements: Any, settings: Settings, partition
             metrics.dead_letters.labels(error.code).inc()
             return pipeline.dead_letter(record, error)
         if history.apply(table, engagement, settings.history_cap):
-            _track_partition(table, engagement.user_id, record.partition)
+            # Memory store: dropped when its partition moves to another worker.
+            track_key_partition(table, codec.user_key(engagement.user_id), record.partition)
             metrics.engagements.labels("applied").inc()
             metrics.engagement_visible_lag.observe(
                 max(0.0, time.time() * 1000 - engagement.timestamp_ms) / 1000)
@@ -201,14 +163,47 @@ class BrokerLayout(NamedTuple):
 def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState,
                metrics: WorkerMetrics, watcher: CheckpointWatcher | None = None,
                layout: BrokerLayout | None = None) -> faust.App:
-    """The worker's app: the ranking agent, the history table and its agent, and with a
-    `watcher`, live model rollout. `layout`: what start-up found on the broker (default: the
-    settings' partitions, one replica, no idempotence)."""
+    """The worker's app, wired step by step: the history table and its agent, the ranking
+    agent, with a `watcher` live model rollout, partition tracking, broker health and lag
+    reporting. `layout`: what start-up found on the broker (default: the settings'
+    partitions, one replica, no idempotence). Every thread pool is shut down when the app
+    stops."""
     layout = layout or BrokerLayout(TopicLayout(settings.partitions, 1), idempotent=False)
-    app, (requests, results, dead_letters, engagements) = new_app(
-        settings, layout.topics.replication_factor, layout.idempotent)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
-    decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder")
+    app, topics = new_app(settings, layout.topics.replication_factor, layout.idempotent)
+    on_bug = _bug_stopper(state)
+    ranker = _thread_pool(app, "ranker")  # one thread: batches are ranked in handling order
+    handler = BatchHandler(pipeline, topics.results, topics.dead_letters, metrics, state,
+                           ranker, flow_active=app.flow_control.is_active,
+                           decode_executor=_thread_pool(app, "decoder"), on_bug=on_bug)
+    table = _add_history(app, topics.engagements, settings, layout.topics.partitions,
+                         pipeline, handler, metrics, on_bug)
+    _add_ranking(app, topics.requests, settings, state, handler, on_bug)
+    if watcher is not None:
+        _add_rollout(app, settings, watcher, pipeline, metrics, ranker)
+    _add_partition_tracking(app, state, metrics)
+    _add_broker_health(app, settings, topics, state, metrics)
+    _add_lag_reporting(app, settings, state, metrics, table)
+    return app
+
+
+def _thread_pool(app: faust.App, name: str) -> ThreadPoolExecutor:
+    """A one-thread pool that `app` shuts down when it stops: mode exits a service's
+    contexts after its agents and timers stopped. Work not started is cancelled; a running
+    call (a rollout's compile) is not waited for."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    app.add_context(_shut_down_on_exit(pool))
+    return pool
+
+
+@contextlib.contextmanager
+def _shut_down_on_exit(pool: ThreadPoolExecutor) -> Iterator[ThreadPoolExecutor]:
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _bug_stopper(state: WorkerState) -> Callable[[BaseException], None]:
     def on_bug(error: BaseException) -> None:
         """The first report stops the worker; main() then exits 1 (a bug) or 2 (a
         `SettingsError`: something to change on the cluster, said in one line)."""
@@ -216,12 +211,13 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
             state.failed = error
             stop_for_bug(error)
 
-    handler = BatchHandler(pipeline, results, dead_letters, metrics, state, executor,
-                           flow_active=app.flow_control.is_active, decode_executor=decoder,
-                           on_bug=on_bug)
+    return on_bug
+
+
+def _add_ranking(app: faust.App, requests: Any, settings: Settings, state: WorkerState,
+                 handler: BatchHandler, on_bug: Callable[[BaseException], None]) -> None:
+    """The agent that takes the requests in batches for `handler` to rank and answer."""
     max_wait_s = settings.max_batch_wait_ms / 1000
-    table = _add_history(app, engagements, settings, layout.topics.partitions,
-                         pipeline, handler, metrics, on_bug)
     state.recovering = lambda: bool(app.in_recovery)
     # Faust suspends flow control when partitions are revoked and resumes it last, after the
     # stream partitions are resumed and sought (Recovery._resume_streams and
@@ -241,33 +237,40 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         finally:
             await handler.close()  # stopping: let the batches in flight finish
 
-    if watcher is not None:
-        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
 
-        @app.timer(settings.checkpoint_poll_s)
-        async def roll_out():
-            # Load, check and compile beside the serving model, then swap on the ranker
-            # thread: between two batches, so each batch is ranked by one version only.
-            path = watcher.poll()
-            if path is None:
-                return
-            loop = asyncio.get_running_loop()
-            serving = pipeline.runner.model_version
-            log.info("new checkpoint %s: loading, checking and compiling it", path)
-            try:
-                candidate = await loop.run_in_executor(
-                    loader, watcher.prepare, path, pipeline.runner,
-                    pipeline.assembler.buckets.shapes())
-            except RolloutError as error:
-                metrics.model_load_failures.inc()
-                log.error("refused the new checkpoint: %s; model %s keeps serving", error,
-                          serving)
-                return
-            old = await loop.run_in_executor(executor, pipeline.swap_runner, candidate.runner)
-            metrics.model_info.remove(old.model_version)
-            metrics.model_info.labels(candidate.runner.model_version).set(1)
-            log.info("model %s from %s serves from the next batch on (was %s)",
-                     candidate.runner.model_version, path, old.model_version)
+def _add_rollout(app: faust.App, settings: Settings, watcher: CheckpointWatcher,
+                 pipeline: RankingPipeline, metrics: WorkerMetrics,
+                 ranker: ThreadPoolExecutor) -> None:
+    """Live model rollout: every `checkpoint_poll_s`, a new checkpoint is loaded, checked and
+    compiled beside the serving model (on a thread of its own), then swapped in on `ranker`:
+    between two batches, so each batch is ranked by one version only."""
+    loader = _thread_pool(app, "rollout")
+
+    @app.timer(settings.checkpoint_poll_s)
+    async def roll_out():
+        path = watcher.poll()
+        if path is None:
+            return
+        loop = asyncio.get_running_loop()
+        serving = pipeline.runner.model_version
+        log.info("new checkpoint %s: loading, checking and compiling it", path)
+        try:
+            candidate = await loop.run_in_executor(
+                loader, watcher.prepare, path, pipeline.runner,
+                pipeline.assembler.buckets.shapes())
+        except RolloutError as error:
+            metrics.model_load_failures.inc()
+            log.error("refused the new checkpoint: %s; model %s keeps serving", error, serving)
+            return
+        old = await loop.run_in_executor(ranker, pipeline.swap_runner, candidate.runner)
+        metrics.model_info.remove(old.model_version)
+        metrics.model_info.labels(candidate.runner.model_version).set(1)
+        log.info("model %s from %s serves from the next batch on (was %s)",
+                 candidate.runner.model_version, path, old.model_version)
+
+
+def _add_partition_tracking(app: faust.App, state: WorkerState, metrics: WorkerMetrics) -> None:
+    """Readiness follows the rebalances: not ready from a revocation until an assignment."""
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs):
@@ -280,10 +283,13 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         log.info("assigned partitions: %s", sorted(f"{tp.topic}[{tp.partition}]"
                                                    for tp in assigned))
 
-    health = BrokerHealth(client_kwargs(settings), [requests.get_topic_name(),
-                                                    results.get_topic_name(),
-                                                    dead_letters.get_topic_name(),
-                                                    engagements.get_topic_name()])
+
+def _add_broker_health(app: faust.App, settings: Settings, topics: AppTopics,
+                       state: WorkerState, metrics: WorkerMetrics) -> None:
+    """Readiness says which broker node leading a partition of the worker's topics does not
+    answer it (worker.broker_health), checked on a timer; its client closes with the app."""
+    health = BrokerHealth(client_kwargs(settings),
+                          [topic.get_topic_name() for topic in topics])
     state.degraded = health.reason
 
     @app.timer(health.interval_s)
@@ -300,7 +306,16 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
     async def close_health(app, **kwargs):
         await health.close()
 
-    @app.timer(5.0)
+
+_LAG_REPORT_INTERVAL_S = 5.0
+
+
+def _add_lag_reporting(app: faust.App, settings: Settings, state: WorkerState,
+                       metrics: WorkerMetrics, table: Any) -> None:
+    """Every few seconds: consumer lag per partition, how fetched records were delivered,
+    readiness, and (memory store) how many users the history table holds."""
+
+    @app.timer(_LAG_REPORT_INTERVAL_S)
     async def report_lag():
         consumer = app.consumer
         for tp in consumer.assignment():
@@ -313,8 +328,6 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
         metrics.ready.set(1 if state.readiness()[0] else 0)
         if settings.history_store == "memory":  # a RocksDB count would read every key
             metrics.history_users.set(len(table.data))
-
-    return app
 
 
 def _run_until_complete(loop: asyncio.AbstractEventLoop, coro,
@@ -395,14 +408,10 @@ def _check_history_cap(settings: Settings, pipeline: RankingPipeline) -> None:
 
 
 def _load_pipeline(settings: Settings) -> RankingPipeline:
-    pipeline = _build_pipeline(settings)
-    _check_history_cap(settings, pipeline)
-    return pipeline
-
-
-def _build_pipeline(settings: Settings) -> RankingPipeline:
+    """The pipeline of the configured checkpoint(s); a checkpoint that does not load, or
+    buckets the model cannot run with, is a `SettingsError` naming what to set."""
     try:
-        return build_pipeline(settings)
+        return build_pipeline(settings, history=history.TableLookup())
     except CheckpointError as error:  # the message starts with the path and says why
         raise SettingsError(
             f"cannot load the checkpoint {error}; set RANKER_CHECKPOINT / --checkpoint to a "
@@ -412,10 +421,13 @@ def _build_pipeline(settings: Settings) -> RankingPipeline:
         raise SettingsError(f"{error} (settings: {names})") from None
 
 
-def _ready_model(settings: Settings, started: float, metrics: WorkerMetrics,
-                 state: WorkerState, backend: str, signals: StartupSignals) -> RankingPipeline:
-    """Loads the checkpoint and compiles every bucket shape."""
+def _ready_pipeline(settings: Settings, started: float, metrics: WorkerMetrics,
+                    state: WorkerState, backend: str, signals: StartupSignals
+                    ) -> RankingPipeline:
+    """The one way to a serving pipeline: load the checkpoint, check the history table can
+    hold what the model reads, compile every bucket shape."""
     pipeline = _load_pipeline(settings)
+    _check_history_cap(settings, pipeline)
     signals.check()
     log.info("%s", cache_summary(pipeline, settings.cache_budget_mb))
     pipeline.warmup(after_each=signals.check)
@@ -446,7 +458,7 @@ def _start_and_serve(settings: Settings) -> int:
             # Before the first load: a version written while it compiles is still new then.
             watcher = (CheckpointWatcher(settings.checkpoint) if settings.checkpoint_poll_s > 0
                        and settings.checkpoint != RANDOM_CHECKPOINT else None)
-            pipeline = _ready_model(settings, started, metrics, state, backend, signals)
+            pipeline = _ready_pipeline(settings, started, metrics, state, backend, signals)
             waiting = asyncio.new_event_loop()  # closed before Faust's loop starts
             try:
                 layout = _prepare_broker(settings, waiting, signals, state)

@@ -249,7 +249,8 @@ class Assembler:
         return result
 
     def rank(self, requests: Sequence[RankingRequest], rank_fn: RankFn) -> list[Ranking]:
-        """assemble, `rank_fn` on every call, rankings: the whole path for offline callers."""
+        """assemble, `rank_fn` on every call, rankings: the whole path, for the pipeline (which
+        times `rank_fn`) and for offline callers."""
         assembly = self.assemble(requests)
         return self.rankings(requests, assembly, [rank_fn(call.batch) for call in assembly.calls])
 

@@ -1,4 +1,9 @@
-"""msgpack encoding of the three wire messages, and a decoder that is safe on hostile bytes.
+"""msgpack bytes <-> maps: the encoders of the messages the worker writes (results, dead
+letters; requests and engagements for producers and tests), and an untyped decoder that is safe
+on hostile bytes. Which maps are valid is `worker.wire`'s business; this module only moves
+bytes. `decode_request_bytes` reads what the typed decoder refused (so that
+`worker.validation` can name why) and engagements; `decode_message` reads results and dead
+letters for viewers and tests.
 
 Safety of `decode_request_bytes`, in the order the checks run:
   1. the byte cap is checked on `len(data)` before the parser sees a byte;
@@ -17,7 +22,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import msgspec
@@ -38,22 +43,10 @@ from worker.errors import (
     WorkerError,
     describe,
 )
+from worker.request import RankingRequest
+from worker.wire import (DEAD_LETTER_SCHEMA, RESULT_SCHEMA, RESULT_SCHEMA_V2, RESULT_SCHEMAS,
+                         U64_MAX, ValidationLimits)
 
-if TYPE_CHECKING:  # validation imports this module; the imports are for type hints only.
-    from worker.request import RankingRequest
-    from worker.validation import ValidationLimits
-
-REQUEST_SCHEMA = "ranking-request.v1"
-REQUEST_SCHEMA_V2 = "ranking-request.v2"  # history optional: absent = the worker's own
-REQUEST_SCHEMAS = (REQUEST_SCHEMA, REQUEST_SCHEMA_V2)  # what the worker reads
-RESULT_SCHEMA = "ranking-result.v1"
-RESULT_SCHEMA_V2 = "ranking-result.v2"  # the answer to a v2 request: v1 + where history came from
-RESULT_SCHEMAS = (RESULT_SCHEMA, RESULT_SCHEMA_V2)
-ENGAGEMENT_SCHEMA = "engagement.v1"
-DEAD_LETTER_SCHEMA = "dead-letter.v2"  # what the worker writes
-DEAD_LETTER_SCHEMAS = ("dead-letter.v1", DEAD_LETTER_SCHEMA)  # what readers accept
-
-U64_MAX = 2**64 - 1
 MAX_MAP_KEYS = 32  # The widest map in the request contract has 8 keys; room for clear errors.
 MIN_STR_BYTES = 64  # Keys and action names must always fit, whatever the request id cap.
 MESSAGE_DECODE_MAX_BYTES = 64 * 1024 * 1024  # Default cap for results/dead letters (viewers).
@@ -100,7 +93,7 @@ def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict:
 
 
 @functools.lru_cache(maxsize=32)
-def _request_unpack_kwargs(limits: "ValidationLimits") -> dict:
+def _request_unpack_kwargs(limits: ValidationLimits) -> dict:
     str_bytes = max(4 * limits.max_request_id_len, MIN_STR_BYTES)  # UTF-8: <= 4 bytes a char.
     return dict(
         raw=False,  # str -> str (strict UTF-8), bin -> bytes
@@ -110,14 +103,14 @@ def _request_unpack_kwargs(limits: "ValidationLimits") -> dict:
         max_str_len=str_bytes,
         # Requests contain no binaries; small ones are decoded so validation can say "got bytes".
         max_bin_len=str_bytes,
-        max_array_len=max(limits.max_history, limits.max_candidates),
+        max_array_len=limits.max_list_len,
         max_map_len=MAX_MAP_KEYS,
         max_ext_len=0,  # No extension types (timestamps included) ...
         ext_hook=_reject_ext,  # ... not even zero-length ones.
     )
 
 
-def _decoder_failure(exc: Exception, limits: "ValidationLimits") -> ValidationError:
+def _decoder_failure(exc: Exception, limits: ValidationLimits) -> ValidationError:
     if "max_ext_len" in str(exc):
         return ValidationError(NOT_MSGPACK, MSG_NOT_MSGPACK.format(
             reason="msgpack extension types are not accepted; times are integer epoch ms"))
@@ -140,7 +133,7 @@ def _decoder_failure(exc: Exception, limits: "ValidationLimits") -> ValidationEr
     return ValidationError(NOT_MSGPACK, MSG_NOT_MSGPACK.format(reason=reason))
 
 
-def decode_request_bytes(data: bytes, limits: "ValidationLimits") -> dict:
+def decode_request_bytes(data: bytes, limits: ValidationLimits) -> dict:
     """Decode one request message into a dict, enforcing every cap before allocating.
 
     Raises only ValidationError: code "too_large" (byte cap, list/map/str/bin caps, nesting),
@@ -212,7 +205,7 @@ def encode_result(result: dict) -> bytes:
     return _pack(result)
 
 
-def build_result(request: "RankingRequest", order: np.ndarray, scores: np.ndarray,
+def build_result(request: RankingRequest, order: np.ndarray, scores: np.ndarray,
                  probabilities: np.ndarray, *, model_version: str, worker_id: str,
                  timings: dict[str, float], produced_at_ms: int) -> dict:
     """The ranking-result.v1 dict: the request's candidates in `order` (best first, `[c]`
@@ -328,9 +321,3 @@ def user_key(user_id: int) -> bytes:
         raise ValueError(f"user_id must be in 1..2**64-1, got {user_id}")
     return user_id.to_bytes(8, "big")
 
-
-def user_id_from_key(key: bytes) -> int:
-    """Inverse of `user_key`."""
-    if len(key) != 8:
-        raise ValueError(f"a user key is 8 bytes, got {len(key)}")
-    return int.from_bytes(key, "big")

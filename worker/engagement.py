@@ -10,18 +10,16 @@ import dataclasses
 
 from phoenix.actions import ACTION_BIT
 from worker import codec
-from worker.codec import ENGAGEMENT_SCHEMA
 from worker.errors import (INVALID, MSG_BAD_SCHEMA, MSG_NOT_A_MAP, TOO_LARGE, ValidationError,
                            describe)
-from worker.validation import (_EXPECTED_FOR_KEY, _action_error_in, _check_keys, _int, _u64,
-                               _surface, ValidationLimits)
-from worker.wire import EPOCH_MS_MAX
+from worker.validation import _action_error_in, _check_keys, _int, _u64, _surface
+from worker.wire import ENGAGEMENT_SCHEMA, EPOCH_MS_MAX, EXPECTED_WHEN_MISSING, ValidationLimits
 
 # An engagement is a few dozen bytes (all 19 action names: ~250); anything near this is not one.
 ENGAGEMENT_MAX_BYTES = 4096
 
 _REQUIRED = ("schema", "user_id", "post_id", "author_id", "actions", "surface", "timestamp_ms")
-_EXPECTED = {**_EXPECTED_FOR_KEY,
+_EXPECTED = {**EXPECTED_WHEN_MISSING,
              "schema": f"the string {ENGAGEMENT_SCHEMA!r}",
              "timestamp_ms": f"an integer epoch time in milliseconds, 0..{EPOCH_MS_MAX}"}
 

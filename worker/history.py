@@ -87,10 +87,21 @@ def lookup(table: HistoryTable) -> Callable[[int], bytes | None]:
     return lambda user_id: table.get(user_key(user_id))
 
 
-def state_bytes(cap: int, users: int = 1) -> int:
-    """Stored value bytes for `users` users with full histories (keys, 8 bytes each, and the
-    store's own overhead not included)."""
-    return cap * RECORD_BYTES * users
+class TableLookup:
+    """The pipeline's history lookup for a table made after the pipeline: the worker builds
+    (and compiles) its pipeline before the Faust app that creates the table. Every user is
+    unknown (None: an empty history) until `attach` names how to read the table."""
+
+    def __init__(self) -> None:
+        self._read: Callable[[int], bytes | None] | None = None
+
+    def attach(self, read: Callable[[int], bytes | None]) -> None:
+        """From now on, `read(user_id)` answers (the table's thread-safe reader)."""
+        self._read = read
+
+    def __call__(self, user_id: int) -> bytes | None:
+        read = self._read
+        return None if read is None else read(user_id)
 
 
 def with_table_history(request: RankingRequest, value: bytes | None,

@@ -1,8 +1,9 @@
 """Connection options for every Kafka client the project opens, from the one settings object.
 
 aiokafka clients take `client_kwargs` (the tools through `tools.kafka_io.connection`); the Faust
-app takes `faust_credentials`. Also: topic creation with retry, the diagnosis of a connection
-the broker refuses (credentials, certificates), and the exactly-once probe.
+app takes `faust_client_options` (its clients' options, each declared once here). Also: topic
+creation with retry, the diagnosis of a connection the broker refuses (credentials,
+certificates), and the exactly-once probe.
 """
 
 from __future__ import annotations
@@ -68,6 +69,45 @@ def client_kwargs(settings: Settings, bootstrap: str | None = None) -> dict[str,
 def connection_options(settings: Settings) -> dict[str, Any]:
     """`client_kwargs` without the bootstrap servers (for clients given them apart)."""
     return {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
+
+
+# How often the worker commits. At least once: bounds re-deliveries after a crash. Exactly
+# once: a result becomes visible to read_committed consumers when its transaction commits, so
+# commit more often (Kafka Streams likewise drops commit.interval.ms to 100 ms under it).
+AT_LEAST_ONCE_COMMIT_INTERVAL_S = 0.5
+EXACTLY_ONCE_COMMIT_INTERVAL_S = 0.1
+# Per-partition batch: Faust's 16 KiB holds ~5 results, so publishing one ranked batch of 64
+# took several produce round trips; 256 KiB takes one (and stays far under the broker's 1 MiB
+# record-batch limit).
+PRODUCER_BATCH_BYTES = 256 * 1024
+PRODUCER_REQUEST_TIMEOUT_S = 30.0  # a send during an outage fails and is retried by the worker
+AUTO_OFFSET_RESET = "earliest"  # a partition with no committed offset is read from its start
+_PROBE_TIMEOUT_MS = 10_000  # the start-up probes' producers (idempotence, transactions)
+
+
+def faust_client_options(settings: Settings, replication_factor: int) -> dict[str, Any]:
+    """The Faust app options that configure its Kafka clients and the topics it creates (the
+    history changelog, with `replication_factor` replicas)."""
+    return dict(
+        broker=settings.faust_broker,
+        broker_credentials=faust_credentials(settings),
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_max_poll_interval=settings.max_poll_interval_s,
+        broker_commit_interval=(EXACTLY_ONCE_COMMIT_INTERVAL_S
+                                if settings.processing_guarantee == "exactly_once"
+                                else AT_LEAST_ONCE_COMMIT_INTERVAL_S),
+        consumer_auto_offset_reset=AUTO_OFFSET_RESET,
+        producer_acks=-1,  # all in-sync replicas
+        producer_compression_type=settings.producer_compression,
+        producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,
+        producer_max_request_size=codec.publish_cap(settings.max_message_bytes),
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        processing_guarantee=settings.processing_guarantee,
+        topic_disable_leader=True,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=replication_factor,
+    )
 
 
 def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -265,8 +305,8 @@ async def check_group_access(settings: Settings, timeout_s: float = 30.0) -> Non
 async def supports_idempotence(settings: Settings) -> bool:
     """Whether the broker takes idempotent producers (Apache Kafka does, the embedded broker
     does not): with them, a send retried after a lost ack is not written twice."""
-    producer = AIOKafkaProducer(enable_idempotence=True, acks="all", request_timeout_ms=10_000,
-                                **client_kwargs(settings))
+    producer = AIOKafkaProducer(enable_idempotence=True, acks="all",
+                                request_timeout_ms=_PROBE_TIMEOUT_MS, **client_kwargs(settings))
     try:
         await producer.start()
         return True
@@ -283,7 +323,7 @@ async def check_transactions_supported(settings: Settings) -> None:
     """exactly_once needs transactional producers; fail fast and clearly when the broker
     refuses them (the embedded broker does), instead of Faust's bare UnknownError later."""
     probe_id = f"{settings.group_id}-eos-probe"
-    producer = AIOKafkaProducer(transactional_id=probe_id, request_timeout_ms=10_000,
+    producer = AIOKafkaProducer(transactional_id=probe_id, request_timeout_ms=_PROBE_TIMEOUT_MS,
                                 **client_kwargs(settings))
     try:
         await producer.start()

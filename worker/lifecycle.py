@@ -12,25 +12,22 @@ import sys
 import threading
 from typing import Callable, Iterator
 
-import faust
-
 from worker.settings import SettingsError
+from worker.upstream.stop_signal import StopSignalHookWorker
 
 log = logging.getLogger("worker")
 
 STOP_DEADLINE_S = 8.0  # under the 10 s that orchestrators commonly give before SIGKILL
 
 
-class BoundedStopWorker(faust.Worker):
+class BoundedStopWorker(StopSignalHookWorker):
     """Faust's worker with a bounded stop: a watchdog ends the process `STOP_DEADLINE_S` after
     the first SIGTERM/SIGINT whatever the stop waits on (a stuck send, a broker gone, Faust
     waiting for acks that will never come). What was answered is committed every
     `broker_commit_interval` before that, so at worst the last moment is delivered again."""
 
-    def _schedule_shutdown(self, signum: signal.Signals) -> None:
-        if not self._signal_stop_time:
-            _start_watchdog(_exit_now, signum)
-        super()._schedule_shutdown(signum)
+    def on_first_stop_signal(self, signum: signal.Signals) -> None:
+        _start_watchdog(_exit_now, signum)
 
 
 def _start_watchdog(exit_now: Callable[[int], None], signum: int) -> None:

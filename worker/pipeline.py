@@ -19,8 +19,9 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from phoenix.config import ConfigError
-from phoenix.runner import RankingRunner
-from worker import codec
+from phoenix.model import RecsysBatch
+from phoenix.runner import RankingRunner, RankOutput
+from worker import codec, wire
 from worker.assembly import Assembler, Buckets, Ranking
 from worker.errors import (PUBLISH_FAILED, TOO_LARGE, ExpiredError, ModelError,
                            ValidationError, WorkerError)
@@ -68,7 +69,7 @@ class StageTimes(NamedTuple):
     """Where a batch's time went, in milliseconds (for metrics and profiling)."""
 
     decode_ms: float  # msgpack decode + validation
-    assemble_ms: float  # hashing and padding
+    assemble_ms: float  # hashing and padding, and mapping the outputs back to requests
     model_ms: float  # jitted calls, including host<->device copies
     encode_ms: float  # result dicts + msgpack
 
@@ -131,10 +132,12 @@ class RankingPipeline:
     @classmethod
     def create(cls, runner: RankingRunner, buckets: Buckets, worker_id: str,
                max_age_ms: int | None = None, cache_budget_mb: float = math.inf,
-               canary: Canary | None = None, **limit_overrides: int) -> "RankingPipeline":
-        """Raises ConfigError when the buckets leave allowed requests without a shape or
-        their largest call is over `cache_budget_mb` of cached context, or when the canary
-        model has another config (it shares the buckets)."""
+               canary: Canary | None = None, history: HistoryLookup | None = None,
+               **limit_overrides: int) -> "RankingPipeline":
+        """`history`: where v2 requests without history read the user's stored one (None:
+        an empty history). Raises ConfigError when the buckets leave allowed requests without
+        a shape or their largest call is over `cache_budget_mb` of cached context, or when the
+        canary model has another config (it shares the buckets)."""
         limits = ValidationLimits.from_config(runner.config, **limit_overrides)
         buckets.check(runner.config, limits.max_candidates, cache_budget_mb,
                       runner.dtype.itemsize)
@@ -142,7 +145,7 @@ class RankingPipeline:
             raise ConfigError("the canary checkpoint's model config differs from the main "
                               "checkpoint's; a canary must be the same model, retrained")
         return cls(runner, Assembler(runner.config, buckets), limits, worker_id, max_age_ms,
-                   canary)
+                   canary, history)
 
     def swap_runner(self, runner: RankingRunner) -> RankingRunner:
         """Serve `runner` (same config) from the next batch on; returns the one replaced.
@@ -226,12 +229,20 @@ class RankingPipeline:
 
     def _rank(self, requests: list[RankingRequest], runner: RankingRunner
               ) -> tuple[list[Ranking], float]:
-        """(one ranking per request by `runner`, ms spent assembling)."""
+        """(one ranking per request by `runner`, ms spent outside the model: assembling the
+        calls and mapping their outputs back). `Assembler.rank` does the work."""
+        model_ms = 0.0
+
+        def timed_call(batch: RecsysBatch) -> RankOutput:
+            nonlocal model_ms
+            called = _now_ms()
+            output = runner.rank_cached(batch)
+            model_ms += _now_ms() - called
+            return output
+
         start = _now_ms()
-        assembly = self.assembler.assemble(requests)
-        assemble_ms = _now_ms() - start
-        outputs = [runner.rank_cached(call.batch) for call in assembly.calls]
-        return self.assembler.rankings(requests, assembly, outputs), assemble_ms
+        rankings = self.assembler.rank(requests, timed_call)
+        return rankings, _now_ms() - start - model_ms
 
     def _rank_isolating(self, requests: list[RankingRequest], runner: RankingRunner
                         ) -> tuple[list[Ranking | ModelError], float]:
@@ -277,7 +288,7 @@ class RankingPipeline:
         start = _now_ms()
         try:
             parsed = parse_requests([b"" if r.value is None else r.value for r in records],
-                                    self.limits, codec.REQUEST_SCHEMAS)
+                                    self.limits, wire.REQUEST_SCHEMAS)
             items = [self._checked(r, p, start) for r, p in zip(records, parsed)]
         except Exception as exc:  # noqa: BLE001 (the same last line of defence as `process`)
             items = self._batch_failed(records, exc)

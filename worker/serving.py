@@ -14,7 +14,7 @@ from phoenix.checkpoint import CheckpointError
 from phoenix.runner import RankingRunner
 from phoenix.model import context_cache_bytes
 from worker.assembly import MIB, Buckets, widths_for
-from worker.pipeline import RankingPipeline
+from worker.pipeline import HistoryLookup, RankingPipeline
 from worker.rollout import CHECKPOINT_SUFFIX, Canary, newest_checkpoint
 from worker.settings import Settings, SettingsError
 
@@ -78,9 +78,12 @@ def _canary_runner(checkpoint: str, main: RankingRunner) -> RankingRunner:
 
 
 def build_pipeline(settings: Settings, checkpoint: str | None = None,
-                   worker_id: str | None = None, apply_max_age: bool = True) -> RankingPipeline:
+                   worker_id: str | None = None, apply_max_age: bool = True,
+                   history: HistoryLookup | None = None) -> RankingPipeline:
     """The pipeline for `checkpoint` (default: the settings' one) with the worker's buckets
-    and input caps, and the settings' canary model if one is set."""
+    and input caps, and the settings' canary model if one is set: the one way the worker and
+    the replay tool build theirs. `history`: where v2 requests without history read the
+    user's stored one (None: an empty history)."""
     runner = load_runner(checkpoint or settings.checkpoint)
     canary = (Canary(_canary_runner(settings.canary_checkpoint, runner), settings.canary_share)
               if settings.canary_checkpoint else None)
@@ -88,8 +91,8 @@ def build_pipeline(settings: Settings, checkpoint: str | None = None,
         runner, buckets_for(settings, runner), worker_id or settings.resolved_worker_id,
         max_age_ms=(settings.max_age_ms or None) if apply_max_age else None,
         cache_budget_mb=settings.cache_budget_mb, canary=canary,
-        max_message_bytes=settings.max_message_bytes, max_history=settings.max_history,
-        max_candidates=settings.max_candidates)
+        history=history, max_message_bytes=settings.max_message_bytes,
+        max_history=settings.max_history, max_candidates=settings.max_candidates)
 
 
 def cache_summary(pipeline: RankingPipeline, budget_mb: float) -> str:

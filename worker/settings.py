@@ -25,6 +25,10 @@ HISTORY_STORES = ("memory", "rocksdb")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PROG = "python -m worker.app"
 HELP_HINT = f"`{PROG} --help` lists every setting"
+# The fetch wait the embedded broker needs: tansu answers a waiting fetch only when the wait
+# runs out, even once records are there, so the wait is added to every delivery. Every client
+# of the embedded broker uses it (the worker's consumer: RANKER_FETCH_MAX_WAIT_MS).
+EMBEDDED_BROKER_FETCH_WAIT_MS = 10
 
 
 def _setting(default: Any, help: str, secret: bool = False) -> Any:
@@ -95,9 +99,10 @@ class Settings:
     heartbeat_interval_s: float = _setting(0.5, "consumer heartbeat interval")
     # Apache Kafka answers a waiting fetch as soon as a record arrives, so the wait only bounds
     # how often an idle worker polls (Kafka's own default). The embedded broker answers only
-    # when the wait runs out: everything run on it passes 10 (tools.broker.EmbeddedBroker).
+    # when the wait runs out: everything run on it passes EMBEDDED_BROKER_FETCH_WAIT_MS.
     fetch_max_wait_ms: int = _setting(500, "consumer fetch long-poll wait (Faust hard-codes "
-                                      "1500; the embedded broker needs 10)")
+                                      "1500; the embedded broker needs "
+                                      f"{EMBEDDED_BROKER_FETCH_WAIT_MS})")
     max_poll_interval_s: float = _setting(300.0, "max time between polls before eviction")
     processing_guarantee: str = _setting("at_least_once", "at_least_once or exactly_once")
     # none: on one machine (the demo) bytes are free and CPU is what limits throughput; lz4

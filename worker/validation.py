@@ -1,23 +1,21 @@
-"""Validate a decoded ranking-request.v1 map and turn it into a `RankingRequest` of numpy arrays.
+"""Wire bytes -> validated `RankingRequest`: msgspec's typed decoder accepts, one walker names
+what it refused.
 
 Letters: n history items on the wire, s = min(n, history_keep) kept, c candidates, A actions.
 
-`parse_requests` first tries the typed decoder (`check_typed`: msgspec Structs of `worker.wire`,
-then column checks for the rules a type cannot state). It only ever accepts; anything it does
-not take whole goes to `validate_request` on msgpack's untyped decode, which decides and names
-the first broken rule, so every error's code, field and message come from one place. The
-typed path only decodes and checks; `to_requests` then builds the arrays of a whole batch's
-requests at once.
+Every rule comes from `worker.wire`, the rule book. `check_typed` is the one acceptor: the
+Structs of `wire.request_type` check every per-field rule in C, then the three rules a type
+cannot state are checked here (no repeated key, action or candidate post id). It only decodes
+and checks; `to_requests` then builds the arrays of a whole batch's requests at once.
 
-`validate_request` checks each list twice over only when it is bad: a fast path tests the whole
-column at once (C-level `set(map(type, ...))`, `min`/`max`, counts for repeats); only when it
-fails does a slow path walk the items in order to name the first offending field. All paths
-apply the rules written out in schemas/README.md and schemas/ranking-request.v1.json.
+A message it refuses goes to msgpack's untyped decoder (`codec.decode_request_bytes`: not
+msgpack, over a cap, a repeated key) and then to `first_error`, which walks the decoded map
+with the rule book's rules, in the order of schemas/README.md, to name the first broken rule
+by its field path. The walker never accepts anything; it only explains.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import itertools
 import operator
@@ -28,14 +26,13 @@ import msgspec
 import numpy as np
 
 from phoenix.actions import ACTION_BIT, ACTION_NAMES
-from phoenix.config import RankerConfig
 from worker import codec, wire
-from worker.codec import REQUEST_SCHEMA, REQUEST_SCHEMA_V2, U64_MAX
 from worker.errors import (
     INVALID,
     MSG_BAD_LENGTH,
     MSG_BAD_SCHEMA,
     MSG_BAD_SCHEMA_ONE_OF,
+    MSG_BIN_KEY,
     MSG_DUPLICATE_ACTION,
     MSG_DUPLICATE_CANDIDATE,
     MSG_FLOAT_FOR_INT,
@@ -43,221 +40,22 @@ from worker.errors import (
     MSG_MISSING,
     MSG_NOT_A_MAP,
     MSG_UNKNOWN_ACTION,
-    MSG_BIN_KEY,
     MSG_UNKNOWN_KEY,
     MSG_WRONG_TYPE,
+    SEE_CONTRACT,
     ValidationError,
     describe,
 )
 from worker.request import HISTORY_FROM_TABLE, RankingRequest
-from worker.wire import EPOCH_MS_MAX, TOP_K_MAX
+from worker.wire import (CANDIDATE, DEFAULT_LIMITS, EXPECTED_WHEN_MISSING, HISTORY_ITEM, ID,
+                         NILABLE, REQUEST_KEYS, REQUEST_SCHEMA, REQUEST_SCHEMA_V2, IntRule,
+                         LengthRule, LimitRules, MapRule, ValidationLimits, limit_rules)
 
-
-@dataclasses.dataclass(frozen=True)
-class ValidationLimits:
-    max_message_bytes: int = 1 << 20  # Byte cap checked before decoding (1 MiB).
-    max_history: int = 512  # Most history items accepted on the wire.
-    history_keep: int = 32  # S: longer histories keep only their most recent S items.
-    max_candidates: int = 1024  # Most candidates accepted (all ranked in one row by assembly).
-    num_surfaces: int = 16  # V: product surfaces are ints in [0, V).
-    max_request_id_len: int = 128  # request_id length in characters (code points).
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if type(value) is not int or value < 1:
-                raise ValueError(f"ValidationLimits.{field.name} must be a positive int, "
-                                 f"got {value!r}")
-
-    @classmethod
-    def from_config(cls, config: RankerConfig, **overrides: int) -> "ValidationLimits":
-        """Limits whose history length and surface vocabulary match the model's."""
-        values = dict(history_keep=config.history_seq_len,
-                      num_surfaces=config.product_surface_vocab_size)
-        values.update(overrides)
-        return cls(**values)
-
-
-DEFAULT_LIMITS = ValidationLimits()
-
-_TOP_REQUIRED = ("schema", "request_id", "user_id", "history", "candidates")
-_TOP_OPTIONAL = ("top_k", "timestamp_ms", "deadline_ms")
-_TOP_ALLOWED = frozenset(_TOP_REQUIRED + _TOP_OPTIONAL)
-_TOP_REQUIRED_SET = frozenset(_TOP_REQUIRED)
-# ranking-request.v2: history optional (absent: the worker's history table fills it in).
-_TOP_REQUIRED_V2 = tuple(key for key in _TOP_REQUIRED if key != "history")
-_TOP_OPTIONAL_V2 = ("history",) + _TOP_OPTIONAL
-V1_ONLY = (REQUEST_SCHEMA,)  # what `validate_request` reads unless told otherwise
-_HISTORY_KEYS = ("post_id", "author_id", "actions", "surface")
-_CANDIDATE_KEYS = ("post_id", "author_id", "surface")
+V1_ONLY = (REQUEST_SCHEMA,)  # what the readers below read unless told otherwise
 _ACTION_SET = frozenset(ACTION_NAMES)
 
-_ID_EXPECTED = "an unsigned 64-bit integer in 1..18446744073709551615"
-_ID_FIX = "0 is reserved for padding and ids are unsigned 64-bit; send the real id"
-_EXPECTED_FOR_KEY = {  # Shown when a key is missing.
-    "schema": f"the string {REQUEST_SCHEMA!r}",
-    "request_id": "a non-empty string",
-    "user_id": _ID_EXPECTED,
-    "history": "an array of engagement maps, possibly empty, most recent last",
-    "candidates": "a non-empty array of candidate maps",
-    "post_id": _ID_EXPECTED,
-    "author_id": _ID_EXPECTED,
-    "actions": "an array of action names, possibly empty",
-    "surface": "an integer product surface",
-}
 
-
-# ---------------------------------------------------------------- error builders (slow path)
-
-def _join(prefix: str, key: object) -> str:
-    # A bin key (msgpack bytes) is named by its text, as a client writer spelled it.
-    if isinstance(key, (bytes, bytearray)):
-        name = bytes(key).decode("utf-8", "replace")
-    else:
-        name = key if isinstance(key, str) else str(key)
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _unknown_key(key: object, prefix: str, allowed: Sequence[str], where: str) -> ValidationError:
-    hint = ""
-    if isinstance(key, bytes):
-        return ValidationError(INVALID, MSG_BIN_KEY.format(field=_join(prefix, key)),
-                               field=_join(prefix, key))
-    if isinstance(key, str):
-        close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValidationError(INVALID, MSG_UNKNOWN_KEY.format(
-        field=_join(prefix, key), where=where, hint=hint, allowed=", ".join(allowed)),
-        field=_join(prefix, key))
-
-
-def _check_keys(obj: dict, prefix: str, required: Sequence[str], optional: Sequence[str],
-                where: str, expected: Mapping[str, str] = _EXPECTED_FOR_KEY) -> None:
-    allowed = tuple(required) + tuple(optional)
-    for key in obj:
-        if key not in allowed:
-            raise _unknown_key(key, prefix, allowed, where)
-    for key in required:
-        if key not in obj:
-            field = _join(prefix, key)
-            raise ValidationError(INVALID, MSG_MISSING.format(
-                field=field, expected=expected[key]), field=field)
-
-
-def _int_error(value: object, field: str, expected: str, fix: str) -> ValidationError:
-    if isinstance(value, float):
-        message = MSG_FLOAT_FOR_INT.format(field=field, expected=expected, got=describe(value))
-    elif type(value) is not int:
-        message = MSG_WRONG_TYPE.format(field=field, expected=expected, got=describe(value))
-    else:
-        message = MSG_INT_RANGE.format(field=field, expected=expected, got=value, fix=fix)
-    return ValidationError(INVALID, message, field=field)
-
-
-def _int(value: object, field: str, lo: int, hi: int, expected: str, fix: str) -> int:
-    if type(value) is int and lo <= value <= hi:  # `type is`: a bool is not an int here.
-        return value
-    raise _int_error(value, field, expected, fix)
-
-
-def _u64(value: object, field: str) -> int:
-    return _int(value, field, 1, U64_MAX, _ID_EXPECTED, _ID_FIX)
-
-
-def _surface(value: object, field: str, limits: ValidationLimits) -> int:
-    v = limits.num_surfaces
-    return _int(value, field, 0, v - 1, f"an integer product surface in 0..{v - 1}",
-                f"map it into the model's vocabulary of {v} surfaces")
-
-
-def _map(value: object, field: str, what: str) -> dict:
-    if type(value) is dict:  # Exact types, as on the fast path (msgpack makes no subclasses).
-        return value
-    raise ValidationError(INVALID, MSG_WRONG_TYPE.format(
-        field=field, expected=f"a map ({what})", got=describe(value)), field=field)
-
-
-def _list(value: object, field: str, lo: int, hi: int, what: str, fix: str) -> list:
-    if type(value) is not list:
-        raise ValidationError(INVALID, MSG_WRONG_TYPE.format(
-            field=field, expected=f"an array of {what}", got=describe(value)), field=field)
-    if not lo <= len(value) <= hi:
-        raise ValidationError(INVALID, MSG_BAD_LENGTH.format(
-            field=field, expected=f"{lo}..{hi} items", got=f"{len(value)} items", fix=fix),
-            field=field)
-    return value
-
-
-def _action_error_in(actions: object, field: str) -> ValidationError | None:
-    """The first problem in one history item's action list, or None."""
-    if type(actions) is not list:
-        return ValidationError(INVALID, MSG_WRONG_TYPE.format(
-            field=field, expected="an array of action names", got=describe(actions)),
-            field=field)
-    first_at: dict[str, int] = {}
-    for j, name in enumerate(actions):
-        path = f"{field}[{j}]"
-        if type(name) is not str:
-            return ValidationError(INVALID, MSG_WRONG_TYPE.format(
-                field=path, expected="an action name (a string)", got=describe(name)),
-                field=path)
-        if name not in _ACTION_SET:
-            close = difflib.get_close_matches(name, ACTION_NAMES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            return ValidationError(INVALID, MSG_UNKNOWN_ACTION.format(
-                field=path, got=describe(name), hint=hint, allowed=", ".join(ACTION_NAMES)),
-                field=path)
-        if name in first_at:
-            return ValidationError(INVALID, MSG_DUPLICATE_ACTION.format(
-                field=path, got=repr(name), first=f"{field}[{first_at[name]}]"), field=path)
-        first_at[name] = j
-    return None
-
-
-def _raise_first_item_error(items: list, name: str, keys: Sequence[str],
-                            limits: ValidationLimits) -> None:
-    """Slow path: walk `items` in order and raise the first rule they break."""
-    where = "a history item" if name == "history" else "a candidate"
-    for i, item in enumerate(items):
-        prefix = f"{name}[{i}]"
-        _check_keys(_map(item, prefix, where), prefix, keys, (), where)
-        _u64(item["post_id"], f"{prefix}.post_id")
-        _u64(item["author_id"], f"{prefix}.author_id")
-        if "actions" in keys:
-            error = _action_error_in(item["actions"], f"{prefix}.actions")
-            if error is not None:
-                raise error
-        _surface(item["surface"], f"{prefix}.surface", limits)
-
-
-def _paths_disagree(name: str) -> ValidationError:
-    # Unreachable unless the two paths drift apart (the fuzz tests look for it). Dead-lettering
-    # keeps the message for inspection and the worker running; the text says it is our bug.
-    return ValidationError(INVALID, f"{name} failed the fast check but passed the item-by-item "
-                           "check: a worker bug, not necessarily bad input; please report it "
-                           "with this dead letter", field=name)
-
-
-# ------------------------------------------------------------------------- fast column checks
-
-def _all_ints_in(values: list, lo: int, hi: int) -> bool:
-    """True iff every value is an int (not bool, not float) in [lo, hi]. C-level loops only."""
-    if not values:
-        return True
-    return set(map(type, values)) == {int} and min(values) >= lo and max(values) <= hi
-
-
-def _columns(items: list, keys: Sequence[str]) -> list[list] | None:
-    """One list per key if every item is a dict with exactly `keys`, else None."""
-    if items and set(map(type, items)) != {dict}:
-        return None
-    if sum(map(len, items)) != len(keys) * len(items):  # With all keys present: no extras.
-        return None
-    try:
-        return [[item[key] for item in items] for key in keys]
-    except KeyError:
-        return None
-
+# ------------------------------------------------------------------ the acceptor (msgspec)
 
 # Masks of action lists seen before, keyed by the list as a tuple: histories repeat a few
 # combinations, and one dict lookup beats summing bits per name. Only valid lists (known names,
@@ -292,114 +90,205 @@ def _action_masks(action_tuples: Sequence[tuple[str, ...]], start: int) -> np.nd
     return masks[start:]  # [s]
 
 
-def _checked_action_masks(action_lists: list, start: int) -> np.ndarray | None:
-    """`_action_masks`, or None if any list breaks a rule (not a list, not str, unknown name,
-    repeated name) anywhere in `action_lists`."""
-    if action_lists and set(map(type, action_lists)) != {list}:
-        return None
-    flat = list(itertools.chain.from_iterable(action_lists))
-    if flat and (set(map(type, flat)) != {str} or not _ACTION_SET.issuperset(flat)):
-        return None
-    return _action_masks(list(map(tuple, action_lists)), start)
+_ACTIONS_OF = operator.attrgetter("actions")
+_IDS_AND_SURFACE_OF = operator.attrgetter("post_id", "author_id", "surface")
+_POST_OF = operator.attrgetter("post_id")
 
 
-# --------------------------------------------------------------------------------- the fields
+class CheckedRequest(NamedTuple):
+    """A request the typed decoder took whole and that passed every rule: decoded and
+    validated, not yet arrays (`to_requests` builds those for a whole batch at once)."""
 
-def _history(value: object, limits: ValidationLimits
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    cap = limits.max_history
-    items = _list(value, "history", 0, cap, "engagement maps",
-                  f"send only the most recent {cap} items (the model uses the last "
-                  f"{limits.history_keep})")
-    n = len(items)
-    start = max(0, n - limits.history_keep)  # Most recent last: keep the tail.
-    columns = _columns(items, _HISTORY_KEYS)
-    masks = None
-    if columns is not None:
-        post_ids, author_ids, action_lists, surfaces = columns
-        if (_all_ints_in(post_ids, 1, U64_MAX) and _all_ints_in(author_ids, 1, U64_MAX)
-                and _all_ints_in(surfaces, 0, limits.num_surfaces - 1)):
-            masks = _checked_action_masks(action_lists, start)
+    typed: msgspec.Struct  # wire.request_type(limits, schema)
+    start: int  # the first history item kept (the most recent `history_keep`)
+    action_masks: np.ndarray  # [s] uint32, of the kept items
+
+
+def _repeats_a_key(data: bytes, limits: ValidationLimits) -> bool:
+    try:
+        codec.decode_request_bytes(data, limits)  # its object_pairs_hook refuses repeated keys
+    except ValidationError:
+        return True
+    return False
+
+
+def _typed(data: bytes, limits: ValidationLimits,
+           schemas: Sequence[str]) -> CheckedRequest | str:
+    """`data` as the Struct of the first of `schemas` whose types take it, once it has passed
+    the rules no type can state; else why not, in msgspec's words or the rule's."""
+    reason = "no schema to read"
+    for schema in schemas:  # v1 first: a v2 message fails it at its first key, the schema id
+        try:
+            typed = wire.decoder(limits, schema).decode(data)
+            break
+        except msgspec.MsgspecError as error:
+            reason = str(error)
+    else:
+        return reason
+    # msgspec keeps the last of a repeated key silently. Any repeat makes the message longer
+    # than the shortest encoding of what was decoded, and no encoding is shorter than that; a
+    # longer one may also be a valid request in a longer encoding (a small id written as a
+    # uint64), which msgpack's untyped decoder tells apart.
+    if len(wire.ENCODER.encode(typed)) != len(data) and _repeats_a_key(data, limits):
+        return "a map repeats a key"
+    candidates = typed.candidates
+    if len(set(map(_POST_OF, candidates))) != len(candidates):
+        return "a candidate post id repeats"
+    history = [] if typed.history is msgspec.UNSET else typed.history
+    start = max(0, len(history) - limits.history_keep)  # Most recent last: keep the tail.
+    masks = _action_masks(list(map(_ACTIONS_OF, history)), start)  # [s]
     if masks is None:
-        _raise_first_item_error(items, "history", _HISTORY_KEYS, limits)
-        raise _paths_disagree("history")
-    return (np.array(post_ids[start:], dtype=np.uint64),  # [s]
-            np.array(author_ids[start:], dtype=np.uint64),  # [s]
-            masks,  # [s]
-            np.array(surfaces[start:], dtype=np.int32))  # [s]
+        return "a history item repeats an action"
+    return CheckedRequest(typed, start, masks)
 
 
-def _candidates(value: object, limits: ValidationLimits
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cap = limits.max_candidates
-    items = _list(value, "candidates", 1, cap, "candidate maps",
-                  f"send at least one and at most {cap} candidates (split larger sets "
-                  "into several requests)")
-    columns = _columns(items, _CANDIDATE_KEYS)
-    if columns is None or not (
-            _all_ints_in(columns[0], 1, U64_MAX) and _all_ints_in(columns[1], 1, U64_MAX)
-            and _all_ints_in(columns[2], 0, limits.num_surfaces - 1)):
-        _raise_first_item_error(items, "candidates", _CANDIDATE_KEYS, limits)
-        raise _paths_disagree("candidates")
-    post_ids = np.array(columns[0], dtype=np.uint64)  # [c]
-    if len(set(columns[0])) != len(items):  # A C-level set beats np.unique at these sizes.
-        _, first = np.unique(post_ids, return_index=True)
-        repeat = np.ones(post_ids.size, dtype=bool)
-        repeat[first] = False
-        j = int(np.flatnonzero(repeat)[0])  # The earliest item that repeats an earlier id.
-        i = int(np.flatnonzero(post_ids[:j] == post_ids[j])[0])
-        field = f"candidates[{j}].post_id"
-        raise ValidationError(INVALID, MSG_DUPLICATE_CANDIDATE.format(
-            field=field, got=int(post_ids[j]), first=f"candidates[{i}]"), field=field)
-    return (post_ids,
-            np.array(columns[1], dtype=np.uint64),  # [c]
-            np.array(columns[2], dtype=np.int32))  # [c]
+def check_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS,
+                schemas: Sequence[str] = V1_ONLY) -> CheckedRequest | None:
+    """The checked request if `data` (bytes within the byte cap) breaks no rule of the
+    contract, else None: then `first_error` names the rule it breaks."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return None
+    if len(data) > limits.max_message_bytes:
+        return None
+    checked = _typed(data, limits, schemas)
+    return checked if isinstance(checked, CheckedRequest) else None
 
 
-def _request_id(value: object, limits: ValidationLimits) -> str:
-    cap = limits.max_request_id_len
-    if not isinstance(value, str):
-        raise ValidationError(INVALID, MSG_WRONG_TYPE.format(
-            field="request_id", expected=f"a string of 1..{cap} characters",
-            got=describe(value)), field="request_id")
-    if not 1 <= len(value) <= cap:
-        raise ValidationError(INVALID, MSG_BAD_LENGTH.format(
-            field="request_id", expected=f"1..{cap} characters", got=f"{len(value)}",
-            fix="send a short unique id such as a UUID"), field="request_id")
-    return value
+# ------------------------------------------------------------ the walker (names the error)
+
+def _join(prefix: str, key: object) -> str:
+    # A bin key (msgpack bytes) is named by its text, as a client writer spelled it.
+    if isinstance(key, (bytes, bytearray)):
+        name = bytes(key).decode("utf-8", "replace")
+    else:
+        name = key if isinstance(key, str) else str(key)
+    return f"{prefix}.{name}" if prefix else name
 
 
-def _optional_int(obj: dict, key: str, lo: int, hi: int, expected: str, fix: str) -> int | None:
-    value = obj.get(key)
-    return None if value is None else _int(value, key, lo, hi, expected, fix)
+def _unknown_key(key: object, prefix: str, allowed: Sequence[str], where: str) -> ValidationError:
+    hint = ""
+    if isinstance(key, bytes):
+        return ValidationError(INVALID, MSG_BIN_KEY.format(field=_join(prefix, key)),
+                               field=_join(prefix, key))
+    if isinstance(key, str):
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValidationError(INVALID, MSG_UNKNOWN_KEY.format(
+        field=_join(prefix, key), where=where, hint=hint, allowed=", ".join(allowed)),
+        field=_join(prefix, key))
 
 
-def _readable_request_id(obj: dict, limits: ValidationLimits) -> str | None:
-    value = obj.get("request_id")
-    if isinstance(value, str) and 1 <= len(value) <= limits.max_request_id_len:
+def _check_keys(obj: dict, prefix: str, required: Sequence[str], optional: Sequence[str],
+                where: str, expected: Mapping[str, str] = EXPECTED_WHEN_MISSING) -> None:
+    allowed = tuple(required) + tuple(optional)
+    for key in obj:
+        if key not in allowed:
+            raise _unknown_key(key, prefix, allowed, where)
+    for key in required:
+        if key not in obj:
+            field = _join(prefix, key)
+            raise ValidationError(INVALID, MSG_MISSING.format(
+                field=field, expected=expected[key]), field=field)
+
+
+def _int(value: object, field: str, lo: int, hi: int, expected: str, fix: str) -> int:
+    if type(value) is int and lo <= value <= hi:  # `type is`: a bool is not an int here.
         return value
+    if isinstance(value, float):
+        message = MSG_FLOAT_FOR_INT.format(field=field, expected=expected, got=describe(value))
+    elif type(value) is not int:
+        message = MSG_WRONG_TYPE.format(field=field, expected=expected, got=describe(value))
+    else:
+        message = MSG_INT_RANGE.format(field=field, expected=expected, got=value, fix=fix)
+    raise ValidationError(INVALID, message, field=field)
+
+
+def _ruled(value: object, field: str, rule: IntRule) -> int:
+    return _int(value, field, rule.lo, rule.hi, rule.expected, rule.fix)
+
+
+def _u64(value: object, field: str) -> int:
+    return _ruled(value, field, ID)
+
+
+def _surface(value: object, field: str, limits: ValidationLimits) -> int:
+    return _ruled(value, field, limit_rules(limits).ints["surface"])
+
+
+def _sized(value: object, field: str, rule: LengthRule, kind: type) -> None:
+    if not isinstance(value, kind):
+        raise ValidationError(INVALID, MSG_WRONG_TYPE.format(
+            field=field, expected=rule.what, got=describe(value)), field=field)
+    n = len(value)  # type: ignore[arg-type]
+    if not rule.lo <= n <= rule.hi:
+        got = f"{n} {rule.unit}" if kind is list else f"{n}"
+        raise ValidationError(INVALID, MSG_BAD_LENGTH.format(
+            field=field, expected=f"{rule.lo}..{rule.hi} {rule.unit}", got=got, fix=rule.fix),
+            field=field)
+
+
+def _action_error_in(actions: object, field: str) -> ValidationError | None:
+    """The first problem in one history item's action list, or None."""
+    if type(actions) is not list:
+        return ValidationError(INVALID, MSG_WRONG_TYPE.format(
+            field=field, expected="an array of action names", got=describe(actions)),
+            field=field)
+    first_at: dict[str, int] = {}
+    for j, name in enumerate(actions):
+        path = f"{field}[{j}]"
+        if type(name) is not str:
+            return ValidationError(INVALID, MSG_WRONG_TYPE.format(
+                field=path, expected="an action name (a string)", got=describe(name)),
+                field=path)
+        if name not in _ACTION_SET:
+            close = difflib.get_close_matches(name, ACTION_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return ValidationError(INVALID, MSG_UNKNOWN_ACTION.format(
+                field=path, got=describe(name), hint=hint, allowed=", ".join(ACTION_NAMES)),
+                field=path)
+        if name in first_at:
+            return ValidationError(INVALID, MSG_DUPLICATE_ACTION.format(
+                field=path, got=repr(name), first=f"{field}[{first_at[name]}]"), field=path)
+        first_at[name] = j
     return None
 
 
-# ----------------------------------------------------------------------------- public entry
+def _walk_items(value: object, name: str, rule: LengthRule, keys: MapRule,
+                rules: LimitRules) -> None:
+    """Raise the first rule the list `value` or one of its items (in order) breaks."""
+    _sized(value, name, rule, list)
+    for i, item in enumerate(value):  # type: ignore[arg-type]
+        prefix = f"{name}[{i}]"
+        if type(item) is not dict:  # Exact types: msgpack makes no subclasses.
+            raise ValidationError(INVALID, MSG_WRONG_TYPE.format(
+                field=prefix, expected=f"a map ({keys.where})", got=describe(item)),
+                field=prefix)
+        if item.keys() != keys.exact:
+            _check_keys(item, prefix, keys.required, keys.optional, keys.where)
+        for key in keys.required:
+            if key != "actions":
+                value, int_rule = item[key], rules.ints[key]
+                if not (type(value) is int and int_rule.lo <= value <= int_rule.hi):
+                    _ruled(value, f"{prefix}.{key}", int_rule)  # raises, naming the field
+                continue
+            error = _action_error_in(item[key], f"{prefix}.actions")
+            if error is not None:
+                raise error
+            # Only a cap below the number of actions is reachable here: a longer list repeats
+            # a name, or names an unknown one, and is refused above.
+            _sized(item[key], f"{prefix}.actions", rules.actions, list)
 
-def validate_request(obj: object, limits: ValidationLimits = DEFAULT_LIMITS,
-                     schemas: Sequence[str] = V1_ONLY) -> RankingRequest:
-    """Check a decoded request against ranking-request.v1 (or any id in `schemas`: the worker
-    also reads ranking-request.v2) and build its arrays.
 
-    Raises ValidationError(code="invalid", field=<path>) on the first broken rule; its
-    `request_id` is set whenever the message carried a readable one.
-    """
-    if not isinstance(obj, dict):
-        raise ValidationError(INVALID, MSG_NOT_A_MAP.format(got=describe(obj)))
-    request_id = _readable_request_id(obj, limits)
-    try:
-        return _validate(obj, limits, schemas)
-    except ValidationError as error:
-        if error.request_id is None:
-            error.request_id = request_id
-        raise
+def _walk_unique_candidates(candidates: list) -> None:
+    first_at: dict[int, int] = {}
+    for j, item in enumerate(candidates):
+        post_id = item["post_id"]
+        if post_id in first_at:
+            field = f"candidates[{j}].post_id"
+            raise ValidationError(INVALID, MSG_DUPLICATE_CANDIDATE.format(
+                field=field, got=post_id, first=f"candidates[{first_at[post_id]}]"),
+                field=field)
+        first_at[post_id] = j
 
 
 def _bad_schema(schema: object, schemas: Sequence[str]) -> ValidationError:
@@ -412,91 +301,68 @@ def _bad_schema(schema: object, schemas: Sequence[str]) -> ValidationError:
     return ValidationError(INVALID, message, field="schema")
 
 
-def _validate(obj: dict, limits: ValidationLimits,
-              schemas: Sequence[str] = V1_ONLY) -> RankingRequest:
+def _walk(obj: dict, limits: ValidationLimits, schemas: Sequence[str]) -> None:
     # A foreign schema id explains every other difference, so it is reported first.
-    schema = obj.get("schema", REQUEST_SCHEMA)
+    schema = obj.get("schema", REQUEST_SCHEMA)  # a missing one is reported as missing
     if not (type(schema) is str and schema in schemas):
         raise _bad_schema(schema, schemas)
-    v2 = schema == REQUEST_SCHEMA_V2
-    keys = obj.keys()
-    if v2:
-        _check_keys(obj, "", _TOP_REQUIRED_V2, _TOP_OPTIONAL_V2, "a ranking request")
-    elif not (keys <= _TOP_ALLOWED and keys >= _TOP_REQUIRED_SET):
-        _check_keys(obj, "", _TOP_REQUIRED, _TOP_OPTIONAL, "a ranking request")
-    request_id = _request_id(obj["request_id"], limits)
-    user_id = _u64(obj["user_id"], "user_id")
-    # A v2 request without history gets the empty one here; the pipeline fills in the table's.
-    h_posts, h_authors, h_actions, h_surfaces = _history(obj.get("history", []), limits)
-    c_posts, c_authors, c_surfaces = _candidates(obj["candidates"], limits)
-    top_k = _optional_int(obj, "top_k", 1, TOP_K_MAX, f"an integer in 1..{TOP_K_MAX}",
-                          "send how many of the best candidates to return, or omit it for all")
-    epoch = f"an integer epoch time in milliseconds, 0..{EPOCH_MS_MAX}"
-    timestamp_ms = _optional_int(obj, "timestamp_ms", 0, EPOCH_MS_MAX, epoch,
-                                 "send the producer's clock in epoch milliseconds, or omit it")
-    deadline_ms = _optional_int(obj, "deadline_ms", 0, EPOCH_MS_MAX, epoch,
-                                "send an absolute epoch-milliseconds deadline, or omit it")
-    return RankingRequest(
-        request_id=request_id, user_id=user_id,
-        history_post_ids=h_posts, history_author_ids=h_authors,
-        history_actions=h_actions, history_surfaces=h_surfaces,
-        candidate_post_ids=c_posts, candidate_author_ids=c_authors,
-        candidate_surfaces=c_surfaces,
-        top_k=top_k, timestamp_ms=timestamp_ms, deadline_ms=deadline_ms,
-        **_version_fields(schema, "history" in obj))
+    keys, rules = REQUEST_KEYS[schema], limit_rules(limits)
+    _check_keys(obj, "", keys.required, keys.optional, keys.where)
+    _sized(obj["request_id"], "request_id", rules.request_id, str)
+    _ruled(obj["user_id"], "user_id", rules.ints["user_id"])
+    _walk_items(obj.get("history", []), "history", rules.history, HISTORY_ITEM, rules)
+    _walk_items(obj["candidates"], "candidates", rules.candidates, CANDIDATE, rules)
+    _walk_unique_candidates(obj["candidates"])
+    for key in NILABLE:
+        if obj.get(key) is not None:  # absent or nil: not given
+            _ruled(obj[key], key, rules.ints[key])
 
 
-_ACTIONS_OF = operator.attrgetter("actions")
-_IDS_AND_SURFACE_OF = operator.attrgetter("post_id", "author_id", "surface")
-_POST_OF = operator.attrgetter("post_id")
-
-
-def _typed_decode(data: bytes, limits: ValidationLimits,
-                  schemas: Sequence[str]) -> msgspec.Struct | None:
-    """The message as the Struct of the first of `schemas` whose types take it whole."""
-    for schema in schemas:  # v1 first: a v2 message fails it at its first key, the schema id
-        try:
-            return wire.decoder(limits, schema).decode(data)
-        except msgspec.MsgspecError:
-            continue
+def _readable_request_id(obj: dict, limits: ValidationLimits) -> str | None:
+    value = obj.get("request_id")
+    if isinstance(value, str) and 1 <= len(value) <= limits.max_request_id_len:
+        return value
     return None
 
 
-class CheckedRequest(NamedTuple):
-    """A request the typed decoder took whole and that passed every rule: decoded and
-    validated, not yet arrays (`to_requests` builds those for a whole batch at once)."""
+def first_error(obj: object, limits: ValidationLimits = DEFAULT_LIMITS,
+                schemas: Sequence[str] = V1_ONLY) -> ValidationError | None:
+    """The first rule of the contract that `obj` (a decoded request) breaks, as an error
+    with code "invalid" naming its field path; None if it breaks none. The error's
+    `request_id` is set whenever `obj` carries a readable one."""
+    if not isinstance(obj, dict):
+        return ValidationError(INVALID, MSG_NOT_A_MAP.format(got=describe(obj)))
+    try:
+        _walk(obj, limits, schemas)
+    except ValidationError as error:
+        error.request_id = _readable_request_id(obj, limits)
+        return error
+    return None
 
-    typed: msgspec.Struct  # wire.request_type(limits, schema)
-    start: int  # the first history item kept (the most recent `history_keep`)
-    action_masks: np.ndarray  # [s] uint32, of the kept items
+
+def _unnamed(obj: dict, refused: CheckedRequest | str,
+             limits: ValidationLimits) -> ValidationError:
+    """A refusal the walker found no broken rule for. It reads the decoder's rule book (the
+    fuzz tests hold the two to the same verdicts); should it still find nothing, the refusal
+    stands, in the typed decoder's own words."""
+    reason = refused if isinstance(refused, str) else "refused"
+    return ValidationError(INVALID, f"the request breaks a rule of the contract ({reason}); "
+                           f"{SEE_CONTRACT}", request_id=_readable_request_id(obj, limits))
 
 
-def check_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS,
-                schemas: Sequence[str] = V1_ONLY) -> CheckedRequest | None:
-    """The checked request if the typed decoder takes `data` whole, else None: then
-    `validate_request` must decide, and name what is wrong. It never accepts what
-    `validate_request` refuses.
+def _refusal(data: object, limits: ValidationLimits,
+             schemas: Sequence[str]) -> ValidationError:
+    """Why `check_typed` refused `data`: msgpack's untyped decoder's error (not msgpack, over
+    a cap, a repeated key), else the first rule the walker finds broken."""
+    try:
+        obj = codec.decode_request_bytes(data, limits)  # type: ignore[arg-type]
+    except ValidationError as error:
+        return error
+    return (first_error(obj, limits, schemas)
+            or _unnamed(obj, _typed(data, limits, schemas), limits))  # type: ignore[arg-type]
 
-    Requests that are valid but not in msgpack's shortest encoding (say, a small id written as
-    uint64) also get None: the length check below cannot tell them from repeated keys.
-    """
-    if not isinstance(data, (bytes, bytearray)) or len(data) > limits.max_message_bytes:
-        return None
-    typed = _typed_decode(data, limits, schemas)
-    if typed is None:
-        return None
-    # msgspec keeps the last of a repeated key silently. Any repeat makes the message longer
-    # than the shortest encoding of what was decoded, and no encoding is shorter than that.
-    if len(wire.ENCODER.encode(typed)) != len(data):
-        return None
-    candidates = typed.candidates
-    if len(set(map(_POST_OF, candidates))) != len(candidates):
-        return None
-    history = [] if typed.history is msgspec.UNSET else typed.history
-    start = max(0, len(history) - limits.history_keep)  # Most recent last: keep the tail.
-    masks = _action_masks(list(map(_ACTIONS_OF, history)), start)  # [s]
-    return None if masks is None else CheckedRequest(typed, start, masks)
 
+# ------------------------------------------------------------------------------ the arrays
 
 def _rows(triples: Iterable[tuple[int, int, int]], n: int) -> np.ndarray:
     """[n, 3] uint64 from `n` triples of ints that fit."""
@@ -543,27 +409,16 @@ def to_requests(checked: Sequence[CheckedRequest]) -> list[RankingRequest]:
     return requests
 
 
-def parse_typed(data: object, limits: ValidationLimits = DEFAULT_LIMITS
-                ) -> RankingRequest | None:
-    """`check_typed` and its arrays: the request, or None when `validate_request` must decide."""
-    checked = check_typed(data, limits)
-    return None if checked is None else to_requests([checked])[0]
-
+# ----------------------------------------------------------------------------- public entry
 
 def parse_requests(values: Sequence[bytes], limits: ValidationLimits = DEFAULT_LIMITS,
                    schemas: Sequence[str] = V1_ONLY) -> list[RankingRequest | ValidationError]:
     """`parse_request` for a batch of messages, in order, each a request or its error; the
-    arrays of those the typed decoder takes are built in one `to_requests`."""
+    arrays of the accepted ones are built in one `to_requests`."""
     out: list[RankingRequest | ValidationError | CheckedRequest] = []
     for data in values:
         checked = check_typed(data, limits, schemas)
-        if checked is None:
-            try:
-                checked = validate_request(codec.decode_request_bytes(data, limits), limits,
-                                           schemas)
-            except ValidationError as error:
-                checked = error
-        out.append(checked)
+        out.append(checked if checked is not None else _refusal(data, limits, schemas))
     typed = [i for i, item in enumerate(out) if isinstance(item, CheckedRequest)]
     for i, request in zip(typed, to_requests([out[i] for i in typed])):
         out[i] = request
@@ -577,3 +432,17 @@ def parse_request(data: bytes, limits: ValidationLimits = DEFAULT_LIMITS,
     if isinstance(parsed, ValidationError):
         raise parsed
     return parsed
+
+
+def validate_request(obj: object, limits: ValidationLimits = DEFAULT_LIMITS,
+                     schemas: Sequence[str] = V1_ONLY) -> RankingRequest:
+    """A decoded request (tools, tests) as the worker reads its encoding, without the byte
+    and decoder caps: the typed decoder decides, the walker names the error. Raises only
+    ValidationError (code "invalid")."""
+    try:
+        checked = _typed(codec.encode_request(obj), limits, schemas)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):  # No msgpack form: the walker says why.
+        checked = "a value has no msgpack form"
+    if isinstance(checked, CheckedRequest):
+        return to_requests([checked])[0]
+    raise first_error(obj, limits, schemas) or _unnamed(obj, checked, limits)  # type: ignore
