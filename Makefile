@@ -96,4 +96,4 @@ bench-latency: venv
 # Needs Docker Engine and Compose, and installs neither: it says how to get them; a local Kafka
 # image also needs Maven.
 compose-smoke: venv
-	$(PY) -m tools.compose_smoke
+	$(PY) -m tools.compose_smoke $(if $(SECURED),--secured)

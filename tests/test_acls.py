@@ -12,7 +12,7 @@ import faust
 import pytest
 
 from tools import acls
-from tools.acls import Acl, WorkerResources, producer_acls, worker_acls
+from tools.acls import Acl, WorkerResources, producer_acls, reader_acls, worker_acls
 from tools.launcher import ROOT
 from worker.topics import HISTORY_TABLE
 
@@ -67,6 +67,21 @@ def test_the_printed_commands_are_kafka_acls_lines(capsys: pytest.CaptureFixture
             "--resource-pattern-type prefixed") in lines
     assert lines[-1].endswith("--allow-principal User:svc --allow-host '*' --operation Write "
                               "--topic req")
+
+
+def test_readers_and_a_secured_brokers_admin_config(capsys: pytest.CaptureFixture[str]) -> None:
+    code = acls.main(["--principal", "User:w", "--group", "g", "--results", "res",
+                      "--dead-letters", "dlq", "--reader", "User:viewer",
+                      "--command-config", "/etc/kafka/secrets/admin.properties"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    readers = [line for line in lines if "User:viewer" in line]
+    assert readers == [acl.command(acls.DEFAULT_BOOTSTRAP, "/etc/kafka/secrets/admin.properties")
+                       for acl in reader_acls("User:viewer", ["res", "dlq"])]
+    assert {acl.operation for acl in reader_acls("User:viewer", ["res", "dlq"])} == {"READ"}
+    assert all(shlex.split(line)[3:5] == ["--command-config",
+                                          "/etc/kafka/secrets/admin.properties"]
+               for line in lines)
 
 
 def test_help_works_and_a_bad_principal_is_a_one_line_error() -> None:

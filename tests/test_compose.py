@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import compose_stack
 from tools.apache_kafka import SINGLE_NODE_CONFIG, kafka_version
 from tools.producer import DEFAULT_TOO_LARGE_BYTES
 from worker.settings import Settings
@@ -360,7 +361,11 @@ def test_topics_service_is_one_shot(services):
 
 
 def topics_created(services: dict[str, dict[str, Any]]) -> dict[str, int]:
-    script = " ".join(command_of(services["topics"]))
+    """{topic: partitions} the topics step creates: its script, run by `sh` with the
+    service's environment ($ADMIN_CLIENT: how the scripts reach the broker)."""
+    script = " ".join(command_of(services["topics"])).replace("$$", "$")
+    for name, value in env_of(services["topics"]).items():
+        script = script.replace(f"${name}", value)
     created: dict[str, int] = {}
     for call in script.split("kafka-topics.sh")[1:]:
         argv = shlex.split(call.split("\n", 1)[0])  # one call per line
@@ -587,3 +592,14 @@ def test_compose_cli_validates_and_resolves_the_file(tmp_path):
     assert set(resolved) >= {*CORE_SERVICES, "worker-gpu"}
     for name in WORKERS:
         assert env_of(resolved[name])["RANKER_PROCESSING_GUARANTEE"] == "exactly_once"
+    # The secured file over it: valid, and merged as tests/compose_stack.py merges it.
+    secured = subprocess.run([*base, "-f", str(compose_stack.SECURED_FILE), "--profile", "gpu",
+                              "config"], capture_output=True, text=True, env=environ,
+                             cwd=tmp_path, timeout=120)
+    assert secured.returncode == 0, secured.stderr
+    merged = yaml.safe_load(secured.stdout)["services"]
+    ours = compose_stack.services(secured=True)
+    for name in ("kafka", "topics", "access", *WORKERS, *VIEWERS):
+        for key, value in env_of(ours[name], environ).items():
+            assert env_of(merged[name]).get(key) == value, (name, key)
+        assert set(merged[name].get("depends_on") or {}) == set(ours[name].get("depends_on") or {})

@@ -12,6 +12,7 @@ the compose `topics` step creates the wire-contract topics through the repositor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shlex
@@ -148,6 +149,36 @@ def test_entrypoint_without_cluster_id_formats_with_a_new_one(fake_home, service
     assert "format --cluster-id fakeClusterIdAAAAAAAAA " in calls[1]
 
 
+def test_entrypoint_reads_the_stores_and_their_passwords_from_secret_files(fake_home, services,
+                                                                          tmp_path):
+    """The official image's convention: stores named in /etc/kafka/secrets, passwords in files
+    beside them; the properties get locations and passwords, not the file-name variables."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name, text in (("broker.p12", "store"), ("trust.p12", "trust"), ("store_creds", "s3cret"),
+                       ("key_creds", "k3y"), ("trust_creds", "tru5t")):
+        (secrets / name).write_text(text)
+    env = {**compose_env(services["kafka"]), "KAFKA_LOG_DIRS": str(tmp_path / "data"),
+           "KAFKA_SECRETS_DIR": str(secrets), "KAFKA_SSL_KEYSTORE_FILENAME": "broker.p12",
+           "KAFKA_SSL_KEYSTORE_CREDENTIALS": "store_creds", "KAFKA_SSL_KEY_CREDENTIALS": "key_creds",
+           "KAFKA_SSL_TRUSTSTORE_FILENAME": "trust.p12",
+           "KAFKA_SSL_TRUSTSTORE_CREDENTIALS": "trust_creds"}
+    done, _ = run_entrypoint(fake_home, env)
+    assert done.returncode == 0, done.stderr
+    config = fake_home / "config" / "server.properties"
+    written = read_properties(config)
+    assert {k: v for k, v in written.items() if k.startswith("ssl.")} == {
+        "ssl.keystore.location": str(secrets / "broker.p12"), "ssl.keystore.password": "s3cret",
+        "ssl.key.password": "k3y", "ssl.truststore.location": str(secrets / "trust.p12"),
+        "ssl.truststore.password": "tru5t"}
+    assert not any(k.startswith("secrets.") for k in written)
+    assert config.stat().st_mode & 0o077 == 0, "passwords in a file others may read"
+    (secrets / "key_creds").unlink()
+    done, calls = run_entrypoint(fake_home, env)
+    assert done.returncode == 1 and not [c for c in calls if "kafka.Kafka" in c]
+    assert f"KAFKA_SSL_KEY_CREDENTIALS names {secrets}/key_creds, which is missing" in done.stderr
+
+
 def test_entrypoint_refuses_to_start_unconfigured(fake_home):
     done, calls = run_entrypoint(fake_home, {})
     assert done.returncode == 1 and "no KAFKA_* variables" in done.stderr
@@ -199,6 +230,10 @@ def test_every_kafka_script_compose_runs_is_in_the_image(services):
         text = yaml.safe_dump([service.get("command"), service.get("healthcheck")])
         used |= set(re.findall(rf"{IMAGE_HOME}/bin/([\w.-]+)", text))
     assert used == {"kafka-topics.sh", "kafka-broker-api-versions.sh"}
+    # The secured stack's steps (docker/secured/, run in this image) call theirs by name.
+    for script in (ROOT / "docker" / "secured").glob("*.sh"):
+        used |= set(re.findall(r"^\s*(kafka-[\w-]+\.sh) ", script.read_text(), re.M))
+    assert used >= {"kafka-configs.sh", "kafka-acls.sh"}
     for script in used:
         path = SCRIPTS / "bin" / script
         assert path.is_file() and os.access(path, os.X_OK), f"docker/kafka/bin/{script}"
@@ -246,18 +281,27 @@ def compose_broker(kafka_home: Path, services, tmp_path: Path) -> Iterator[dict[
     """The compose kafka service's environment, run by the image's entrypoint on this host;
     yields compose port -> host port. The JVM (the entrypoint execs it) is stopped after."""
     env, ports = host_broker_env(services["kafka"], kafka_home, tmp_path / "data")
-    log_path = tmp_path / "broker.log"
+    with entrypoint_broker(kafka_home, env, ports["9092"], tmp_path) as broker:
+        yield ports
+    assert broker.returncode in (0, 143, -signal.SIGTERM), (
+        f"the broker did not stop cleanly on SIGTERM ({broker.returncode})")
+
+
+@contextlib.contextmanager
+def entrypoint_broker(home: Path, env: Mapping[str, str], port: int,
+                      directory: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The image's entrypoint run here with `env` (its log: directory/broker.log), once it
+    listens on `port`; stopped (SIGTERM) on the way out."""
+    log_path = directory / "broker.log"
     with log_path.open("wb") as log:
-        broker = subprocess.Popen([str(kafka_home / "entrypoint.sh")], env=env, cwd=tmp_path,
+        broker = subprocess.Popen([str(home / "entrypoint.sh")], env=env, cwd=directory,
                                   stdin=subprocess.DEVNULL, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_port(broker, ports["9092"], log_path)
-        yield ports
+        wait_for_port(broker, port, log_path)
+        yield broker
     finally:
         stop(broker)
-    assert broker.returncode in (0, 143, -signal.SIGTERM), (
-        f"the broker did not stop cleanly on SIGTERM ({broker.returncode})")
 
 
 def wait_for_port(broker: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
@@ -309,9 +353,11 @@ def test_compose_kafka_and_topics_services_run_on_the_host(compose_broker, kafka
     ports = compose_broker
     run_health_check(services["kafka"], kafka_home, ports)
     topics = services["topics"]
-    argv = [*topics["entrypoint"], *(in_home(part, kafka_home, ports)
+    argv = [*topics["entrypoint"], *(in_home(part, kafka_home, ports).replace("$$", "$")
                                      for part in topics["command"])]
-    done = subprocess.run(argv, env=host_environ(), capture_output=True, text=True, timeout=120)
+    env = {k: in_home(v, kafka_home, ports) for k, v in compose_env(topics).items()}
+    done = subprocess.run(argv, env=host_environ(**env), capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, f"the topics step failed:\n{done.stdout}\n{done.stderr}"
     bootstrap = f"{HOST}:{ports['9092']}"
     counts = asyncio.run(partition_counts(bootstrap, DEFAULT_TOPICS))

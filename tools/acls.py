@@ -2,7 +2,8 @@
 
     python -m tools.acls --group phoenix-ranker --principal User:ranker [--exactly-once]
         [--requests T --results T --dead-letters T --engagements T] [--no-create-topics]
-        [--producer User:svc] [--bootstrap-server HOST:PORT]
+        [--producer User:svc] [--reader User:app] [--bootstrap-server HOST:PORT]
+        [--command-config admin.properties]
 
 prints them as `kafka-acls.sh` commands, one a line. `worker_acls` and `producer_acls` are the
 same list as code: tests/test_secured_kafka.py grants exactly these (tools/kafka_security.py)
@@ -49,9 +50,12 @@ class Acl:
     pattern_type: str = LITERAL  # LITERAL: that name; PREFIXED: every name starting with it
     host: str = "*"  # from any host
 
-    def command(self, bootstrap: str = DEFAULT_BOOTSTRAP) -> str:
-        """This rule as a `kafka-acls.sh` command line."""
-        words = ["kafka-acls.sh", "--bootstrap-server", bootstrap, "--add",
+    def command(self, bootstrap: str = DEFAULT_BOOTSTRAP, command_config: str | None = None
+                ) -> str:
+        """This rule as a `kafka-acls.sh` command line (`command_config`: the admin's client
+        properties file, for a secured broker)."""
+        admin = ["--command-config", command_config] if command_config else []
+        words = ["kafka-acls.sh", "--bootstrap-server", bootstrap, *admin, "--add",
                  "--allow-principal", self.principal, "--allow-host", self.host,
                  "--operation", _camel(self.operation), _RESOURCE_FLAGS[self.resource_type]]
         if self.resource_type != CLUSTER:
@@ -139,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=PROG, allow_abbrev=False,
         description="Print the kafka-acls.sh commands that grant the ranking worker (and, with "
-                    "--producer, a request producer) what it needs.")
+                    "--producer and --reader, request producers and result readers) what it "
+                    "needs.")
     parser.add_argument("--principal", required=True, type=_principal,
                         help="the worker's principal, e.g. User:ranker")
     parser.add_argument("--group", default=defaults.group_id,
@@ -159,8 +164,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "changelog only (Faust asks for it at every start)")
     parser.add_argument("--producer", action="append", default=[], type=_principal,
                         metavar="PRINCIPAL", help="also a request producer (repeatable)")
+    parser.add_argument("--reader", action="append", default=[], type=_principal,
+                        metavar="PRINCIPAL", help="also a reader of the results and dead "
+                        "letters without a consumer group, as the results viewer (repeatable)")
     parser.add_argument("--bootstrap-server", default=DEFAULT_BOOTSTRAP,
                         help=f"named in the printed commands ({DEFAULT_BOOTSTRAP})")
+    parser.add_argument("--command-config", metavar="FILE",
+                        help="the admin's client properties, named in the printed commands "
+                             "(a secured broker)")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         flags = [flag for action in parser._actions for flag in action.option_strings]
@@ -173,8 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        creates_topics=not args.no_create_topics)
     for producer in args.producer:
         acls += producer_acls(producer, args.requests)
+    for reader in args.reader:
+        acls += reader_acls(reader, [args.results, args.dead_letters])
     for acl in acls:
-        print(acl.command(args.bootstrap_server))
+        print(acl.command(args.bootstrap_server, args.command_config))
     return 0
 
 

@@ -1,7 +1,7 @@
 """`make compose-smoke`: build the images and run docker-compose.yml for real, Apache Kafka
 included.
 
-    python -m tools.compose_smoke [--host-requests 200]
+    python -m tools.compose_smoke [--host-requests 200] [--secured]
 
 Installs nothing on the host: it stops with a hint when docker or compose is missing. Steps:
 render the gpu profile (`config`, no GPU needed); find a base image (the Dockerfile's default,
@@ -15,6 +15,12 @@ service's requests and as many from the host through localhost:29092; read every
 with the viewer service; check the worker runs as uid 10001 and /ready and /metrics answer on
 the published port; `down`, and check nothing of the stack is left running. Every wait has a
 timeout, and the stack goes down whatever happens. The last line is the summary.
+
+`--secured` (`make compose-smoke SECURED=1`) runs docker-compose.secured.yml over the plain
+file: the same checks on a Kafka with TLS, SCRAM users and ACLs (its secrets, topics and access
+steps before the worker), the host producer signed in as the `producer` user with the CA and
+password copied out of the worker container, and two refusals checked: a host client without
+credentials, and the viewer's user sending requests.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = "docker-compose.yml"
+SECURED_FILE = "docker-compose.secured.yml"  # --secured: given after COMPOSE_FILE
+SECRETS_IN_CONTAINER = "/run/ranker-secrets"  # the ranker containers' CA and passwords
 PROJECT = "phoenix-smoke"  # its own compose project: a user's `docker-compose up` is not touched
 LOCAL_DEBIAN = "phoenix-local/debian:bookworm"
 LOCAL_BASE = "phoenix-local/python:3.11-bookworm"
@@ -338,8 +346,10 @@ def fill_wheelhouse(requirements: list[str]) -> int:
 
 
 class Stack:
-    def __init__(self, compose: list[str]) -> None:
-        self.base = [*compose, "-p", PROJECT, "-f", COMPOSE_FILE]
+    def __init__(self, compose: list[str], *, secured: bool = False) -> None:
+        self.secured = secured
+        files = [COMPOSE_FILE, SECURED_FILE] if secured else [COMPOSE_FILE]
+        self.base = [*compose, "-p", PROJECT, *(arg for f in files for arg in ("-f", f))]
 
     def __call__(self, *args: str, timeout: float = 300.0, check: bool = True,
                  quiet: bool = True) -> subprocess.CompletedProcess[str]:
@@ -411,6 +421,42 @@ def producer_plan() -> tuple[int, collections.Counter[str]]:
     return args.count, codes
 
 
+def host_client_env(stack: Stack, user: str, directory: Path) -> dict[str, str]:
+    """This process's environment plus, on the secured stack, the RANKER_* settings that sign
+    a host client in as `user` (the CA and the password copied out of the worker container)."""
+    env = dict(os.environ)
+    if not stack.secured:
+        return env
+    for name in ("ca.pem", f"{user}.password"):
+        out = stack("exec", "-T", "worker", "cat", f"{SECRETS_IN_CONTAINER}/{name}")
+        (directory / name).write_text(out.stdout)
+        (directory / name).chmod(0o600)
+    return {**env, "RANKER_SECURITY_PROTOCOL": "SASL_SSL", "RANKER_SASL_MECHANISM": "SCRAM-SHA-512",
+            "RANKER_SSL_CAFILE": str(directory / "ca.pem"), "RANKER_SASL_USERNAME": user,
+            "RANKER_SASL_PASSWORD_FILE": str(directory / f"{user}.password")}
+
+
+def refusals(stack: Stack, directory: Path) -> list[str]:
+    """On the secured stack, what the broker must refuse from the host: a client without
+    credentials, and the viewer's user sending requests. Each one it lets in is a problem."""
+    send = [sys.executable, "-m", "tools.producer", "--bootstrap", HOST_BOOTSTRAP, "--count",
+            "1", "--no-progress"]
+    problems = []
+    anonymous = subprocess.run(send, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                               env={k: v for k, v in os.environ.items()
+                                    if not k.startswith("RANKER_")})
+    if anonymous.returncode == 0:
+        problems.append("a host client without credentials sent a request")
+    viewer = subprocess.run(send, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env=host_client_env(stack, "viewer", directory))
+    if viewer.returncode != 2 or "not authorized" not in viewer.stderr:
+        problems.append(f"the viewer's user sending requests: exit {viewer.returncode}, "
+                        f"{viewer.stderr.strip().splitlines()[-1:]}")
+    say(f"refused: a client without credentials (exit {anonymous.returncode}), the viewer's "
+        f"user as a producer (exit {viewer.returncode})")
+    return problems
+
+
 def http_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -458,7 +504,8 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
     compose = find_compose()
     version = run([*compose, "version"]).stdout.splitlines()[0]
     say(f"Docker Engine {engine}; {version}")
-    argv = [*compose, "-f", COMPOSE_FILE, "--profile", "gpu", "config"]
+    stack = Stack(compose, secured=args.secured)
+    argv = [*stack.base, "--profile", "gpu", "config"]
     if "worker-gpu" not in run(argv).stdout:
         raise SmokeError(f"`{shlex.join(argv)}` rendered no worker-gpu service")
     say("gpu profile renders (`config`, no GPU needed)")
@@ -478,7 +525,6 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
         timeout=BUILD_TIMEOUT_S)
     timings.phase("worker image", t)
 
-    stack = Stack(compose)
     stack("down", "--remove-orphans", timeout=180)  # a previous run interrupted hard
     try:
         t = time.monotonic()
@@ -495,10 +541,15 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
         stack("up", "-d", "--no-build", "producer", "results", timeout=300)
         with tempfile.TemporaryDirectory(prefix="compose-smoke-") as tmp:
             truth = Path(tmp) / "host-truth.jsonl"
-            run([sys.executable, "-m", "tools.producer", "--bootstrap", HOST_BOOTSTRAP,
+            sent_from_host = subprocess.run(
+                [sys.executable, "-m", "tools.producer", "--bootstrap", HOST_BOOTSTRAP,
                  "--count", str(args.host_requests), "--seed", "17", "--truth", str(truth),
-                 "--no-progress"], timeout=PRODUCER_TIMEOUT_S)
+                 "--no-progress"], cwd=ROOT, env=host_client_env(stack, "producer", Path(tmp)),
+                timeout=PRODUCER_TIMEOUT_S)
+            if sent_from_host.returncode != 0:
+                raise SmokeError(f"the host producer exited {sent_from_host.returncode}")
             host_ids = {json.loads(line)["request_id"] for line in truth.read_text().splitlines()}
+            refused = refusals(stack, Path(tmp)) if stack.secured else []
         code = stack.wait_exited("producer", PRODUCER_TIMEOUT_S)
         if code != 0:
             raise SmokeError(f"producer service exited {code}:\n{stack.logs('producer')}")
@@ -518,7 +569,8 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
         uids = worker_uids(stack.container("worker"))
         ready, metrics = http_status(f"{METRICS}/ready"), http_status(f"{METRICS}/metrics")
     except BaseException:
-        for service in ("kafka", "topics", "worker", "producer"):
+        setup = ("secrets", "access") if stack.secured else ()
+        for service in ("kafka", "topics", *setup, "worker", "producer"):
             print(f"--- {service} logs ---\n{stack.logs(service, 20)}", flush=True)
         raise
     finally:
@@ -542,13 +594,15 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
         problems.append(f"/ready {ready}, /metrics {metrics}")
     if left:
         problems.append(f"left after down: {', '.join(left)}")
+    problems += refused
     say(f"timings: {timings.line()}")
     verdict = "FAILED: " + "; ".join(problems) + ": " if problems else "OK: "
     return (f"compose-smoke: {verdict}{answered}/{sent} requests answered ({results} results, "
             f"{dead} dead letters{', codes as sent' if codes == expected_codes else ''}), "
             f"worker uid {','.join(map(str, sorted(uids)))}, "
             f"/ready {ready}, /metrics {metrics}, host producer {host_answered}/"
-            f"{args.host_requests}, down {'clean' if not left else 'NOT clean'}, kafka {kafka}, "
+            f"{args.host_requests}, down {'clean' if not left else 'NOT clean'}, kafka {kafka}"
+            f"{' secured (SASL_SSL/SCRAM, ACLs; refusals checked)' if stack.secured else ''}, "
             f"{timings.total:.0f} s")
 
 
@@ -557,6 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--host-requests", type=int, default=200,
                         help="requests sent from the host through localhost:29092 (200)")
+    parser.add_argument("--secured", action="store_true",
+                        help=f"the stack on a secured Kafka: {SECURED_FILE} over {COMPOSE_FILE}")
     args = parser.parse_args(argv)
     timings = Timings()
     try:

@@ -559,7 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 engagements_topic=args.engagements_topic)
             where = args.out
         else:
-            from aiokafka.errors import KafkaError
+            from aiokafka.errors import (ClusterAuthorizationFailedError, KafkaError,
+                                         TopicAuthorizationFailedError)
 
             room = args.too_large_bytes + 64 * 1024 if args.bad_fraction > 0 else 0
             try:
@@ -568,6 +569,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     fixed_timestamp_ms=args.fixed_timestamp_ms, truth_out=truth_out,
                     progress=progress, max_request_size=max(1 << 20, room),
                     engagements_topic=args.engagements_topic))
+            except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as error:
+                print(f"error: not authorized: {args.bootstrap} refused this client Write on "
+                      f"topic {args.topic!r} ({type(error).__name__}); grant it (`python -m "
+                      f"tools.acls --producer User:NAME` prints the ACL)", file=sys.stderr)
+                return 2
             except KafkaError as error:
                 print(f"error: sending to {args.bootstrap} topic {args.topic!r} failed: "
                       f"{error!r}; is the broker running (`make broker`)? A too_large event "

@@ -8,6 +8,14 @@
 #   KAFKA_FOO___BAR=v -> foo-bar=v       listener.security.protocol.map)
 #   CLUSTER_ID        the KRaft cluster id the storage is formatted with (a new one if unset)
 #
+# TLS key and trust stores as the official image takes them: file names in /etc/kafka/secrets
+# (KAFKA_SECRETS_DIR elsewhere, this image only) and their passwords in files beside them,
+#   KAFKA_SSL_KEYSTORE_FILENAME, KAFKA_SSL_KEYSTORE_CREDENTIALS, KAFKA_SSL_KEY_CREDENTIALS
+#       -> ssl.keystore.location, ssl.keystore.password, ssl.key.password
+#   KAFKA_SSL_TRUSTSTORE_FILENAME, KAFKA_SSL_TRUSTSTORE_CREDENTIALS
+#       -> ssl.truststore.location, ssl.truststore.password
+# so that no password stands in the environment.
+#
 # Writes $KAFKA_HOME/config/server.properties (KAFKA_HOME: /opt/kafka unless set), formats the
 # storage on the first start of a data directory (a restart keeps topics and records), then runs
 # the broker in the foreground in place of this shell, so that `docker stop` reaches the JVM.
@@ -21,7 +29,10 @@ config="$KAFKA_HOME/config/server.properties"
 
 # Variables with the KAFKA_ prefix that configure the scripts or the JVM, not the broker.
 not_properties=" KAFKA_HOME KAFKA_HEAP_OPTS KAFKA_JVM_PERFORMANCE_OPTS KAFKA_LOG4J_OPTS \
-KAFKA_OPTS KAFKA_GC_LOG_OPTS KAFKA_JMX_OPTS KAFKA_DEBUG KAFKA_VERSION "
+KAFKA_OPTS KAFKA_GC_LOG_OPTS KAFKA_JMX_OPTS KAFKA_DEBUG KAFKA_VERSION KAFKA_SECRETS_DIR \
+KAFKA_SSL_KEYSTORE_FILENAME KAFKA_SSL_KEYSTORE_CREDENTIALS KAFKA_SSL_KEY_CREDENTIALS \
+KAFKA_SSL_TRUSTSTORE_FILENAME KAFKA_SSL_TRUSTSTORE_CREDENTIALS "
+secrets_dir="${KAFKA_SECRETS_DIR:-/etc/kafka/secrets}"
 
 say() {
     echo "kafka-entrypoint: $*" >&2
@@ -83,8 +94,35 @@ format_storage() {
         --ignore-formatted
 }
 
+# A file in the secrets folder, named by variable $1 (unset: nothing), that must exist.
+secret_file() {
+    eval "name=\${$1:-}"
+    [ -n "$name" ] || return 0
+    if [ ! -r "$secrets_dir/$name" ]; then
+        say "$1 names $secrets_dir/$name, which is missing or unreadable"
+        exit 1
+    fi
+    printf '%s\n' "$secrets_dir/$name"
+}
+
+# KAFKA_SSL_*_FILENAME and *_CREDENTIALS -> the location and password properties.
+stores_from_secrets() {
+    keystore="$(secret_file KAFKA_SSL_KEYSTORE_FILENAME)"
+    truststore="$(secret_file KAFKA_SSL_TRUSTSTORE_FILENAME)"
+    keystore_creds="$(secret_file KAFKA_SSL_KEYSTORE_CREDENTIALS)"
+    key_creds="$(secret_file KAFKA_SSL_KEY_CREDENTIALS)"
+    truststore_creds="$(secret_file KAFKA_SSL_TRUSTSTORE_CREDENTIALS)"
+    [ -z "$keystore" ] || export KAFKA_SSL_KEYSTORE_LOCATION="$keystore"
+    [ -z "$truststore" ] || export KAFKA_SSL_TRUSTSTORE_LOCATION="$truststore"
+    [ -z "$keystore_creds" ] || export KAFKA_SSL_KEYSTORE_PASSWORD="$(cat "$keystore_creds")"
+    [ -z "$key_creds" ] || export KAFKA_SSL_KEY_PASSWORD="$(cat "$key_creds")"
+    [ -z "$truststore_creds" ] \
+        || export KAFKA_SSL_TRUSTSTORE_PASSWORD="$(cat "$truststore_creds")"
+}
+
 mkdir -p "$KAFKA_HOME/config"
-write_properties
+stores_from_secrets
+(umask 077 && write_properties)
 if [ -f "$(metadata_dir)/meta.properties" ]; then
     say "storage in $(metadata_dir) already formatted"
 else
