@@ -211,7 +211,10 @@ def test_faust_flush_gives_up_and_the_buffer_is_replaced_by_one_that_drains():
     assert "DrainableProducerBuffer(" in inspect.getsource(IdempotentProducer.__init__)
 
 
-def test_drain_hands_every_buffered_write_over_and_waits_for_a_send_in_progress():
+def test_drain_waits_for_every_buffered_write_sent_in_the_order_it_was_buffered():
+    """drain() returns only once the background task has sent everything buffered and
+    finished its send in progress, and never sends beside it: the writes of one key reach the
+    changelog in the order they were made (the last one is what a recovery keeps)."""
     sent: list[str] = []
 
     async def scenario() -> None:
@@ -219,7 +222,7 @@ def test_drain_hands_every_buffered_write_over_and_waits_for_a_send_in_progress(
 
         class Channel:
             async def publish_message(self, fut, wait=False):
-                if fut.name == "in-progress":
+                if fut.name == "v1":
                     await release.wait()  # e.g. waiting for the partition's metadata
                 sent.append(fut.name)
 
@@ -229,17 +232,18 @@ def test_drain_hands_every_buffered_write_over_and_waits_for_a_send_in_progress(
 
         buffer = DrainableProducerBuffer()
         buffer.app = type("App", (), {"conf": type("Conf", (), {"producer_threaded": False})})
-        # The background task took this one off the queue and is sending it.
-        background = asyncio.ensure_future(buffer._send_pending(message("in-progress")))
-        await asyncio.sleep(0)
-        buffer.put(message("a"))
-        buffer.put(message("b"))
-        drained = asyncio.ensure_future(buffer.drain())
-        await asyncio.sleep(0.2)  # longer than Faust's flush waits before it gives up
-        assert sent == ["a", "b"] and not drained.done()
-        release.set()
-        await drained
-        assert background.done() and buffer.size == 0
+        await buffer.start()  # its background task sends what is buffered
+        try:
+            for name in ("v1", "v2", "v3"):  # three writes of one key, oldest first
+                buffer.put(message(name))
+            await asyncio.sleep(0)  # the background task takes v1 and waits in its send
+            drained = asyncio.ensure_future(buffer.drain())
+            await asyncio.sleep(0.2)  # longer than Faust's flush waits before it gives up
+            assert sent == [] and not drained.done()
+            release.set()
+            await asyncio.wait_for(drained, 5)
+            assert sent == ["v1", "v2", "v3"] and buffer.size == 0
+        finally:
+            await buffer.stop()
 
     asyncio.run(scenario())
-    assert sorted(sent) == ["a", "b", "in-progress"]

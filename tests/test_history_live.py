@@ -13,8 +13,10 @@ import pytest
 
 from phoenix.actions import ACTION_NAMES
 from tests.conftest import ON_KAFKA
+from tests.librdkafka_helpers import Reader
 from tests.worker_harness import WorkerTopics
-from worker import codec, wire
+from worker import codec, history, wire
+from worker.topics import history_changelog_topic
 
 S = 32  # the demo checkpoint's history length
 ITEM_KEYS = ("post_id", "author_id", "actions", "surface")
@@ -186,6 +188,37 @@ def rank_all(kafka, topics, messages: list[dict], timeout_s: float = 60) -> dict
         time.sleep(0.2)
 
 
+def changelog_writes(bootstrap: str, changelog: str, settle_s: float = 1.5,
+                     timeout_s: float = 60.0) -> dict[bytes, list[bytes]]:
+    """Each key's values in the history changelog, in log order, as a `read_committed`
+    librdkafka reader sees them once no more arrive for `settle_s`."""
+    with Reader(bootstrap, [changelog]) as reader:
+        deadline, seen, quiet_since = time.monotonic() + timeout_s, -1, time.monotonic()
+        while time.monotonic() - quiet_since < settle_s:
+            assert time.monotonic() < deadline, f"{changelog} still growing after {timeout_s} s"
+            if len(reader.records()) != seen:
+                seen, quiet_since = len(reader.records()), time.monotonic()
+            time.sleep(0.1)
+        records = reader.records()
+    writes: dict[bytes, list[bytes]] = {}
+    for record in records:  # one partition per key, read in offset order
+        writes.setdefault(record.key, []).append(record.value)
+    return writes
+
+
+def assert_changelog_ends_with_each_history(bootstrap: str, group_id: str, users: list[int],
+                                            items: dict[int, list[dict]]) -> None:
+    """The changelog holds each user's writes in the order they were made (one engagement
+    more each time), the last one the user's whole history: what a recovery rebuilds."""
+    writes = changelog_writes(bootstrap, history_changelog_topic(group_id))
+    for user in users:
+        lengths = [len(history.items(value)) for value in writes[codec.user_key(user)]]
+        assert lengths == list(range(1, len(items[user]) + 1)), (
+            f"user {user}: history lengths in changelog order {lengths}")
+        last = history.items(writes[codec.user_key(user)][-1])
+        assert list(last["timestamp_ms"]) == sorted(e["timestamp_ms"] for e in items[user])
+
+
 def engagements_total(*workers) -> float:
     return sum(w.metric("ranker_engagements_total") for w in workers if w.alive())
 
@@ -195,18 +228,14 @@ def engagements_total(*workers) -> float:
     "at_least_once",
     pytest.param("exactly_once", marks=[
         pytest.mark.skipif(not ON_KAFKA, reason="the embedded broker has no transactions (the "
-                           "worker refuses exactly_once there: tests/test_worker_e2e.py)"),
-        # Passes on a quiet machine (5 of 5 runs), failed once in a full `.ci/run`: the
-        # survivor ranked a taken-over user with an empty history. Open in issue #25.
-        pytest.mark.xfail(strict=False, reason="known intermittent under exactly-once: a "
-                          "survivor once ranked a taken-over user before its history was "
-                          "rebuilt (issue #25, under investigation)")])])
+                           "worker refuses exactly_once there: tests/test_worker_e2e.py)")])])
 def test_two_workers_answer_their_users_and_the_survivor_recovers_before_ranking(
         kafka, worker_factory, guarantee):
     """Each worker answers its own users with their full history; after one is killed, the
     other rebuilds the dead one's partitions from the changelog before it ranks any request
-    of those users (they were queued before the takeover), so nothing is lost. In both
-    guarantees (under exactly-once the changelog is read committed only)."""
+    of those users (they were queued before the takeover), so nothing is lost: each user ranks
+    as before the kill. In both guarantees (under exactly-once the changelog is read committed
+    only, and a user's writes reach it in the order they were made)."""
     rng = random.Random(7)
     group = WorkerGroup.create(kafka, worker_factory, rng, partitions=4,
                                extra_args=("--processing-guarantee", guarantee))
@@ -236,6 +265,7 @@ def test_two_workers_answer_their_users_and_the_survivor_recovers_before_ranking
     by_worker = {w: {u for u, r in shared.items() if r["worker_id"] == w} for w in "ab"}
     assert by_worker["a"] and by_worker["b"]  # both served, each its own users
     assert {r["history_items"] for r in shared.values()} == {S}
+    assert_changelog_ends_with_each_history(kafka.bootstrap, group.group_id, users, items)
 
     killed_at = time.monotonic()
     b.kill()  # SIGKILL: its partitions go to a, whose table never held those users

@@ -6,9 +6,12 @@ commit did not wait for that buffer, so an engagement's offset could be committe
 transaction and its table write sent in the next (killed before that one committed, the
 engagement was lost: seen once in 600 under two SIGKILLs). Faust's own `ProducerBuffer.flush`
 is no help: it gives up after 0.1 s without a send, and returns while the background task still
-sends the last message it took. `DrainableProducerBuffer.drain` hands every buffered write to
-its transaction and waits for every send in progress; it counts those by wrapping Faust's
-private `ProducerBuffer._send_pending` (which its background task calls). Pinned by
+sends the last message it took. `DrainableProducerBuffer.drain` waits until the background
+task has handed every buffered write to its transaction and finished its send in progress; it
+follows those by wrapping Faust's private `ProducerBuffer._send_pending` (which the background
+task calls). It never sends itself: a second sender beside the background task reorders the
+writes of one key in the changelog, and the last one there is the value a recovery keeps (a
+survivor once rebuilt a user one engagement short that way). Pinned by
 tests/test_exactly_once.py.
 
 Upstream: drafted report: "faust-streaming: ProducerBuffer.flush() returns after 0.1 s
@@ -31,32 +34,24 @@ class DrainableProducerBuffer(ProducerBuffer):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._sending = 0  # sends in progress, by the background task or by drain()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._sending = 0  # sends in progress (the background task's: one at a time)
+        self._progress = asyncio.Event()  # set after each send
 
     async def _send_pending(self, fut: Any) -> None:
         self._sending += 1
-        self._idle.clear()
         try:
             await super()._send_pending(fut)
         finally:
             self._sending -= 1
-            if not self._sending:
-                self._idle.set()
+            self._progress.set()
 
     async def drain(self) -> None:
         """Returns once every message buffered before the call was handed to the producer
-        (under exactly-once: appended to its transaction): sends what is still queued here,
-        then waits for sends in progress."""
-        while True:
-            try:
-                fut = self.pending.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            await self._send_pending(fut)
-            self.message_sent.set()
-        await self._idle.wait()
+        (under exactly-once: appended to its transaction), in the order they were buffered:
+        waits while the background task sends them, one after another."""
+        while self.pending.qsize() or self._sending:
+            self._progress.clear()
+            await self._progress.wait()
 
 
 class DrainableBufferProducer:
