@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from phoenix.runner import RankingRunner
 from bench.stats import bucket_counts, latency_summary, sustained_rate
 from worker.assembly import Buckets, widths_for
+from worker.errors import WorkerError
 from tools.kafka_io import FETCH_WAIT_MS, TopicFollower, connection, start_at_beginning
 from worker.pipeline import InputRecord, RankingPipeline
 from worker.validation import ValidationLimits
@@ -33,7 +34,7 @@ from tools.launcher import WorkerProcess
 from tools.producer import Event, send_events_to_kafka
 
 
-class BenchError(RuntimeError):
+class BenchError(WorkerError, RuntimeError):
     """The benchmark could not run a phase (worker exited, results missing)."""
 
 

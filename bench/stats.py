@@ -12,8 +12,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from worker.errors import WorkerError
 
-class BenchStatsError(ValueError):
+
+class BenchStatsError(WorkerError, ValueError):
     """A statistic asked of data that cannot give it (e.g. a percentile of nothing)."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from phoenix.config import RankerConfig
 from phoenix.embeddings import HashTables, table_shapes
+from phoenix.errors import PhoenixError
 from phoenix.params import Params, init_params
 
 FORMAT = "phoenix-checkpoint"
@@ -26,7 +27,7 @@ _PARAM_PREFIX = "param:"
 _TABLE_PREFIX = "table:"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PhoenixError, ValueError):
     """A checkpoint that cannot be loaded as asked; the message names the offending entry."""
 
 

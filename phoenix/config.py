@@ -10,9 +10,10 @@ import dataclasses
 import math
 
 from phoenix.actions import NUM_ACTIONS
+from phoenix.errors import PhoenixError
 
 
-class ConfigError(ValueError):
+class ConfigError(PhoenixError, ValueError):
     """A configuration that cannot describe a working model."""
 
 

@@ -53,3 +53,35 @@ def test_the_demo_ending_quoted_is_what_the_demo_prints():
     assert 'f"demo: worker stopped (exit code {code}); broker stopped"' in demo
     assert ending[-2].startswith("summary: results") and '"summary: "' in viewer
     assert "latency p50" in ending[-2] and 'f"latency p50' in viewer
+
+
+def test_every_project_path_the_readme_names_exists():
+    """A module moved or removed leaves no stale `worker/...py` behind in the README."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    named = re.findall(r"`((?:worker|tools|phoenix|tests|bench|training|docker|schemas|docs|"
+                       r"checkpoints)/[\w./-]*)`", README)
+    assert len(named) > 50  # the pattern still finds the README's paths
+    missing = sorted({path for path in named if not (root / path.rstrip(".")).exists()})
+    assert missing == []
+
+
+# One request's path, as README's map draws it: wire bytes -> validated request -> padded batch
+# -> jitted model -> results and dead letters.
+REQUEST_PATH = ["worker/validation.py", "worker/assembly.py", "phoenix/runner.py",
+                "worker/pipeline.py"]
+
+
+def test_the_maps_request_path_is_the_code():
+    """The map names each step once, in the order a request passes them, and the pipeline
+    (the step that runs the others) imports each of the earlier ones."""
+    import ast
+    import re
+    root = Path(__file__).resolve().parents[1]
+    paragraph = README.split("One module per step, data flowing one way:", 1)[1].split("\n\n")[0]
+    named = re.findall(r"`((?:worker|phoenix)/\w+\.py)`", paragraph)
+    assert [path for path in named if path in REQUEST_PATH] == REQUEST_PATH
+    tree = ast.parse((root / REQUEST_PATH[-1]).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    for path in REQUEST_PATH[:-1]:
+        assert path.removesuffix(".py").replace("/", ".") in imported, path

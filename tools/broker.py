@@ -40,6 +40,7 @@ from aiokafka.errors import KafkaError
 
 from tools.listener_proxy import ListenerProxy, parse_address
 from worker import topics as wire_topics
+from worker.errors import WorkerError
 from worker.settings import EMBEDDED_BROKER_FETCH_WAIT_MS
 from worker.topics import TopicError, TopicsArg, TopicSpec, ensure_topics, partition_counts
 
@@ -66,7 +67,7 @@ _LOG_TAIL_CHARS = 2000
 _PR_SET_PDEATHSIG = 1  # prctl option: signal the child when its parent thread exits
 
 
-class BrokerError(RuntimeError):
+class BrokerError(WorkerError, RuntimeError):
     """The embedded broker could not be started, reached or configured."""
 
 

@@ -44,6 +44,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from worker.errors import WorkerError
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = "docker-compose.yml"
 SECURED_FILE = "docker-compose.secured.yml"  # --secured: given after COMPOSE_FILE
@@ -70,7 +72,7 @@ HINT_DOCKER = ("Install Docker Engine and Compose (Debian/Ubuntu: `sudo apt-get 
                "and make sure your user may use it (`docker info` works).")
 
 
-class SmokeError(RuntimeError):
+class SmokeError(WorkerError, RuntimeError):
     """A step failed; the message says which and why."""
 
 

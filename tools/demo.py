@@ -12,11 +12,12 @@ import asyncio
 import sys
 import time
 
-from tools.broker import (BROKER_KINDS, BrokerPrerequisiteError, BrokerProcess,
-                          BrokerStartError, broker_class, free_port, port_free)
-from tools.launcher import WorkerProcess, WorkerProcessError
+from tools.broker import (BROKER_KINDS, BrokerPrerequisiteError, BrokerProcess, broker_class,
+                          free_port, port_free)
+from tools.launcher import WorkerProcess
 from tools.producer import generate_events, send_events_to_kafka, with_server_history
 from tools.viewer import Summary, follow, format_dead_letter, format_result, latency_of, legend
+from worker.errors import WorkerError
 from worker.kafka_clients import topic_config
 from worker.settings import Settings, SettingsError
 from worker.topics import TopicSpec
@@ -108,17 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.load([])
         broker_port, metrics_port = _ports(args, settings)
-    except SettingsError as error:
-        print(f"demo: error: {error}", file=sys.stderr, flush=True)
-        return 2
-    try:
         return _run(args, settings, broker_port, metrics_port)
-    except BrokerStartError as error:  # Java missing, or the broker's log tail
+    except WorkerError as error:  # a setting, Java missing, a broker's or worker's log tail
         print(f"demo: error: {error}", file=sys.stderr, flush=True)
-        return 2 if isinstance(error, BrokerPrerequisiteError) else 1
-    except WorkerProcessError as error:  # its message ends with the worker's log tail
-        print(f"demo: error: {error}", file=sys.stderr, flush=True)
-        return 1
+        return 2 if isinstance(error, (SettingsError, BrokerPrerequisiteError)) else 1
     except KeyboardInterrupt:  # everything started was stopped on the way out
         print("demo: interrupted", file=sys.stderr, flush=True)
         return 130

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from tools.broker import free_port
+from worker.errors import WorkerError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class WorkerProcessError(RuntimeError):
+class WorkerProcessError(WorkerError, RuntimeError):
     """The worker exited or did not become ready; the message ends with its log tail."""
 
 

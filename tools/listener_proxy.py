@@ -20,6 +20,8 @@ import contextlib
 import struct
 from collections.abc import Callable
 
+from worker.errors import WorkerError
+
 METADATA = 3  # Kafka API keys whose answers name brokers
 FIND_COORDINATOR = 10
 # First flexible (compact-encoded, tagged-field) version of each: its response header and body
@@ -28,7 +30,7 @@ _FLEXIBLE_FROM = {METADATA: 9, FIND_COORDINATOR: 3}
 _MAX_FRAME = 256 * 1024 * 1024  # far above any answer the worker's clients get; guards a bad size
 
 
-class ProtocolError(ValueError):
+class ProtocolError(WorkerError, ValueError):
     """A frame that does not parse as the Kafka answer its request announced."""
 
 

@@ -56,7 +56,7 @@ from tqdm import tqdm
 from phoenix.actions import ACTION_NAMES, NUM_ACTIONS
 from training.world import RequestTruth, World, WorldConfig
 from worker.codec import encode_request, user_key
-from worker.errors import EXPIRED, INVALID, NOT_MSGPACK, TOO_LARGE
+from worker.errors import EXPIRED, INVALID, NOT_MSGPACK, TOO_LARGE, WorkerError
 from tools.pacing import Pace
 from tools.recordfile import Record, RecordWriter
 from worker.settings import SettingsError
@@ -102,7 +102,7 @@ BAD_EVENT_KINDS: dict[str, str] = {
 }
 
 
-class ProducerError(ValueError):
+class ProducerError(WorkerError, ValueError):
     """Arguments the producer cannot honour."""
 
 

@@ -35,11 +35,12 @@ from aiokafka import AIOKafkaProducer
 from tools.broker import EmbeddedBroker
 from tools.kafka_io import Outgoing, TopicFollower, connection, send_paced
 from tools.pacing import Pace
-from tools.launcher import WorkerProcess, WorkerProcessError
+from tools.launcher import WorkerProcess
 from tools.producer import Event, generate_events, now_ms
+from worker.errors import WorkerError
 
 
-class SoakError(RuntimeError):
+class SoakError(WorkerError, RuntimeError):
     """The soak could not run (worker exited or never became ready)."""
 
 
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seconds must be at least twice --sample-s ({config.sample_s})")
     try:
         return run(config)
-    except (SoakError, WorkerProcessError) as error:
+    except WorkerError as error:  # the soak's own, or the worker process exited
         print(f"FAIL: {error}", file=sys.stderr)
         return 1
 

@@ -59,12 +59,13 @@ import numpy as np
 
 from phoenix.actions import ACTION_NAMES, NEGATIVE_ACTIONS, NUM_ACTIONS
 from phoenix.hashing import MIX64_MULTIPLIERS, mix64
+from worker.errors import WorkerError
 from worker.wire import REQUEST_SCHEMA
 
 TRUTH_SCHEMA = "world-truth.v1"
 
 
-class WorldError(ValueError):
+class WorldError(WorkerError, ValueError):
     """A world configuration or id that the world cannot use."""
 
 

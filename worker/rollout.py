@@ -22,6 +22,7 @@ import numpy as np
 from phoenix.hashing import mix64
 from phoenix.model import RecsysBatch
 from phoenix.runner import RankingRunner
+from worker.errors import WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Canary:
     share: float
 
 
-class RolloutError(ValueError):
+class RolloutError(WorkerError, ValueError):
     """A new checkpoint that must not serve; the message names the file and the reason."""
 
 

@@ -16,6 +16,7 @@ import socket
 import textwrap
 from typing import Any, Mapping, Sequence
 
+from worker.errors import WorkerError
 from worker.topics import DEAD_LETTER_TOPIC, ENGAGEMENTS_TOPIC, REQUESTS_TOPIC, RESULTS_TOPIC
 
 ENV_PREFIX = "RANKER_"
@@ -48,7 +49,7 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected a boolean (true/false), got {text!r}")
 
 
-class SettingsError(ValueError):
+class SettingsError(WorkerError, ValueError):
     """A setting with a value the worker cannot run with (or a flag that is not a setting).
     The message is one line that names the variable or flag to change."""
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from worker.errors import WorkerError
+
 REQUESTS_TOPIC = "ranking-requests"  # input: msgpack ranking-request.v1, keyed by user id
 RESULTS_TOPIC = "ranking-results"  # output: msgpack ranking-result.v1, same key as the request
 DEAD_LETTER_TOPIC = "ranking-dead-letter"  # msgpack dead-letter.v1 for input we could not answer
@@ -41,7 +43,7 @@ _TOPIC_AUTHORIZATION_FAILED = 29
 _VISIBLE_POLL_S = 0.05  # real Kafka may list a new topic a moment after creating it
 
 
-class TopicError(RuntimeError):
+class TopicError(WorkerError, RuntimeError):
     """A topic could not be created, or exists with another partition count."""
 
 

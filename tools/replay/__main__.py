@@ -8,14 +8,10 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import tools.replay
-from phoenix.checkpoint import CheckpointError
-from phoenix.config import ConfigError
-from tools.kafka_io import KafkaIOError
-from tools.pacing import PaceError
-from tools.recordfile import RecordFileError
+from phoenix.errors import PhoenixError
 from tools.replay import compare, offline, publish, record
-from tools.replay.files import ReplayError
-from worker.settings import Settings, SettingsError
+from worker.errors import WorkerError
+from worker.settings import Settings
 
 PROG = "python -m tools.replay"
 EXIT_OK, EXIT_KAFKA, EXIT_USAGE = 0, 1, 2
@@ -112,9 +108,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         settings = _settings(rest, environ, getattr(args, "batch_size", None))
         _COMMANDS[args.command](args, settings)
-    except (RecordFileError, ReplayError, KafkaIOError, PaceError, CheckpointError,
-            ConfigError, SettingsError,
-            FileNotFoundError, IsADirectoryError, PermissionError) as error:
+    except (WorkerError, PhoenixError, OSError) as error:  # our roots; a file it cannot read
         print(f"replay {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     except KafkaError as error:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import aiokafka
 import faust
 
+from worker.errors import WorkerError
+
 SUPPORTED_FAUST_VERSION = "0.15.3"
 SUPPORTED_AIOKAFKA_VERSION = "0.14.0"
 
@@ -21,7 +23,7 @@ UPGRADE_HINT = (
 )
 
 
-class KafkaTuningError(RuntimeError):
+class KafkaTuningError(WorkerError, RuntimeError):
     """A fix in worker/upstream/ cannot apply (library versions, broker scheme or values)."""
 
 
