@@ -1,5 +1,5 @@
 """Which broker a benchmark runs on (`--broker embedded|kafka`) and the client settings that
-suit it. The broker itself comes from `tools.broker.broker_class`, as for `make broker`.
+suit it. The broker itself comes from `tools.broker.kinds.broker_class`, as for `make broker`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import dataclasses
 import os
 from collections.abc import Iterable
 
-from tools.broker import BROKER_KINDS, BrokerProcess, broker_class
+from tools.broker import BrokerProcess
+from tools.broker.kinds import BROKER_KINDS, broker_class
 from worker.kafka_clients import topic_config
 from worker.settings import EMBEDDED_BROKER_FETCH_WAIT_MS, Settings
 from worker.topics import TopicSpec

@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.floors import process_us
 from bench.load import NATIVE
 from bench.stats import markdown_table
-from tools.broker import BROKER_KINDS
+from tools.broker.kinds import BROKER_KINDS
 
 NOT_RUN = "not run"
 MISSING = "n/a"  # the run happened but did not measure this (e.g. an older results file)

@@ -33,7 +33,8 @@ from tools.kafka_io import assignable_partitions
 from worker.kafka_clients import topic_config
 from worker.settings import EMBEDDED_BROKER_FETCH_WAIT_MS, Settings
 from worker.topics import TopicSpec
-from tools.broker import BROKER_KINDS, BrokerProcess, broker_class
+from tools.broker import BrokerProcess
+from tools.broker.kinds import BROKER_KINDS, broker_class
 from tools.launcher import ROOT
 
 # In-process tests share the persistent JAX compilation cache with the workers the tests start

@@ -95,18 +95,11 @@ def a_cycle(graph: dict[str, set[str]], tangle: set[str]) -> list[str]:
     raise AssertionError(f"{sorted(tangle)} is not a tangle")
 
 
-# Known, and owed a fix: tools.broker starts the other broker kinds through function-level
-# imports of modules that import it back. Delete the entry with the fix; the test then holds.
-KNOWN_TANGLES = [{"tools.apache_kafka", "tools.broker", "tools.kafka_cluster", "tools.launcher"}]
-
-
 def test_the_project_has_no_import_cycle():
     graph = import_graph()
     assert "worker.validation" in graph and graph["worker.validation"] >= {"worker.wire"}
-    found = tangles(graph)
-    new = [" -> ".join(a_cycle(graph, tangle)) for tangle in found if tangle not in KNOWN_TANGLES]
-    assert new == [], "import cycles: " + "; ".join(new)
-    assert found == KNOWN_TANGLES, "a known tangle changed or was untied: update KNOWN_TANGLES"
+    cycles = [" -> ".join(a_cycle(graph, tangle)) for tangle in tangles(graph)]
+    assert cycles == [], "import cycles: " + "; ".join(cycles)
 
 
 @pytest.mark.parametrize("source, expected", [

@@ -14,7 +14,7 @@ import uuid
 
 from tests.conftest import TEST_BROKER
 from tools import launcher as worker_process
-from tools.broker import broker_class
+from tools.broker.kinds import broker_class
 from tools.launcher import ROOT
 
 DEMO_CHECKPOINT = ROOT / "checkpoints" / "demo.npz"

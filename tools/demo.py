@@ -12,8 +12,8 @@ import asyncio
 import sys
 import time
 
-from tools.broker import (BROKER_KINDS, BrokerPrerequisiteError, BrokerProcess, broker_class,
-                          free_port, port_free)
+from tools.broker import BrokerPrerequisiteError, BrokerProcess, free_port, port_free
+from tools.broker.kinds import BROKER_KINDS, broker_class
 from tools.launcher import WorkerProcess
 from tools.producer import generate_events, send_events_to_kafka, with_server_history
 from tools.viewer import Summary, follow, format_dead_letter, format_result, latency_of, legend
