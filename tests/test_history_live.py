@@ -188,14 +188,16 @@ def rank_all(kafka, topics, messages: list[dict], timeout_s: float = 60) -> dict
         time.sleep(0.2)
 
 
-def changelog_writes(bootstrap: str, changelog: str, settle_s: float = 1.5,
+def changelog_writes(bootstrap: str, changelog: str, at_least: int, settle_s: float = 1.5,
                      timeout_s: float = 60.0) -> dict[bytes, list[bytes]]:
     """Each key's values in the history changelog, in log order, as a `read_committed`
-    librdkafka reader sees them once no more arrive for `settle_s`."""
+    librdkafka reader sees them once it has `at_least` records and no more arrive for
+    `settle_s`."""
     with Reader(bootstrap, [changelog]) as reader:
         deadline, seen, quiet_since = time.monotonic() + timeout_s, -1, time.monotonic()
-        while time.monotonic() - quiet_since < settle_s:
-            assert time.monotonic() < deadline, f"{changelog} still growing after {timeout_s} s"
+        while seen < at_least or time.monotonic() - quiet_since < settle_s:
+            assert time.monotonic() < deadline, (
+                f"{changelog}: {seen} records of at least {at_least} after {timeout_s} s")
             if len(reader.records()) != seen:
                 seen, quiet_since = len(reader.records()), time.monotonic()
             time.sleep(0.1)
@@ -210,7 +212,8 @@ def assert_changelog_ends_with_each_history(bootstrap: str, group_id: str, users
                                             items: dict[int, list[dict]]) -> None:
     """The changelog holds each user's writes in the order they were made (one engagement
     more each time), the last one the user's whole history: what a recovery rebuilds."""
-    writes = changelog_writes(bootstrap, history_changelog_topic(group_id))
+    writes = changelog_writes(bootstrap, history_changelog_topic(group_id),
+                              at_least=sum(len(items[user]) for user in users))
     for user in users:
         lengths = [len(history.items(value)) for value in writes[codec.user_key(user)]]
         assert lengths == list(range(1, len(items[user]) + 1)), (
