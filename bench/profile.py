@@ -3,8 +3,8 @@
 - `assembly_ratio`: assembling n validated requests into padded tensors vs ranking them with
   the jitted model (assembly should stay under 10% of model time);
 - `profile_batch_path`: one batch of B records through the same pipeline the worker runs,
-  split into decode, validate, assemble, host-to-device, model, device-to-host, map back and
-  encode (the Kafka stages, consume and publish/ack, come from the worker's own metrics).
+  split into decode and validate (one typed step, as the worker does it), assemble,
+  host-to-device, model, device-to-host, map back and encode (the Kafka stages, consume and publish/ack, come from the worker's own metrics).
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import jax
 from bench.model import median_seconds
 from phoenix.model import build_prefix_model
 from phoenix.runner import RankingRunner, RankOutput, rank_cached_step
-from worker import codec
 from worker.pipeline import InputRecord, RankingPipeline
 from tools.producer import generate_events
 from worker.request import RankingRequest
-from worker.validation import parse_request, validate_request
+from worker.validation import parse_request, parse_requests
 
 
 def demo_records(seed: int, count: int, topic: str = "bench") -> list[InputRecord]:
@@ -79,10 +78,8 @@ def profile_batch_path(pipeline: RankingPipeline, records: Sequence[InputRecord]
     for i in range(rounds + 1):  # round 0 compiles and warms caches, not counted
         batch = batches[i % len(batches)]
         whole, whole_ms = _timed(lambda: pipeline.process(pipeline.decode(batch)))
-        maps, decode_ms = _timed(lambda: [codec.decode_request_bytes(r.value, pipeline.limits)
-                                          for r in batch])
-        requests, validate_ms = _timed(lambda: [validate_request(m, pipeline.limits)
-                                                for m in maps])
+        requests, decode_ms = _timed(lambda: parse_requests([r.value for r in batch],
+                                                            pipeline.limits))
         assembly, assemble_ms = _timed(lambda: pipeline.assembler.assemble(requests))
         on_device, h2d_ms = _timed(lambda: jax.block_until_ready(
             [jax.device_put(c.batch) for c in assembly.calls]))
@@ -92,8 +89,7 @@ def profile_batch_path(pipeline: RankingPipeline, records: Sequence[InputRecord]
         _, map_ms = _timed(lambda: pipeline.assembler.rankings(requests, assembly, host))
         if i == 0:
             continue
-        add("decode (msgpack)", decode_ms)
-        add("validate", validate_ms)
+        add("decode + validate (typed)", decode_ms)
         add("assemble", assemble_ms)
         add("host-to-device", h2d_ms)
         add("model (jitted)", model_ms)
