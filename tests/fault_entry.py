@@ -11,6 +11,9 @@
 --fault-handler-bug ID
                       the batch step raises `InjectedFault` (a bug, not bad input) for the
                       batch that holds request ID, after ranking it and before publishing.
+--fault-predict-slow X
+                      the cost model's start-up measure of every call shape is X times what
+                      was measured: the scheduler predicts batches far slower than they run.
 --fault-publish-fail ID[:N]
                       sending the result of request ID raises `InjectedFault` (not a Kafka
                       error) every time, and so do the first N sends of the publish_failed
@@ -31,6 +34,7 @@ import time
 from typing import Sequence
 
 from worker import app
+from worker.cost_model import CostModel
 from worker.handler import BatchHandler
 from worker.pipeline import DecodedBatch, Outcome, ProcessedBatch, RankingPipeline
 from worker.request import RankingRequest
@@ -50,6 +54,7 @@ class Faults:
     handler_bug_request: str = ""  # request id whose batch makes the handler raise
     publish_fail_request: str = ""  # request id whose result can never be sent ("" = none)
     publish_fail_stand_in: int = 0  # failed sends of its publish_failed dead letter
+    predict_slow: float = 0.0  # factor on the cost model's measured shape times (0 = none)
 
 
 def poison_message(user_id: int) -> str:
@@ -97,6 +102,18 @@ def install(faults: Faults) -> None:
 
         BatchHandler._record_breaker = buggy_record_breaker
 
+    if faults.predict_slow:
+        measure = CostModel.measure.__func__
+
+        def slow_measure(cls, *args, **kwargs) -> CostModel:
+            model = measure(cls, *args, **kwargs)
+            log.warning("fault: the cost model predicts every call %gx slower",
+                        faults.predict_slow)
+            model.shape_ms = {s: ms * faults.predict_slow for s, ms in model.shape_ms.items()}
+            return model
+
+        CostModel.measure = classmethod(slow_measure)
+
     if faults.publish_fail_request:
         send = BatchHandler._send
         stand_in_sends = itertools.count(1)
@@ -119,12 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fault-poison-user", type=int, default=0)
     parser.add_argument("--fault-publish-fail", default="")
     parser.add_argument("--fault-handler-bug", default="")
+    parser.add_argument("--fault-predict-slow", type=float, default=0.0)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
     request_id, _, times = args.fault_publish_fail.partition(":")
     install(Faults(slow_ms=args.fault_slow_ms, slow_batches=args.fault_slow_batches,
                    poison_user=args.fault_poison_user,
                    handler_bug_request=args.fault_handler_bug, publish_fail_request=request_id,
-                   publish_fail_stand_in=int(times or 0)))
+                   publish_fail_stand_in=int(times or 0),
+                   predict_slow=args.fault_predict_slow))
     return app.main(rest)
 
 

@@ -34,6 +34,8 @@ from worker import codec, history
 from worker.engagement import parse_engagement
 from worker.exactly_once import commit_guard
 from worker.errors import ValidationError
+from worker.batching import FixedBatches, ScheduledBatches, key_lane, partition_lane
+from worker.cost_model import CostModel
 from worker.handler import BatchHandler, WorkerState, to_record
 from worker.breaker import BreakerConfig, DeadLetterBreaker
 from worker.broker_health import BrokerHealth
@@ -47,6 +49,7 @@ from worker.lifecycle import (BoundedStopWorker, StartupSignals, StartupStop,
 from worker.monitoring import HealthServer, WorkerMetrics
 from worker.pipeline import RankingPipeline
 from worker.rollout import CheckpointWatcher, RolloutError
+from worker.scheduler import DeadlineScheduler
 from worker.serving import RANDOM_CHECKPOINT, build_pipeline, cache_summary, configure_jax
 from worker.settings import Settings, SettingsError, flag_name
 from worker.topics import HISTORY_TABLE  # changelog: topics.history_changelog_topic
@@ -162,11 +165,13 @@ class BrokerLayout(NamedTuple):
 
 def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState,
                metrics: WorkerMetrics, watcher: CheckpointWatcher | None = None,
-               layout: BrokerLayout | None = None) -> faust.App:
+               layout: BrokerLayout | None = None, cost: CostModel | None = None
+               ) -> faust.App:
     """The worker's app, wired step by step: the history table and its agent, the ranking
     agent, with a `watcher` live model rollout, partition tracking, broker health and lag
     reporting. `layout`: what start-up found on the broker (default: the settings'
-    partitions, one replica, no idempotence). Every thread pool is shut down when the app
+    partitions, one replica, no idempotence); `cost`: the model's measured cost per call
+    shape (default: measured now, for the deadline policy). Every thread pool is shut down when the app
     stops."""
     layout = layout or BrokerLayout(TopicLayout(settings.partitions, 1), idempotent=False)
     app, topics = new_app(settings, layout.topics.replication_factor, layout.idempotent)
@@ -177,7 +182,8 @@ def create_app(settings: Settings, pipeline: RankingPipeline, state: WorkerState
                            decode_executor=_thread_pool(app, "decoder"), on_bug=on_bug)
     table = _add_history(app, topics.engagements, settings, layout.topics.partitions,
                          pipeline, handler, metrics, on_bug)
-    _add_ranking(app, topics.requests, settings, state, handler, on_bug)
+    _add_ranking(app, topics.requests, settings, state, handler,
+                 _batches(settings, handler, metrics, cost), on_bug)
     if watcher is not None:
         _add_rollout(app, settings, watcher, pipeline, metrics, ranker)
     _add_partition_tracking(app, state, metrics)
@@ -214,10 +220,24 @@ def _bug_stopper(state: WorkerState) -> Callable[[BaseException], None]:
     return on_bug
 
 
+def _batches(settings: Settings, handler: BatchHandler, metrics: WorkerMetrics,
+             cost: CostModel | None) -> FixedBatches | ScheduledBatches:
+    """The batch policy the settings name (the deadline one measures the model's cost per
+    call shape first, unless given `cost`)."""
+    if settings.batch_policy == "fixed":
+        return FixedBatches(handler, settings.max_batch_wait_ms / 1000)
+    cost = cost or handler.pipeline.measure_cost()
+    lane = partition_lane if settings.processing_guarantee == "exactly_once" else key_lane
+    return ScheduledBatches(
+        handler, DeadlineScheduler(cost, settings.max_batch_size, settings.latency_target_ms),
+        lane, metrics, queue_limit=2 * settings.max_batch_size)
+
+
 def _add_ranking(app: faust.App, requests: Any, settings: Settings, state: WorkerState,
-                 handler: BatchHandler, on_bug: Callable[[BaseException], None]) -> None:
-    """The agent that takes the requests in batches for `handler` to rank and answer."""
-    max_wait_s = settings.max_batch_wait_ms / 1000
+                 handler: BatchHandler, batches: FixedBatches | ScheduledBatches,
+                 on_bug: Callable[[BaseException], None]) -> None:
+    """The agent that takes the requests for `batches` to queue, and `handler` to rank and
+    answer."""
     state.recovering = lambda: bool(app.in_recovery)
     # Faust suspends flow control when partitions are revoked and resumes it last, after the
     # stream partitions are resumed and sought (Recovery._resume_streams and
@@ -226,15 +246,18 @@ def _add_ranking(app: faust.App, requests: Any, settings: Settings, state: Worke
 
     @app.agent(requests, concurrency=1)
     async def rank(stream):
+        dispatcher = asyncio.ensure_future(batches.run())
         # noack_take: Faust must not ack (and so commit) before the results are acked.
         try:
-            async for events in stream.noack_take(settings.max_batch_size, within=max_wait_s):
-                await handler.handle(stream, events)  # returns while the batch is ranked
-            await handler.flush()
+            async for events in stream.noack_take(settings.max_batch_size,
+                                                  within=batches.wait_s):
+                await batches.take(stream, events)
+            await batches.flush()
         except Exception as error:  # noqa: BLE001 (CancelledError is not an Exception)
             on_bug(error)
             await asyncio.Event().wait()  # no agent restart: held until the stop cancels it
         finally:
+            dispatcher.cancel()
             await handler.close()  # stopping: let the batches in flight finish
 
 

@@ -68,6 +68,14 @@ class Buckets:
             return fitting
         return tuple(sorted(set(fitting[::-1][::2]) | {fitting[0]}))
 
+    def call_shapes(self, width: int, count: int) -> list[tuple[int, int]]:
+        """The (requests, width) shapes of the calls that rank `count` requests of `width`:
+        full calls of the largest size that width allows, then the rest padded up to a size."""
+        sizes = self.batch_sizes_for(width)
+        step = sizes[-1]
+        return [(_round_up(min(step, count - start), sizes), width)
+                for start in range(0, count, step)]
+
     def shapes(self) -> list[tuple[int, int]]:
         """Every (requests, width) shape a call can have: what warm-up compiles."""
         return [(b, w) for w in self.widths for b in self.batch_sizes_for(w)]
@@ -213,16 +221,19 @@ class Assembler:
         calls = []
         for width in np.unique(width_of).tolist():
             members = np.flatnonzero(width_of == width)
-            step = self.buckets.batch_sizes_for(width)[-1]
-            calls += [self._call(members[start:start + step], width, counts, offsets, context,
-                                 candidates) for start in range(0, len(members), step)]
+            start = 0
+            for size, _ in self.buckets.call_shapes(width, len(members)):
+                chunk = members[start:start + size]  # the last may be short of `size`: padded
+                calls.append(self._call(chunk, size, width, counts, offsets, context,
+                                        candidates))
+                start += len(chunk)
         return Assembly(calls, counts)
 
-    def _call(self, members: np.ndarray, width: int, counts: np.ndarray, offsets: np.ndarray,
-              context: dict[str, np.ndarray], candidates: dict[str, np.ndarray]) -> ModelCall:
+    def _call(self, members: np.ndarray, size: int, width: int, counts: np.ndarray,
+              offsets: np.ndarray, context: dict[str, np.ndarray],
+              candidates: dict[str, np.ndarray]) -> ModelCall:
         """One call: the `members` requests' context rows and candidates, zero-padded to
-        (batch bucket, `width`)."""
-        size = _round_up(len(members), self.buckets.batch_sizes_for(width))
+        (`size`, `width`)."""
         padded = {}
         for name, value in context.items():  # [n, ...] -> [b, ...]
             block = np.zeros((size,) + value.shape[1:], value.dtype)

@@ -24,9 +24,9 @@ from phoenix import compilations
 from worker.breaker import DeadLetterBreaker
 from worker.exactly_once import commit_guard, transactional_id
 from worker.monitoring import WorkerMetrics
-from worker.errors import PUBLISH_FAILED
+from worker.errors import EXPIRED, PUBLISH_FAILED
 from worker.settings import SettingsError
-from worker.pipeline import (InputRecord, Outcome, ProcessedBatch,
+from worker.pipeline import (DecodedBatch, InputRecord, Outcome, ProcessedBatch,
                              RankingPipeline, publish_failed)
 
 log = logging.getLogger(__name__)
@@ -141,31 +141,52 @@ class BatchHandler:
         self._in_flight: collections.deque[asyncio.Future] = collections.deque()
 
     async def handle(self, stream: Any, events: Sequence[Any]) -> None:
-        """Decodes `events` (on the decode thread), waits until at most one earlier batch is
-        still in flight, queues the ranking and returns: batch k+1 is decoded while batch k is
-        ranked and published. Batches are ranked, published and acked in the order handled:
-        results keep their per-partition order, and each input is acked only after its own
-        result was acknowledged by the broker."""
-        await self._wait_for_breaker()
+        """The fixed policy's step: decodes `events` and dispatches them as one batch."""
+        await self.wait_for_breaker()
+        await self.dispatch(stream, events, await self.decode(events))
+
+    async def decode(self, events: Sequence[Any]) -> DecodedBatch:
+        """`events` decoded and validated on the decode thread: each a request or its dead
+        letter. They count as in flight until `dispatch`ed and answered."""
         records = [to_record(e) for e in events]
         self.metrics.requests.inc(len(records))
         self.metrics.in_flight.inc(len(records))
         try:
-            loop = asyncio.get_running_loop()
-            decoded = await loop.run_in_executor(self.decode_executor or self.executor,
-                                                 self.pipeline.decode, records)
+            decoded = await asyncio.get_running_loop().run_in_executor(
+                self.decode_executor or self.executor, self.pipeline.decode, records)
+        except BaseException:
+            self.metrics.in_flight.dec(len(records))
+            raise
+        self.metrics.stage_time.labels("decode").observe(decoded.decode_ms / 1000)
+        return decoded
+
+    async def dispatch(self, stream: Any, events: Sequence[Any],
+                       decoded: DecodedBatch) -> asyncio.Future:
+        """Waits until at most one earlier batch is still in flight, queues the ranking of
+        `decoded` (the records of `events`) and returns its future: batch k+1 is decoded while
+        batch k is ranked and published. A batch with nothing to rank is processed here, at
+        once. Batches are ranked, published and acked in the order dispatched: results keep
+        their per-partition order, and each input is acked only after its own result was
+        acknowledged by the broker."""
+        loop = asyncio.get_running_loop()
+        try:
             # At most one batch ahead of this one: it keeps the ranker busy without letting
             # decoded batches queue up behind several rankings (latency at moderate load).
             while len(self._in_flight) > 1:
                 await self._in_flight[0]  # raises the error of a failed batch
                 self._in_flight.popleft()  # only once done: close() still sees it if cancelled
-            ranking = loop.run_in_executor(self.executor, self.pipeline.process, decoded)
+            if decoded.has_requests:
+                ranking = loop.run_in_executor(self.executor, self.pipeline.process, decoded)
+            else:  # only dead letters: nothing for the ranker
+                ranking = loop.create_future()
+                ranking.set_result(self.pipeline.process(decoded))
         except BaseException:
-            self.metrics.in_flight.dec(len(records))
+            self.metrics.in_flight.dec(len(decoded))
             raise
         previous = self._in_flight[-1] if self._in_flight else None
         self._in_flight.append(asyncio.ensure_future(
-            self._finish(stream, events, records, ranking, previous)))
+            self._finish(stream, events, decoded.records, ranking, previous)))
+        return ranking
 
     async def flush(self) -> None:
         """Waits until every handled batch is published and acked; raises the first error."""
@@ -217,7 +238,7 @@ class BatchHandler:
             self.state.last_offsets[(record.topic, record.partition)] = record.offset
         self._observe(processed)
 
-    async def _wait_for_breaker(self) -> None:
+    async def wait_for_breaker(self) -> None:
         """Holds the taken batch while the breaker is open. Faust waits for every taken record
         to be acked before it stops or revokes partitions, so a stop or rebalance ends the
         wait: the held batch is then ranked at once (one trial batch, as after a cooldown)."""
@@ -350,10 +371,12 @@ class BatchHandler:
 
     def _observe(self, processed: ProcessedBatch) -> None:
         m, outcomes = self.metrics, processed.outcomes
-        m.batch_size.observe(len(outcomes))
-        m.model_time.observe(processed.times.model_ms / 1000)
-        for stage, ms in processed.times._asdict().items():
-            m.stage_time.labels(stage.removesuffix("_ms")).observe(ms / 1000)
+        if processed.ranked:  # a batch of dead letters only is no model batch
+            m.batch_size.observe(len(outcomes))
+            m.model_time.observe(processed.times.model_ms / 1000)
+            for stage, ms in processed.times._asdict().items():
+                if stage != "decode_ms":  # observed as each batch is decoded
+                    m.stage_time.labels(stage.removesuffix("_ms")).observe(ms / 1000)
         results = collections.Counter()
         for outcome in outcomes:
             if outcome.is_result:
@@ -371,7 +394,10 @@ class BatchHandler:
     def _record_breaker(self, outcomes: Sequence[Outcome]) -> None:
         # Right after ranking, before publishing: the next batch must already see it open.
         m, breaker = self.metrics, self.state.breaker
-        if breaker is not None and breaker.record(not o.is_result for o in outcomes):
+        # An expired request says the worker is behind, not that the input is bad: the breaker,
+        # which pauses consumption, would only put it further behind.
+        if breaker is not None and breaker.record(
+                not o.is_result for o in outcomes if o.dead_letter_code != EXPIRED):
             m.breaker_open.set(1)
             log.error("DEAD-LETTER CIRCUIT BREAKER OPEN: %s", breaker.reason)
         elif breaker is not None and not breaker.is_open:

@@ -55,6 +55,13 @@ class WorkerMetrics:
                                     buckets=_LATENCY_BUCKETS, registry=r)
         self.stage_time = Histogram("ranker_stage_seconds", "Time per batch in each stage",
                                     ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.shed = Counter("ranker_shed", "Requests refused unranked (dead-lettered expired) "
+                            "because they were predicted to finish after their deadline",
+                            registry=r)
+        self.batch_time = Histogram("ranker_batch_seconds", "Time to rank a batch (assemble, "
+                                    "model, encode): the scheduler's prediction and the "
+                                    "measured time", ["kind"], buckets=_LATENCY_BUCKETS,
+                                    registry=r)
         self.compilations = Gauge("ranker_compilations", "XLA compilations in the process so far (any function)", registry=r)
         self.in_flight = Gauge("ranker_in_flight_requests",
                                "Records consumed but not yet answered", registry=r)

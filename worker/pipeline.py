@@ -20,9 +20,11 @@ import numpy as np
 
 from phoenix.config import ConfigError
 from phoenix.model import RecsysBatch
+from phoenix.params import dummy_batch
 from phoenix.runner import RankingRunner, RankOutput
 from worker import codec, wire
 from worker.assembly import Assembler, Buckets, Ranking
+from worker.cost_model import CostModel
 from worker.errors import (PUBLISH_FAILED, TOO_LARGE, ExpiredError, ModelError,
                            ValidationError, WorkerError)
 from worker.history import with_table_history
@@ -79,6 +81,7 @@ class ProcessedBatch(NamedTuple):
     times: StageTimes
     candidates: int  # real candidates ranked
     started_ms: float  # epoch ms when the batch formed (end of its queue wait)
+    ranked: int = 0  # requests that reached the model
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -92,6 +95,11 @@ class DecodedBatch:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def has_requests(self) -> bool:
+        """Whether anything in it is for the ranker (not only dead letters)."""
+        return any(isinstance(item, RankingRequest) for item in self.items)
 
 
 def publish_failed(outcome: Outcome, error: BaseException) -> Outcome:
@@ -161,6 +169,12 @@ class RankingPipeline:
                 runner.warmup([shape])
                 after_each()
 
+    def measure_cost(self) -> CostModel:
+        """The serving model's time per compiled call shape (compile them first: `warmup`)."""
+        runner = self.runner
+        return CostModel.measure(self.assembler.buckets, lambda shape: runner.rank_cached(
+            dummy_batch(runner.config, *shape)))
+
     def runners(self) -> list[RankingRunner]:
         """The models serving: the main one, then the canary if any."""
         return [self.runner] + ([self.canary.runner] if self.canary else [])
@@ -203,6 +217,13 @@ class RankingPipeline:
     def dead_letter(self, record: InputRecord, error: WorkerError) -> Outcome:
         """The dead letter of `record` (also for inputs other than requests: engagements)."""
         return self._dead_letter(record, error)
+
+    def shed(self, record: InputRecord, request: RankingRequest, finish_ms: float,
+             now_ms: float) -> Outcome:
+        """The `expired` dead letter of a request the scheduler refused: it was predicted to
+        finish at `finish_ms`, after its deadline."""
+        return self._dead_letter(record, ExpiredError(
+            _shed_message(request.deadline_ms, finish_ms, now_ms), request.request_id))
 
     def _checked(self, record: InputRecord, parsed: RankingRequest | ValidationError,
                  now_ms: float) -> RankingRequest | Outcome:
@@ -339,7 +360,8 @@ class RankingPipeline:
                                        version)
         end = _now_ms()
         times = StageTimes(decoded.decode_ms, assemble_ms, model_ms, end - after_model)
-        return ProcessedBatch(outcomes, times, sum(r.num_candidates for r in requests), start)
+        return ProcessedBatch(outcomes, times, sum(r.num_candidates for r in requests), start,
+                              len(requests))
 
 
 def _deadline_message(deadline_ms: int, sent_ms: int | None, now_ms: float) -> str:
@@ -353,3 +375,12 @@ def _deadline_message(deadline_ms: int, sent_ms: int | None, now_ms: float) -> s
     return (f"deadline_ms {deadline_ms} passed {now_ms - deadline_ms:.0f} ms before its batch "
             f"formed{queued}; give it a later deadline, or add workers (and partitions) so "
             "requests queue less")
+
+
+def _shed_message(deadline_ms: int, finish_ms: float, now_ms: float) -> str:
+    """Why the scheduler refused a request before its deadline passed."""
+    return (f"deadline_ms {deadline_ms} cannot be met: with the work queued ahead of it, this "
+            f"request was predicted to finish at {finish_ms:.0f} ({finish_ms - deadline_ms:.0f} "
+            f"ms after its deadline, {deadline_ms - now_ms:.0f} ms before it); it was refused "
+            "unranked so that the requests served meet theirs. Give it a later deadline, or "
+            "add workers (and partitions) so requests queue less")

@@ -23,6 +23,7 @@ ENV_PREFIX = "RANKER_"
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
 EVENT_LOOPS = ("uvloop", "asyncio")
 HISTORY_STORES = ("memory", "rocksdb")
+BATCH_POLICIES = ("deadline", "fixed")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PROG = "python -m worker.app"
 HELP_HINT = f"`{PROG} --help` lists every setting"
@@ -122,8 +123,15 @@ class Settings:
     ssl_keyfile: str = _setting("", "client key for mutual TLS")
     ssl_key_password: str = _setting("", "passphrase of an encrypted ssl_keyfile", secret=True)
     # Batching and model
+    batch_policy: str = _setting("deadline", "deadline: batches sized from the model's "
+                                 "measured cost, earliest deadline first, hopeless requests "
+                                 "shed; fixed: max_batch_size records or max_batch_wait_ms")
+    latency_target_ms: float = _setting(50.0, "the deadline policy's latency objective: a "
+                                        "batch is predicted to take at most half of it, and "
+                                        "a request without a deadline is due this long after "
+                                        "it was sent")
     max_batch_size: int = _setting(64, "most records taken from Kafka per batch")
-    max_batch_wait_ms: float = _setting(5.0, "longest wait to fill a batch")
+    max_batch_wait_ms: float = _setting(5.0, "longest wait to fill a batch (fixed policy)")
     batch_buckets: tuple[int, ...] = _setting((1, 2, 4, 8, 16, 32, 64),
                                               "requests per model call compiled at start")
     candidate_buckets: tuple[int, ...] = _setting(
@@ -159,6 +167,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         checks = [  # (setting, holds, the rule)
+            ("batch_policy", self.batch_policy in BATCH_POLICIES,
+             f"must be one of {', '.join(BATCH_POLICIES)}"),
+            ("latency_target_ms", self.latency_target_ms > 0, "must be > 0"),
             ("max_batch_size", self.max_batch_size >= 1, "must be >= 1"),
             # Faust's take() reads a zero `within` as "no timer": batches would wait to be full.
             ("max_batch_wait_ms", self.max_batch_wait_ms > 0,
