@@ -160,3 +160,14 @@ def test_answered_items_wait_for_their_lane_and_cost_nothing():
     # x's lane is free: its dead letter leaves first; u's right after "a", its lane's first.
     assert names(batch.items) == ["dead letter of x", "a", "dead letter of u", "b"]
     assert names(batch.to_rank) == ["a", "b"] and len(s) == 1
+
+
+def test_the_time_after_a_run_counts_towards_every_predicted_finish():
+    s = scheduler()
+    on_time = request("on-time", arrival=0.0, deadline=3.0)
+    assert s.add(on_time, now_ms=0.0)  # its run ends at 1.5 ms
+    s.next_batch(now_ms=0.0)
+    s.after_ms = 2.0  # answers are out 2 ms after a run ends: 3.5 ms, after its deadline
+    late = request("late", arrival=0.0, deadline=3.0)
+    assert not s.add(late, now_ms=0.0)
+    assert late.shed_at_ms == pytest.approx(SHAPE_MS[1, 8] + 2.0)

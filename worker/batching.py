@@ -22,7 +22,7 @@ import logging
 import time
 from typing import Any, Callable, Hashable, Sequence
 
-from worker.cost_model import CostModel, Prediction
+from worker.cost_model import SMOOTHING, CostModel, Prediction
 from worker.handler import BatchHandler
 from worker.monitoring import WorkerMetrics
 from worker.pipeline import DecodedBatch, InputRecord, Outcome, ProcessedBatch
@@ -170,11 +170,20 @@ class ScheduledBatches:
         prediction = self.cost.predict(p.width for p in to_rank) if to_rank else None
         if prediction is not None:
             self._free_at_ms = now + prediction.ms
-        ranking = await self.handler.dispatch(self._stream, events, decoded)
+        dispatched = await self.handler.dispatch(self._stream, events, decoded)
         if prediction is None:
             return None
-        ranking.add_done_callback(lambda done: self._observe(prediction, done))
-        return ranking
+        dispatched.ranking.add_done_callback(lambda done: self._observe(prediction, done))
+        ends_ms = now + prediction.ms
+        dispatched.published.add_done_callback(lambda done: self._observe_after(ends_ms, done))
+        return dispatched.ranking
+
+    def _observe_after(self, predicted_end_ms: float, done: asyncio.Future) -> None:
+        """How long after the predicted end of its run a batch's answers were out."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        after = max(0.0, _now_ms() - predicted_end_ms)
+        self.scheduler.after_ms += SMOOTHING * (after - self.scheduler.after_ms)
 
     def _observe(self, prediction: Prediction, done: asyncio.Future) -> None:
         if done.cancelled() or done.exception() is not None:

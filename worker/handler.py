@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import Executor
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from aiokafka.errors import (ClusterAuthorizationFailedError, KafkaConnectionError, KafkaError,
                              KafkaTimeoutError, OutOfOrderSequenceNumber, ProducerClosed,
@@ -115,6 +115,14 @@ def to_record(event: Any) -> InputRecord:
         timestamp_ms=int(timestamp * 1000) if timestamp else None)
 
 
+class Dispatched(NamedTuple):
+    """A dispatched batch: its ranking (done when the ranker is free again) and its
+    publishing (done once every outcome is acknowledged and every input acked)."""
+
+    ranking: asyncio.Future  # -> ProcessedBatch
+    published: asyncio.Future
+
+
 class BatchHandler:
     """Rank a batch, publish every outcome (retrying sends), then ack the inputs."""
 
@@ -161,9 +169,9 @@ class BatchHandler:
         return decoded
 
     async def dispatch(self, stream: Any, events: Sequence[Any],
-                       decoded: DecodedBatch) -> asyncio.Future:
+                       decoded: DecodedBatch) -> Dispatched:
         """Waits until at most one earlier batch is still in flight, queues the ranking of
-        `decoded` (the records of `events`) and returns its future: batch k+1 is decoded while
+        `decoded` (the records of `events`) and returns its futures: batch k+1 is decoded while
         batch k is ranked and published. A batch with nothing to rank is processed here, at
         once. Batches are ranked, published and acked in the order dispatched: results keep
         their per-partition order, and each input is acked only after its own result was
@@ -184,9 +192,10 @@ class BatchHandler:
             self.metrics.in_flight.dec(len(decoded))
             raise
         previous = self._in_flight[-1] if self._in_flight else None
-        self._in_flight.append(asyncio.ensure_future(
-            self._finish(stream, events, decoded.records, ranking, previous)))
-        return ranking
+        published = asyncio.ensure_future(
+            self._finish(stream, events, decoded.records, ranking, previous))
+        self._in_flight.append(published)
+        return Dispatched(ranking, published)
 
     async def flush(self) -> None:
         """Waits until every handled batch is published and acked; raises the first error."""

@@ -70,6 +70,10 @@ class DeadlineScheduler:
         self._dues: list[float] = []  # due times of the queued requests to rank, sorted
         self._count = 0
         self._seq = 0
+        # What comes after a batch's run before its answers are out (the wait for the batch
+        # ahead to be published, then its own publishing): learnt by the caller, added to
+        # every predicted finish.
+        self.after_ms = 0.0
 
     def __len__(self) -> int:
         """Queued items, answered and shed ones included."""
@@ -91,7 +95,7 @@ class DeadlineScheduler:
         elif item.deadline_ms is not None:
             item.due_ms = item.deadline_ms
             if item.lane not in self._lanes:
-                finish = now_ms + busy_ms + self._queue_ms(item)
+                finish = now_ms + busy_ms + self._queue_ms(item) + self.after_ms
                 if finish > item.deadline_ms:
                     item.shed_at_ms, item.due_ms = finish, item.arrival_ms
         else:
@@ -122,7 +126,7 @@ class DeadlineScheduler:
             if not size:  # the first request to rank sets the batch's size and finish
                 size = min(len(self._dues), self.cost.largest_within(
                     item.width, budget_ms, self.max_batch_size))
-                finish = now_ms + self.cost.uniform_ms(item.width, size)
+                finish = now_ms + self.cost.uniform_ms(item.width, size) + self.after_ms
             if ranked == size:
                 break
             if item.deadline_ms is not None and item.deadline_ms < finish:
