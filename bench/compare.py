@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from bench import curve
 from bench.floors import process_us
 from bench.load import NATIVE
 from bench.stats import markdown_table
@@ -51,14 +52,34 @@ def _phase(results: dict, name: str) -> dict | None:
     return next((p for p in phases if p["phase"] == name), None)
 
 
+def _dig(value: object, keys: Sequence[str]) -> object:
+    """value[k1][k2]..., None where a level is missing."""
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
 def phase_value(name: str, *keys: str) -> Metric:
     """A figure of one load phase, e.g. phase_value("light", "latency_ms", "p99_ms")."""
+    return lambda results: _dig(_phase(results, name), keys)
+
+
+def _curve_policy(results: dict, policy: str) -> dict | None:
+    load_curve = results.get("end_to_end", {}).get("curve")
+    return load_curve["policies"].get(policy) if load_curve else None
+
+
+def curve_value(policy: str, fraction: float, *keys: str) -> Metric:
+    """A figure of one batch policy's curve point at `fraction` of the fixed max, e.g.
+    curve_value("deadline", 0.5, "latency_ms", "p99_ms")."""
     def metric(results: dict) -> float | None:
-        value = _phase(results, name)
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        return value
+        figures = _curve_policy(results, policy)
+        return _dig(curve.point(figures["points"], fraction), keys) if figures else None
     return metric
+
+
+def curve_max(policy: str) -> Metric:
+    return lambda results: (_curve_policy(results, policy) or {}).get("max_req_per_s")
 
 
 def model_alone(results: dict) -> float | None:
@@ -228,6 +249,30 @@ def run_line(kind: str, results: dict | None) -> str:
             f"{sum(t['passed'] for t in targets)} of {len(targets)} targets met.")
 
 
+# The latency-vs-load curve across brokers: each figure of one policy beside the other's.
+CURVE_ROWS: tuple[tuple[str, Metric], ...] = (
+    *((f"{policy}: max results/s", curve_max(policy)) for policy in curve.POLICIES),
+    *((f"{policy}: p99 ms at {f:.0%}", curve_value(policy, f, "latency_ms", "p99_ms"))
+      for f in curve.LOAD_FRACTIONS for policy in curve.POLICIES),
+    *((f"{policy}: goodput/s at {f:.0%}", curve_value(policy, f, "goodput_req_per_s"))
+      for f in (1.0, curve.OVERLOAD_FRACTION) for policy in curve.POLICIES),
+)
+
+
+def curve_comparison(runs: Mapping[str, dict | None], figure: str | None = None) -> str:
+    """Both batch policies' curves, a column per broker, then the plot (`figure`, a link
+    relative to the report) where there is one."""
+    out = ["## Latency against load", "",
+           f"Each batch policy on a worker of its own, offered a share of that run's "
+           f"{curve.REFERENCE_POLICY} max, every request due {curve.CURVE_DEADLINE_MS} ms after "
+           f"it is sent: p99 of the results, goodput (results by their deadline, per second).",
+           "", phase_table(runs, CURVE_ROWS)]
+    if figure:
+        out += ["", f"![p99 and goodput against offered load, each batch policy and broker]"
+                    f"({figure})"]
+    return "\n".join(out)
+
+
 def comparison(runs: Mapping[str, dict | None]) -> str:
     """The run lines, then one table per phase with a column per broker."""
     out = [run_line(kind, results) for kind, results in runs.items()]
@@ -236,16 +281,18 @@ def comparison(runs: Mapping[str, dict | None]) -> str:
     return "\n".join(out)
 
 
-def document(runs: Mapping[str, dict | None], detail: Callable[[dict], str]) -> str:
-    """bench/results.md: the comparison, then each broker's run in detail (`detail` renders
-    one run's report with `###` sections)."""
+def document(runs: Mapping[str, dict | None], detail: Callable[[dict], str],
+             figure: str | None = None) -> str:
+    """bench/results.md: the comparison, the latency-vs-load curve (with the plot `figure`
+    links), then each broker's run in detail (`detail` renders one run's report with `###`
+    sections)."""
     out = ["# Benchmark: the embedded broker and Apache Kafka", "",
            "Each column comes from that broker's latest `make bench BROKER=<kind>` "
            "(`bench/results-<kind>.json`); a run on one broker leaves the other's column as "
            "its own run left it. Both columns run the same bench with the same worker; only "
            "the broker and the consumers' fetch wait (what suits each broker) differ. Ratios "
            "hold within one run; across columns, mind each run's date and load:", "",
-           comparison(runs)]
+           comparison(runs), "", curve_comparison(runs, figure)]
     for kind, results in runs.items():
         if results is not None:
             name = column_title(kind, results)

@@ -15,6 +15,10 @@ default, or Apache Kafka), started by the bench itself:
      `--processing-guarantee`), then, on Apache Kafka (the embedded broker has no
      transactions), a second worker exactly once on topics of its own: max and half of its
      max, its results read `read_committed`, beside at least once's in the report;
+     between the two, the latency-vs-load curve of each batch policy (`bench.curve`): fixed
+     and deadline, each on a worker of its own, offered shares of the fixed policy's max up
+     to past it, every request with a deadline: p50/p99/p99.9, goodput and shed per point,
+     drawn as `bench/plots/latency_vs_load.png` (`bench.plots`) beside the report;
   3. a naive baseline: one aiokafka loop, one request at a time, the model applied eagerly;
   4. where the time goes: the batch path split into stages, in process and in the worker;
   5. large candidate sets (`bench.candidates`): the reference layout's rows vs the cached
@@ -26,11 +30,11 @@ default, or Apache Kafka), started by the bench itself:
      + fill per request (`bench.decode`);
 then checks the targets, writes the run to `bench/results-<broker>.json` and rebuilds
 `bench/results.md` from each broker's latest run (`bench.compare`): one table per phase with a
-column per broker, then each run in detail.
+column per broker, then each run in detail; and the curve's plot from the same files.
 `--quick` runs every phase with few messages and skips the slow sweeps (the reference config,
 large candidate sets) to check that the bench works; it keeps to its own
-`bench/results-<broker>-quick.json` and prints its report (`--markdown PATH` writes it),
-leaving bench/results.md to full runs.
+`bench/results-<broker>-quick.json` and prints its report (`--markdown PATH` writes it, and
+the plot in `plots/` beside it), leaving bench/results.md and its plot to full runs.
 Ratios are meaningful within one run; absolute figures depend on the machine and its load.
 """
 
@@ -53,7 +57,7 @@ from typing import AsyncIterator, Callable, Iterator, Sequence
 
 import numpy as np
 
-from bench import brokers, compare
+from bench import brokers, compare, curve, plots
 from bench.candidates import run as run_candidates, table as candidates_table
 from bench.decode import demo_request, measure as measure_decode
 from bench.floors import process_us, run as run_floors, table as floors_table
@@ -96,6 +100,7 @@ class BenchConfig:
     floor_rounds: int = 3  # (a) and (b) alternately, each reported as its median round
     model_repeats: int = 5
     model_min_time_s: float = 0.2
+    curve_seconds: float = 6.0  # per load point of the latency-vs-load curve (bench.curve)
     # The slow model-only sweeps: the reference config (model alone) and the large
     # candidate sets; without them their targets are left out.
     sweeps: bool = True
@@ -106,7 +111,7 @@ class BenchConfig:
 QUICK = BenchConfig(warmup_requests=200, max_requests=1000, half_seconds=3.0,
                     light_seconds=4.0, history_seconds=3.0, naive_requests=40,
                     wide_requests=100, floor_messages=1000, floor_rounds=1, model_repeats=2,
-                    model_min_time_s=0.05, sweeps=False)
+                    model_min_time_s=0.05, curve_seconds=2.0, sweeps=False)
 
 
 def _environment() -> dict:
@@ -199,16 +204,19 @@ class Phases:
 
 @contextlib.asynccontextmanager
 async def serving(broker: BrokerProcess, tuning: brokers.BrokerTuning, topics: dict[str, str],
-                  cfg: BenchConfig, partitions: int, guarantee: str) -> AsyncIterator[Phases]:
-    """A ready worker with `guarantee` on `topics` and a collector of its results, which
-    reads them as a downstream consumer would: `read_committed` under exactly once."""
+                  cfg: BenchConfig, partitions: int, guarantee: str,
+                  worker_args: Sequence[str] = ()) -> AsyncIterator[Phases]:
+    """A ready worker with `guarantee` (and `worker_args`, e.g. a batch policy) on `topics`
+    and a collector of its results, which reads them as a downstream consumer would:
+    `read_committed` under exactly once."""
     bootstrap = broker.bootstrap_servers
     worker = await asyncio.to_thread(
         BenchWorker(bootstrap, topics["requests"], topics["results"], topics["dead-letters"],
                     cfg.checkpoint, partitions, engagements=topics["engagements"],
-                    extra_args=(*tuning.worker_args(), "--processing-guarantee", guarantee)
-                    ).start)
-    print(f"{guarantee} worker ready after {worker.ready_after_s:.1f} s", flush=True)
+                    extra_args=(*tuning.worker_args(), "--processing-guarantee", guarantee,
+                                *worker_args)).start)
+    print(f"{' '.join((guarantee, *worker_args))} worker ready after "
+          f"{worker.ready_after_s:.1f} s", flush=True)
     try:
         async with ResultCollector(bootstrap, topics["results"], tuning.fetch_max_wait_ms,
                                    read_committed=guarantee == compare.EXACTLY_ONCE
@@ -249,22 +257,44 @@ async def at_least_once_only(phases: Phases, cfg: BenchConfig, half_rate: int) -
                              (cfg.wide_candidates, cfg.wide_candidates))]
 
 
+@contextlib.asynccontextmanager
+async def fresh_worker(broker: BrokerProcess, kind: str, cfg: BenchConfig, partitions: int,
+                       suffix: str, guarantee: str, worker_args: Sequence[str] = ()
+                       ) -> AsyncIterator[Phases]:
+    """`serving` on topics of its own (`bench-<name>-<suffix>`): no phase of another worker
+    is left in them to skew its group's start or its figures."""
+    topics = await create_topics(broker, WORKER_TOPICS, suffix, partitions)
+    async with serving(broker, brokers.tuning(kind), topics, cfg, partitions, guarantee,
+                       worker_args) as phases:
+        yield phases
+
+
 async def run_guarantee(broker: BrokerProcess, kind: str, cfg: BenchConfig,
                         probe: Callable[[], float], partitions: int, run_id: str,
                         guarantee: str) -> dict:
     """The worker phases with `guarantee`, on a worker and topics of their own."""
-    topics = await create_topics(broker, WORKER_TOPICS, f"{guarantee}-{run_id}", partitions)
-    async with serving(broker, brokers.tuning(kind), topics, cfg, partitions,
-                       guarantee) as phases:
+    async with fresh_worker(broker, kind, cfg, partitions, f"{guarantee}-{run_id}",
+                            guarantee) as phases:
         return await run_worker(phases, cfg, probe)
+
+
+async def run_curve(broker: BrokerProcess, kind: str, cfg: BenchConfig, partitions: int,
+                    run_id: str) -> dict:
+    """The latency-vs-load curve (`bench.curve`), at least once, each batch policy on a
+    worker and topics of its own."""
+    def serve(policy: str) -> contextlib.AbstractAsyncContextManager[Phases]:
+        return fresh_worker(broker, kind, cfg, partitions, f"curve-{policy}-{run_id}",
+                            compare.AT_LEAST_ONCE, ("--batch-policy", policy))
+    return await curve.run(serve, cfg.curve_seconds, cfg.warmup_requests, cfg.max_requests)
 
 
 async def run_kafka(settings: Settings, cfg: BenchConfig, probe: Callable[[], float],
                     kind: str = brokers.DEFAULT_BROKER) -> dict:
-    """The worker phases on a broker of `kind` at least once, then max and half max exactly
-    once where the broker has transactions, then the naive baseline (after the workers
-    stopped: no contention), then the host floors. The exactly-once phases join the list of
-    phases; `exactly_once` holds that worker's other figures, or why it did not run."""
+    """The worker phases on a broker of `kind` at least once, then the latency-vs-load curve
+    of each batch policy, then max and half max exactly once where the broker has
+    transactions, then the naive baseline (after the workers stopped: no contention), then
+    the host floors. The exactly-once phases join the list of phases; `exactly_once` holds
+    that worker's other figures, or why it did not run; `curve` the curve."""
     partitions = settings.partitions
     tuning = brokers.tuning(kind)
     with brokers.new_broker(kind) as broker:
@@ -276,6 +306,8 @@ async def run_kafka(settings: Settings, cfg: BenchConfig, probe: Callable[[], fl
         guaranteed = functools.partial(run_guarantee, broker, kind, cfg, probe, partitions,
                                        run_id)
         at_least_once = await guaranteed(compare.AT_LEAST_ONCE)
+        print("== latency against load, each batch policy", flush=True)
+        load_curve = await run_curve(broker, kind, cfg, partitions, run_id)
         reason = brokers.NO_EXACTLY_ONCE.get(kind)
         exactly_once = ({"not_run": reason} if reason
                         else await guaranteed(compare.EXACTLY_ONCE))
@@ -290,7 +322,8 @@ async def run_kafka(settings: Settings, cfg: BenchConfig, probe: Callable[[], fl
         floors = await run_floors(broker, cfg.checkpoint, partitions, cfg.floor_messages,
                                   cfg.floor_rounds)
     return {**at_least_once, "broker_executable": executable, "floors": floors,
-            "partitions": partitions, "exactly_once": exactly_once, "naive": naive}
+            "partitions": partitions, "exactly_once": exactly_once, "naive": naive,
+            "curve": load_curve}
 
 
 def _phase_line(p: dict) -> str:
@@ -393,7 +426,8 @@ def report(results: dict) -> str:
     out = [f"{env['cpu_count']} CPUs ({env['machine']}), JAX {env['jax_version']} on "
            f"{env['jax_backend']} ({', '.join(env['jax_devices'])}), Python {env['python']}; "
            f"broker: {broker['title']} (its process: {broker['executable'] or 'unknown'}); "
-           f"worker: max batch {results['settings']['max_batch_size']}, max wait "
+           f"worker: {_policy(results['settings'])}max batch "
+           f"{results['settings']['max_batch_size']}, max wait "
            f"{results['settings']['max_batch_wait_ms']} ms, fetch wait "
            f"{results['settings']['fetch_max_wait_ms']} ms. "
            + (f"`python -m bench.e2e --broker {broker['kind']} --quick`" if results.get("quick")
@@ -442,6 +476,7 @@ def report(results: dict) -> str:
                 f" at ready, {kafka['compilations_at_end']:.0f} at the end. Worker ready "
                 f"{kafka['worker_ready_s']:.1f} s after start."]
     out += guarantees_section(results)
+    out += curve.section(kafka.get("curve"))
     out += ["", "### Where the time goes", "",
             f"Batch path per {results['profile']['batch_size']} requests (in process, one "
             "thread; publish + ack from the worker under max load):", ""]
@@ -532,6 +567,14 @@ def guarantees_section(results: dict) -> list[str]:
             f"{exactly_once['duplicate_results']} exactly once."]
 
 
+def _policy(settings: dict) -> str:
+    """The batch policy the phases outside the curve ran with (older runs did not say)."""
+    if "batch_policy" not in settings:
+        return ""
+    return (f"batch policy {settings['batch_policy']} (latency target "
+            f"{settings['latency_target_ms']:g} ms), ")
+
+
 def _describe(t: dict) -> str:
     return Target(t["name"], t["measured"], t["limit"], t["op"] == ">=", t["unit"]).describe()
 
@@ -603,8 +646,8 @@ def main(argv: list[str] | None = None) -> int:
                    "executable": kafka.pop("broker_executable")},
         "bench_config": dataclasses.asdict(cfg),
         "settings": {k: getattr(settings, k) for k in (
-            "max_batch_size", "max_batch_wait_ms", "fetch_max_wait_ms", "batch_buckets",
-            "partitions")},
+            "batch_policy", "latency_target_ms", "max_batch_size", "max_batch_wait_ms",
+            "fetch_max_wait_ms", "batch_buckets", "partitions")},
         "model_alone": model_rows, "assembly": assembly, "profile": profile,
         "large_candidates": large, "decode_us": decode_us,
         "end_to_end": kafka, "worker_breakdown": worker_breakdown(max_phase),
@@ -612,25 +655,35 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["targets"] = [t.to_json() for t in targets(kafka, assembly,
                                                         settings.max_batch_size)
-                          + host_targets(kafka, decode_us) + candidate_targets(large)]
+                          + host_targets(kafka, decode_us) + candidate_targets(large)
+                          + curve.curve_targets(kafka["curve"])]
     results["duration_s"] = time.time() - started
     write(results, args)
     return 0
 
 
 def write(results: dict, args: argparse.Namespace) -> None:
-    """This run to its broker's JSON, then the report from every broker's latest JSON."""
+    """This run to its broker's JSON, then the report from every broker's latest JSON, and
+    with the report (`--markdown`) the curve's plot from the same files, which it links."""
     out = compare.results_path(args.results_dir, results["broker"]["kind"], args.quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=_json_default))
-    text = compare.document(compare.load_runs(args.results_dir, args.quick), report)
-    print("\n" + text)
+    runs = compare.load_runs(args.results_dir, args.quick)
     written = [str(out)]
+    figure = None
+    if args.markdown:
+        markdown = Path(args.markdown)
+        png = plots.latency_vs_load(runs, plots.plot_path(markdown))
+        if png is not None:
+            figure = png.relative_to(markdown.parent).as_posix()
+            written.append(str(png))
+    text = compare.document(runs, report, figure)
+    print("\n" + text)
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(text)
         written.append(args.markdown)
-    print(f"wrote {' and '.join(written)}")
+    print(f"wrote {', '.join(written)}")
 
 
 def _json_default(value: object) -> object:

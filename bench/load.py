@@ -2,9 +2,10 @@
 
 - `BenchWorker`: the real worker (`python -m worker.app`) as a subprocess, with its metrics;
 - `ResultCollector`: an aiokafka consumer in the bench process that records when each result
-  arrives;
-- `run_phase`: the mock producer offers load at a rate; latency is the producer's
-  `timestamp_ms` (echoed as `request_timestamp_ms`) to the result's arrival;
+  arrives; `DeadLetterCollector` the same for dead letters (requests refused or expired);
+- `offer`: the mock producer offers load at a rate, with the worker's metrics and CPU read
+  around it; `run_phase` on top of it: latency is the producer's `timestamp_ms` (echoed as
+  `request_timestamp_ms`) to the result's arrival;
 - `run_naive`: what a user would write first: one aiokafka consume loop, one request at a
   time, the model applied eagerly, each result published and its ack awaited.
 """
@@ -17,7 +18,7 @@ import math
 import os
 import statistics
 import time
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Awaitable, Callable, NamedTuple, Sequence
 
 import msgpack
 from aiokafka import AIOKafkaProducer
@@ -54,6 +55,8 @@ class Snapshot:
     stage_count: dict[str, float]
     # ranker_engagement_visible_lag_seconds cumulative bucket counts by upper bound
     lag_le: dict[float, float] = dataclasses.field(default_factory=dict)
+    shed: float = 0.0  # ranker_shed_total: refused by the deadline scheduler, unranked
+    dead_letters: dict[str, float] = dataclasses.field(default_factory=dict)  # by code
 
     @classmethod
     def parse(cls, text: str) -> "Snapshot":
@@ -62,6 +65,7 @@ class Snapshot:
         stage_sum: dict[str, float] = {}
         stage_count: dict[str, float] = {}
         lag_le: dict[float, float] = {}
+        dead_letters: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 if s.name == "ranker_batch_size_bucket":
@@ -72,12 +76,27 @@ class Snapshot:
                     stage_sum[s.labels["stage"]] = s.value
                 elif s.name == "ranker_stage_seconds_count":
                     stage_count[s.labels["stage"]] = s.value
+                elif s.name == "ranker_dead_letters_total":
+                    dead_letters[s.labels["code"]] = s.value
                 elif not s.labels:
                     values[s.name] = s.value
         return cls(values.get("ranker_compilations", math.nan),
                    values.get("ranker_results_total", 0.0), batch_le,
                    values.get("ranker_batch_size_sum", 0.0),
-                   values.get("ranker_batch_size_count", 0.0), stage_sum, stage_count, lag_le)
+                   values.get("ranker_batch_size_count", 0.0), stage_sum, stage_count, lag_le,
+                   values.get("ranker_shed_total", 0.0), dead_letters)
+
+
+def mean_batch(before: Snapshot, after: Snapshot) -> float:
+    """Mean requests per ranked batch between two snapshots (nan: no batch)."""
+    batches = after.batch_count - before.batch_count
+    return (after.batch_sum - before.batch_sum) / batches if batches else math.nan
+
+
+def counter_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    """Per-label increments of a labelled counter between two snapshots, zeros left out."""
+    deltas = {k: int(round(v - before.get(k, 0.0))) for k, v in after.items()}
+    return {k: n for k, n in deltas.items() if n}
 
 
 def stage_means_ms(before: Snapshot, after: Snapshot) -> dict[str, float]:
@@ -193,72 +212,144 @@ class Arrival(NamedTuple):
     produced_at_ms: int  # worker: result built (after the model, before publishing)
 
 
-class ResultCollector(TopicFollower):
-    """Consumes the results topic in the background; `arrivals[request_id]` is the first
-    result of each request. `read_committed`: sees only committed transactions, as a
-    downstream consumer of an exactly-once worker does (the latency that counts there)."""
+class DeadLetter(NamedTuple):
+    """One dead letter as the bench consumer saw it."""
+
+    code: str  # its error code (`expired`: refused or too late, never ranked)
+    arrived_ms: float  # when the consumer's fetch returned it (epoch ms)
+
+
+class AnswerCollector(TopicFollower):
+    """Consumes one topic of answers (msgpack maps with a top-level `request_id`) in the
+    background; `arrivals[request_id]` is what `arrival` makes of the first answer to each
+    request, later ones count as `duplicates`."""
+
+    what = "answers"  # how `wait_for` names them when some are missing
 
     def __init__(self, bootstrap: str, topic: str, fetch_max_wait_ms: int = FETCH_WAIT_MS,
                  read_committed: bool = False):
         super().__init__(connection(bootstrap), [topic], fetch_max_wait_ms,
                          "read_committed" if read_committed else "read_uncommitted")
-        self.arrivals: dict[str, Arrival] = {}
+        self.arrivals: dict[str, Any] = {}
         self.duplicates = 0
-        self._changed = asyncio.Event()
+        self.changed = asyncio.Event()  # set on every fetch; `wait_for_answers` clears it
+
+    def arrival(self, message: dict, arrived_ms: float) -> Any:
+        raise NotImplementedError
 
     def on_records(self, records: list, arrived_ms: float) -> None:
         for record in records:
-            result = msgpack.unpackb(record.value, raw=False)
-            request_id = result["request_id"]
+            message = msgpack.unpackb(record.value, raw=False)
+            request_id = message.get("request_id")
+            if request_id is None:  # a dead letter of a record that named no request
+                continue
             if request_id in self.arrivals:
                 self.duplicates += 1
             else:
-                self.arrivals[request_id] = Arrival(
-                    result.get("request_timestamp_ms"), arrived_ms,
-                    result["timings"]["queue_wait_ms"], result["produced_at_ms"])
-        self._changed.set()
+                self.arrivals[request_id] = self.arrival(message, arrived_ms)
+        self.changed.set()
 
     async def wait_for(self, request_ids: Sequence[str], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        missing = list(request_ids)
-        while True:
-            self._changed.clear()  # before looking: an arrival after this sets it again
-            missing = [r for r in missing if r not in self.arrivals]
-            if not missing:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BenchError(f"{len(missing)} of {len(request_ids)} results did not arrive "
-                                 f"within {timeout_s} s (first missing: {missing[0]})")
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
-            except asyncio.TimeoutError:
-                pass
+        """Until each of `request_ids` has its answer here."""
+        await wait_for_answers([self], request_ids, timeout_s)
+
+
+class ResultCollector(AnswerCollector):
+    """The results topic's collector, `arrivals[request_id]` an `Arrival`. `read_committed`:
+    sees only committed transactions, as a downstream consumer of an exactly-once worker does
+    (the latency that counts there)."""
+
+    what = "results"
+
+    def arrival(self, message: dict, arrived_ms: float) -> Arrival:
+        return Arrival(message.get("request_timestamp_ms"), arrived_ms,
+                       message["timings"]["queue_wait_ms"], message["produced_at_ms"])
+
+
+class DeadLetterCollector(AnswerCollector):
+    """The dead-letter topic's collector, `arrivals[request_id]` a `DeadLetter`: under a
+    deadline, a request answered by a dead letter (`expired`) gets no result to wait for."""
+
+    what = "dead letters"
+
+    def arrival(self, message: dict, arrived_ms: float) -> DeadLetter:
+        return DeadLetter(message["error"]["code"], arrived_ms)
+
+
+async def wait_for_answers(collectors: Sequence[AnswerCollector], request_ids: Sequence[str],
+                           timeout_s: float) -> None:
+    """Until each of `request_ids` has an answer in one of `collectors` (a result or a dead
+    letter, say); raises BenchError naming the first still missing after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    missing = list(request_ids)
+    while True:
+        for collector in collectors:  # before looking: an arrival after this sets it again
+            collector.changed.clear()
+        missing = [r for r in missing if not any(r in c.arrivals for c in collectors)]
+        if not missing:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            what = " or ".join(c.what for c in collectors)
+            raise BenchError(f"{len(missing)} of {len(request_ids)} requests got no {what} "
+                             f"within {timeout_s} s (first missing: {missing[0]})")
+        waits = [asyncio.ensure_future(c.changed.wait()) for c in collectors]
+        try:
+            await asyncio.wait(waits, timeout=min(remaining, 1.0),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
 
 # ----------------------------------------------------------------------------- load phases
+
+
+@dataclasses.dataclass(frozen=True)
+class Offered:
+    """One offered load, answered: its requests, how long sending them took, the worker's
+    metrics before and after, the CPU per request in between."""
+
+    request_ids: list[str]
+    sent_s: float
+    before: Snapshot
+    after: Snapshot
+    cpu_us: dict[str, float] | None
+
+
+async def offer(events: Sequence[Event], rate: float, bootstrap: str, topic: str,
+                worker: BenchWorker, broker_pid: int | None,
+                answered: Callable[[list[str]], Awaitable[None]],
+                engagements_topic: str | None = None) -> Offered:
+    """Offers `events` at `rate` requests per second (0: as fast as possible; engagement
+    events go to `engagements_topic` as they come), then awaits `answered(request_ids)`,
+    with the worker's metrics and every process's CPU read around it all."""
+    before = await asyncio.to_thread(worker.snapshot)
+    cpu = CpuMeter(worker.proc.pid, broker_pid,
+                   lambda: worker.metric("ranker_python_threads_cpu_seconds"))
+    cpu.start()
+    started = time.time()
+    await send_events_to_kafka(events, bootstrap=bootstrap, topic=topic, rate=rate,
+                               **({"engagements_topic": engagements_topic}
+                                  if engagements_topic else {}))
+    sent_s = time.time() - started
+    ids = [e.request_id for e in events if not e.engagement]
+    await answered(ids)
+    cpu_us = cpu.stop(len(ids))
+    after = await asyncio.to_thread(worker.snapshot)
+    return Offered(ids, sent_s, before, after, cpu_us)
 
 
 async def run_phase(name: str, events: Sequence[Event], rate: float, bootstrap: str,
                     topic: str, collector: ResultCollector, worker: BenchWorker,
                     broker_pid: int | None = None, timeout_s: float = 120.0,
                     engagements_topic: str | None = None) -> dict:
-    """Offers `events` at `rate` requests per second (0: as fast as possible; engagement
-    events go to `engagements_topic` as they come) and waits for every result. Returns the
-    phase's figures (see `bench.e2e` for their meaning)."""
-    before = await asyncio.to_thread(worker.snapshot)
-    cpu = CpuMeter(worker.proc.pid, broker_pid,
-                   lambda: worker.metric("ranker_python_threads_cpu_seconds"))
-    cpu.start()
-    started_ms = time.time() * 1000.0
-    await send_events_to_kafka(events, bootstrap=bootstrap, topic=topic, rate=rate,
-                               **({"engagements_topic": engagements_topic}
-                                  if engagements_topic else {}))
-    sent_s = time.time() - started_ms / 1000.0
-    ids = [e.request_id for e in events if not e.engagement]
-    await collector.wait_for(ids, timeout_s)
-    cpu_us = cpu.stop(len(ids))
-    after = await asyncio.to_thread(worker.snapshot)
+    """Offers `events` at `rate` requests per second (see `offer`) and waits for every
+    result. Returns the phase's figures (see `bench.e2e` for their meaning)."""
+    offered = await offer(events, rate, bootstrap, topic, worker, broker_pid,
+                          lambda ids: collector.wait_for(ids, timeout_s),
+                          engagements_topic)
+    ids, before, after = offered.request_ids, offered.before, offered.after
     arrivals = [collector.arrivals[i] for i in ids]
     timed = [a for a in arrivals if a.sent_ms is not None]
     # Where the latency goes (medians): to the worker's batch, ranking, back to a consumer.
@@ -273,17 +364,17 @@ async def run_phase(name: str, events: Sequence[Event], rate: float, bootstrap: 
         "phase": name,
         "requests": len(ids),
         "offered_req_per_s": rate if rate > 0 else None,
-        "sent_req_per_s": len(ids) / sent_s,
+        "sent_req_per_s": len(ids) / offered.sent_s,
         "results_req_per_s": sustained_rate([a.arrived_ms for a in arrivals]),
         "latency_ms": latency_summary([a.arrived_ms - a.sent_ms for a in timed]),
         "latency_segments_ms": segments,
         "batches": int(batches),
-        "mean_batch": (after.batch_sum - before.batch_sum) / batches if batches else math.nan,
+        "mean_batch": mean_batch(before, after),
         "batch_sizes": bucket_counts(before.batch_le, after.batch_le),
         "worker_stage_ms": stage_means_ms(before, after),
         "compilations": [before.compilations, after.compilations],
         "results_published": int(after.results - before.results),
-        "cpu_us_per_request": cpu_us,
+        "cpu_us_per_request": offered.cpu_us,
         "engagement_lag_ms": lag_quantiles_ms(before.lag_le, after.lag_le),
     }
 

@@ -29,11 +29,12 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float]:
-    """count, mean, p50, p90, p99 and max of a latency sample, in milliseconds."""
+    """count, mean, p50, p90, p99, p99.9 and max of a latency sample, in milliseconds."""
     values = np.asarray(latencies_ms, np.float64)
     return {"count": int(values.size), "mean_ms": float(values.mean()) if values.size else math.nan,
             "p50_ms": percentile(values, 50), "p90_ms": percentile(values, 90),
-            "p99_ms": percentile(values, 99), "max_ms": float(values.max())}
+            "p99_ms": percentile(values, 99), "p99_9_ms": percentile(values, 99.9),
+            "max_ms": float(values.max())}
 
 
 def sustained_rate(times_ms: Sequence[float], trim: float = 0.1) -> float:

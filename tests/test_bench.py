@@ -452,3 +452,215 @@ def test_process_cpu_counts_every_thread_of_another_process():
     finally:
         child.kill()
         child.wait()
+
+
+# ---- the latency-vs-load curve of the batch policies (bench.curve, bench.plots) ------------
+
+
+def _point(fraction, p99, goodput, expired=0, reference=2000.0):
+    """One made-up curve point; `p99` None: no results at all."""
+    return {"fraction": fraction, "offered_req_per_s": fraction * reference,
+            "sent_req_per_s": fraction * reference, "results_req_per_s": goodput + 10.0,
+            "latency_ms": None if p99 is None else {"p50_ms": p99 / 2, "p99_ms": p99,
+                                                    "p99_9_ms": p99 * 1.5},
+            "goodput_req_per_s": goodput, "expired": expired, "shed_by_scheduler": expired // 2,
+            "mean_batch": 8.0, "cpu_us_per_request": {"total": 900.0}}
+
+
+def _curve(p99s, goodputs, maxima, reference=2000.0):
+    """A made-up curve: per policy, a p99 and a goodput for each load fraction."""
+    from bench.curve import LOAD_FRACTIONS
+
+    return {"deadline_ms": 100, "reference_policy": "fixed", "reference_max_req_per_s": reference,
+            "seconds_per_point": 6.0,
+            "policies": {policy: {"max_req_per_s": maxima[policy], "points": [
+                _point(f, p99, good, expired=int(100 * f), reference=reference)
+                for f, p99, good in zip(LOAD_FRACTIONS, p99s[policy], goodputs[policy])]}
+                for policy in p99s}}
+
+
+# fractions:      10%   25%   50%   70%   80%   85%   100%  120%
+GOOD_CURVE = _curve(
+    {"fixed": [20.0, 25.0, 90.0, 150.0, 300.0, 500.0, 900.0, 2000.0],
+     "deadline": [20.0, 22.0, 50.0, 60.0, 70.0, 100.0, 95.0, 98.0]},
+    {"fixed": [200.0, 500.0, 1000.0, 1300.0, 1200.0, 1000.0, 400.0, 10.0],
+     "deadline": [200.0, 500.0, 1000.0, 1400.0, 1600.0, 1700.0, 1900.0, 1900.0]},
+    {"fixed": 2000.0, "deadline": 1960.0})
+
+
+def test_goodput_counts_only_results_that_arrived_by_their_deadline():
+    from bench.curve import goodput_per_s, within_deadline
+    from bench.load import Arrival
+
+    arrivals = [Arrival(1000, 1050.0, 1.0, 1040), Arrival(1000, 1100.0, 1.0, 1090),  # in time
+                Arrival(1000, 1100.5, 1.0, 1090), Arrival(2000, 2400.0, 1.0, 2390),  # late
+                Arrival(None, 1.0, 1.0, 1)]  # no send time: no deadline to have met
+    assert [within_deadline(a, 100) for a in arrivals] == [True, True, False, False, False]
+    assert goodput_per_s(arrivals, seconds=2.0, deadline_ms=100) == 1.0
+    assert goodput_per_s(arrivals, seconds=2.0, deadline_ms=500) == 2.0  # the late one too
+    with pytest.raises(BenchStatsError, match="must last"):
+        goodput_per_s(arrivals, seconds=0.0)
+
+
+def test_a_curve_point_splits_results_dead_letters_and_the_schedulers_shed():
+    from bench.curve import point_figures
+    from bench.load import Arrival, DeadLetter, Offered
+
+    def snapshot(shed, dead_letters, batches, requests):
+        return Snapshot(math.nan, 0.0, {}, requests, batches, {}, {}, {}, shed, dead_letters)
+
+    offered = Offered(["a", "b", "c", "d", "e", "f"], 2.0,
+                      snapshot(3.0, {"expired": 5.0}, 10, 80),
+                      snapshot(5.0, {"expired": 8.0, "invalid": 1.0}, 12, 96), None)
+    results = {"a": Arrival(1000, 1060.0, 2.0, 1050), "b": Arrival(1000, 1250.0, 2.0, 1240),
+               "zz": Arrival(1000, 1001.0, 2.0, 1000)}  # another phase's: not this point's
+    letters = {"c": DeadLetter("expired", 1010.0), "d": DeadLetter("expired", 1020.0),
+               "e": DeadLetter("expired", 1030.0), "f": DeadLetter("invalid", 1005.0)}
+    p = point_figures(0.5, 3.0, offered, results, letters, deadline_ms=100)
+    assert (p["requests"], p["results"], p["within_deadline"]) == (6, 2, 1)
+    assert p["sent_req_per_s"] == 3.0 and p["results_req_per_s"] == 1.0
+    assert p["goodput_req_per_s"] == 0.5
+    assert p["latency_ms"]["p50_ms"] == pytest.approx(155.0)  # of results only: 60 and 250
+    assert p["latency_ms"]["max_ms"] == 250.0 and "p99_9_ms" in p["latency_ms"]
+    assert p["dead_letters"] == {"expired": 3, "invalid": 1} and p["expired"] == 3
+    assert p["shed_by_scheduler"] == 2  # the rest of the expired ones expired before a batch
+    assert p["worker_dead_letters"] == {"expired": 3, "invalid": 1}
+    assert p["mean_batch"] == 8.0  # 16 requests in 2 batches
+    nothing = point_figures(1.2, 3.0, offered, {}, letters)
+    assert nothing["latency_ms"] is None and nothing["goodput_req_per_s"] == 0.0
+
+
+def test_the_snapshot_reads_the_shed_and_dead_letter_counters():
+    metrics = WorkerMetrics()
+    metrics.shed.inc(4)
+    metrics.dead_letters.labels("expired").inc(6)
+    metrics.dead_letters.labels("invalid").inc(1)
+    snapshot = Snapshot.parse(prometheus_client.generate_latest(metrics.registry).decode())
+    assert snapshot.shed == 4
+    assert snapshot.dead_letters == {"expired": 6, "invalid": 1}
+
+
+def test_the_curve_targets_hold_the_deadline_policy_to_its_light_load_p99_and_the_fixed_max():
+    from bench.curve import curve_targets
+
+    targets = curve_targets(GOOD_CURVE)
+    assert [t.passed for t in targets] == [True] * 4
+    assert all(t.name.startswith("deadline policy: ") for t in targets)
+    measured = [t.measured for t in targets]
+    assert measured == pytest.approx([2.5, 5.0, 0.98, 0.95])  # 50/20, 100/20, 1960/2000, 1900/2000
+    worse = _curve(
+        {"fixed": [20.0] * 8, "deadline": [20.0, 22.0, 70.0, 80.0, 90.0, 130.0, 95.0, 98.0]},
+        {"fixed": [100.0] * 8, "deadline": [100.0] * 7 + [1700.0]},
+        {"fixed": 2000.0, "deadline": 1800.0})
+    assert [t.passed for t in curve_targets(worse)] == [False] * 4  # 3.5x, 6.5x, 0.9x, 0.85x
+    no_light = _curve({"fixed": [20.0] * 8, "deadline": [None] + [20.0] * 7},
+                      {"fixed": [100.0] * 8, "deadline": [100.0] * 8},
+                      {"fixed": 2000.0, "deadline": 2000.0})
+    growth = curve_targets(no_light)[:2]
+    assert all(math.isnan(t.measured) and not t.passed for t in growth)  # n/a is a miss
+    assert curve_targets(None) == []  # the curve did not run: no targets
+
+
+def test_the_report_has_a_curve_table_per_policy_and_both_policies_ratios():
+    from bench.curve import section
+
+    text = "\n".join(section(GOOD_CURVE))
+    assert "### Latency against load" in text
+    fixed, deadline = text.split("`--batch-policy deadline`")
+    assert "`--batch-policy fixed`: sustained max 2000 results/s (1.00x the fixed one" in fixed
+    header = next(l for l in fixed.splitlines() if l.startswith("| load"))
+    assert [c.strip() for c in header.strip("|").split("|")][:9] == [
+        "load", "offered/s", "sent/s", "results/s", "p50 ms", "p99 ms", "p99.9 ms",
+        "goodput/s", "shed (expired)"]
+    #                  offered sent  results p50  p99  p99.9 goodput shed  by sched
+    assert _row(fixed, "85%")[:9] == ["1700", "1700", "1010", "250", "500", "750", "1000", "85",
+                                      "42"]
+    assert _row(deadline, "120%")[:8] == ["2400", "2400", "1910", "49", "98", "147", "1900",
+                                          "120"]
+    assert deadline.startswith(": sustained max 1960 results/s (0.98x the fixed one")
+    assert _row(text, "p99 at 50% / its p99 at 10%") == ["4.50x", "2.50x", "<= 3x"]
+    assert _row(text, "goodput at 120% offered / fixed max") == ["0.01x", "0.95x", ">= 0.9x"]
+    assert section(None)[-1].startswith("The curve did not run")
+    gap = _curve({"fixed": [None] * 8, "deadline": [20.0] * 8},
+                 {"fixed": [0.0] * 8, "deadline": [100.0] * 8},
+                 {"fixed": 2000.0, "deadline": 2000.0})
+    gap_text = "\n".join(section(gap))
+    assert _row(gap_text, "10%")[3:6] == ["none", "none", "none"]  # no results: no latency
+    assert _row(gap_text, "p99 at 85% / its p99 at 10%")[0] == "n/a"
+
+
+def test_results_md_sets_each_brokers_curve_side_by_side_and_links_the_plot(tmp_path):
+    from bench.compare import MISSING, NOT_RUN, curve_comparison, document
+
+    kafka = _run("kafka", "Apache Kafka 4.1.1", light_p99=12.5, max_rate=2100.0,
+                 broker_cpu=180.0)
+    kafka["end_to_end"]["curve"] = GOOD_CURVE
+    older = _run("embedded", "embedded broker (tansu)", light_p99=25.7, max_rate=1692.3,
+                 broker_cpu=256.0)  # a results file from before the curve
+    text = curve_comparison({"embedded": older, "kafka": kafka}, "plots/latency_vs_load.png")
+    assert _row(text, "deadline: max results/s") == [MISSING, "1960"]
+    assert _row(text, "fixed: p99 ms at 85%") == [MISSING, "500"]
+    assert _row(text, "deadline: p99 ms at 85%") == [MISSING, "100"]
+    assert _row(text, "deadline: goodput/s at 120%") == [MISSING, "1900"]
+    assert text.rstrip().endswith("(plots/latency_vs_load.png)")
+    assert _row(curve_comparison({"embedded": None, "kafka": kafka}),
+                "fixed: p99 ms at 10%") == [NOT_RUN, "20"]
+    full = document({"embedded": None, "kafka": kafka}, lambda run: "### detail\n",
+                    "plots/latency_vs_load.png")
+    assert full.index("## Latency against load") < full.index("### detail")
+    assert "![" in full and "](plots/latency_vs_load.png)" in full
+    assert "![" not in document({"embedded": None, "kafka": kafka}, lambda run: "")
+
+
+def _png_size(path):
+    """(width, height) from a PNG's header."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_the_plot_is_drawn_from_the_results_files_curves(tmp_path):
+    from bench.plots import PLOT_NAME, latency_vs_load, plot_path
+
+    kafka = _run("kafka", "Apache Kafka 4.1.1", light_p99=12.5, max_rate=2100.0,
+                 broker_cpu=180.0)
+    kafka["end_to_end"]["curve"] = GOOD_CURVE
+    embedded = _run("embedded", "embedded broker (tansu)", light_p99=25.7, max_rate=1692.3,
+                    broker_cpu=256.0)
+    embedded["end_to_end"]["curve"] = _curve(
+        {"fixed": [None] + [30.0] * 7, "deadline": [25.0] * 8},  # a point without results
+        {"fixed": [0.0] * 8, "deadline": [90.0] * 8}, {"fixed": 1500.0, "deadline": 1500.0},
+        reference=1500.0)
+    path = plot_path(tmp_path / "report" / "results.md")
+    assert path == tmp_path / "report" / "plots" / PLOT_NAME
+    assert latency_vs_load({"embedded": embedded, "kafka": kafka}, path) == path
+    assert _png_size(path) == (1200, 480)  # two panels, 12 x 4.8 in at 100 dpi
+    only_older = tmp_path / "none.png"
+    del embedded["end_to_end"]["curve"]
+    assert latency_vs_load({"embedded": embedded, "kafka": None}, only_older) is None
+    assert not only_older.exists()  # no curve in any run: no picture
+
+
+def test_bench_write_puts_the_plot_beside_the_report_and_links_it(tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    from bench import e2e
+
+    run = _run("embedded", "embedded broker (tansu)", light_p99=25.7, max_rate=1692.3,
+               broker_cpu=256.0)
+    run["end_to_end"]["curve"] = GOOD_CURVE
+    monkeypatch.setattr(e2e, "report", lambda results: "### detail\n")  # the run's own figures
+    markdown = tmp_path / "out" / "results.md"
+    e2e.write(run, argparse.Namespace(results_dir=str(tmp_path), quick=False,
+                                      markdown=str(markdown)))
+    assert json.loads((tmp_path / "results-embedded.json").read_text())["end_to_end"]["curve"]
+    assert _png_size(tmp_path / "out" / "plots" / "latency_vs_load.png") == (1200, 480)
+    assert "](plots/latency_vs_load.png)" in markdown.read_text()
+
+
+def test_the_quick_bench_keeps_the_curve_short():
+    from bench.e2e import QUICK, BenchConfig, parse_args
+
+    assert QUICK.curve_seconds < BenchConfig().curve_seconds
+    assert parse_args(["--curve-seconds", "3"]).config.curve_seconds == 3.0

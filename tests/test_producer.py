@@ -250,3 +250,33 @@ def test_cli_misspelt_worker_variable_is_one_line_exit_2(monkeypatch, capsys):
     assert producer.main(["--count", "1", "--bootstrap", "127.0.0.1:1", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "RANKER_SECURITY_PROTOCL is not a setting; did you mean RANKER_SECURITY_PROTOCOL" in err
+
+
+def test_a_relative_deadline_is_due_that_long_after_the_send_time(tmp_path):
+    import dataclasses
+
+    from tools.producer import with_server_history
+
+    events = list(generate_events(11, 40, bad_fraction=0.3, deadline_after_ms=100))
+    valid = [e for e in events if e.kind == VALID]
+    assert valid and len(valid) < len(events)
+    for event in valid:
+        request = parse_request(event.encode(TS))  # the worker reads it as its deadline
+        assert request.deadline_ms == TS + 100
+        assert "deadline_ms" not in _unpack(event.encode(None))  # no send time, no deadline
+    # Malformed events keep what their kind gives them; engagements never carry one.
+    assert all(e.deadline_after_ms is None for e in events if e.kind != VALID)
+    engagements = [e for e in with_server_history(valid[:2]) if e.engagement]
+    assert engagements and all("deadline_ms" not in _unpack(e.encode(TS)) for e in engagements)
+    # The requests are otherwise those drawn without a deadline.
+    assert [dataclasses.replace(e, deadline_after_ms=None).encode(TS) for e in events] == [
+        e.encode(TS) for e in generate_events(11, 40, bad_fraction=0.3)]
+    with pytest.raises(producer.ProducerError, match="deadline_after_ms must be >= 0"):
+        list(generate_events(0, 1, deadline_after_ms=-1))
+
+    out = tmp_path / "due.rec"
+    assert producer.main(["--count", "5", "--seed", "3", "--fixed-timestamp-ms", str(TS),
+                          "--deadline-ms", "250", "--out", str(out), "--no-progress"]) == 0
+    assert [_unpack(r.value)["deadline_ms"] for r in read_records(out)] == [TS + 250] * 5
+    with pytest.raises(SystemExit):
+        producer.main(["--deadline-ms", "-5", "--out", str(out), "--no-progress"])

@@ -67,10 +67,20 @@ def test_the_batch_is_the_queue_up_to_the_budget():
     assert len(s.next_batch(now_ms=1.0).to_rank) == 16  # max_batch_size
     assert len(s) == 4
     wide = scheduler(max_batch=16)
-    for i in range(9):
+    for i in range(8):
         wide.add(request(f"w{i}", width=32), now_ms=0.0)
     batch = wide.next_batch(now_ms=1.0)
     assert len(batch.to_rank) == 8 and batch.predicted_ms <= wide.batch_budget_ms
+
+
+def test_a_backlog_is_drained_in_batches_of_max_batch_size():
+    # 9 of width 32 queued: more than the 8 that fit the budget, so a batch of 9 (and a call of
+    # 16, 33 ms) drains them; with 8 queued (above) the budget holds.
+    wide = scheduler(max_batch=16)
+    for i in range(9):
+        wide.add(request(f"w{i}", width=32), now_ms=0.0)
+    batch = wide.next_batch(now_ms=1.0)
+    assert len(batch.to_rank) == 9 and batch.predicted_ms == pytest.approx(SHAPE_MS[16, 32])
 
 
 def test_draining_takes_full_batches_whatever_their_time():

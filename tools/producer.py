@@ -2,7 +2,8 @@
 
     python -m tools.producer --count 1000 --rate 200 --seed 7 --bad-fraction 0.05 \
         [--source world|random] [--truth truth.jsonl] [--out requests.rec] \
-        [--bootstrap 127.0.0.1:9092] [--topic ranking-requests] [--candidates N|MIN:MAX]
+        [--bootstrap 127.0.0.1:9092] [--topic ranking-requests] [--candidates N|MIN:MAX] \
+        [--deadline-ms N]
 
 Generation is pure and separate from sending: `generate_events(seed, count, ...)` yields
 `Event`s, the same ones for the same arguments (prefix-stable: the first n events do not depend
@@ -27,6 +28,10 @@ request (up to the wire contract's 1024); by default C = 8, as the demo model wa
 
 `--bad-fraction` replaces that share of events by malformed ones, cycling through
 `BAD_EVENT_KINDS` (kind -> the dead-letter code the worker must give it).
+
+`--deadline-ms N` makes each valid request due N ms after it is sent: it carries
+`deadline_ms = timestamp_ms + N`, which the worker honours (an answer it cannot give in time is
+dead-lettered `expired`, unranked).
 
 `--server-history` keeps histories on the worker: each valid request's history goes first, item
 by item and oldest first, as engagement.v1 messages (keyed by user) to `--engagements-topic`,
@@ -119,6 +124,9 @@ class Event:
     raw: bytes | None = None  # final bytes, for kinds that are not an encodable request map
     engagement: bool = False  # an engagement.v1 map (`--server-history`), not a request
     time_offset_ms: int = 0  # encoded with timestamp_ms = send time - this
+    # A request due this many ms after it is sent: encoded with deadline_ms = send time + this
+    # (only with a send time: a deadline is relative to when the request leaves).
+    deadline_after_ms: int | None = None
 
     @property
     def expected_code(self) -> str | None:
@@ -126,15 +134,18 @@ class Event:
         return None if self.kind == VALID else BAD_EVENT_KINDS[self.kind]
 
     def encode(self, timestamp_ms: int | None = None) -> bytes:
-        """The message value; `timestamp_ms` (epoch ms) is added to map requests when given."""
+        """The message value; `timestamp_ms` (epoch ms) is added to map requests when given,
+        and with it a request's `deadline_ms` when it has `deadline_after_ms`."""
         if self.raw is not None:
             return self.raw
         if self.request is None:
             raise ProducerError(f"event {self.index} has neither a request nor raw bytes")
         if timestamp_ms is None:
             return encode_request(self.request)
-        return encode_request({**self.request,
-                               "timestamp_ms": int(timestamp_ms) - self.time_offset_ms})
+        stamped = {**self.request, "timestamp_ms": int(timestamp_ms) - self.time_offset_ms}
+        if self.deadline_after_ms is not None and not self.engagement:
+            stamped["deadline_ms"] = int(timestamp_ms) + self.deadline_after_ms
+        return encode_request(stamped)
 
 
 # ----------------------------------------------------------------------------- valid requests
@@ -282,7 +293,8 @@ def generate_events(seed: int, count: int, *, source: str = "world", bad_fractio
                     world_config: WorldConfig = WorldConfig(),
                     bad_kinds: Sequence[str] | None = None,
                     too_large_bytes: int = DEFAULT_TOO_LARGE_BYTES,
-                    candidates: tuple[int, int] | None = None) -> Iterator[Event]:
+                    candidates: tuple[int, int] | None = None,
+                    deadline_after_ms: int | None = None) -> Iterator[Event]:
     """The event stream for `seed`: pure, deterministic, prefix-stable.
 
     Each event is malformed with probability `bad_fraction`; malformed events cycle through
@@ -292,6 +304,8 @@ def generate_events(seed: int, count: int, *, source: str = "world", bad_fractio
     trained on); `seed` fixes which users, posts and actions are drawn. `candidates`
     (MIN, MAX) draws each request's candidate count uniformly (malformed events keep at
     least 2); None keeps `world_config.num_candidates`, the same events as before it existed.
+    `deadline_after_ms` makes each valid request due that long after it is sent (see
+    `Event.deadline_after_ms`); malformed events keep what their kind gives them.
     """
     if source not in SOURCES:
         raise ProducerError(f"source must be one of {SOURCES}, got {source!r}")
@@ -299,6 +313,8 @@ def generate_events(seed: int, count: int, *, source: str = "world", bad_fractio
         raise ProducerError(f"bad_fraction must be in [0, 1], got {bad_fraction!r}")
     if count < 0:
         raise ProducerError(f"count must be >= 0, got {count!r}")
+    if deadline_after_ms is not None and deadline_after_ms < 0:
+        raise ProducerError(f"deadline_after_ms must be >= 0, got {deadline_after_ms!r}")
     kinds = list(BAD_EVENT_KINDS) if bad_kinds is None else list(bad_kinds)
     unknown = [k for k in kinds if k not in BAD_EVENT_KINDS]
     if unknown or (bad_fraction > 0 and not kinds):
@@ -338,7 +354,7 @@ def generate_events(seed: int, count: int, *, source: str = "world", bad_fractio
                                                  max(keep, 2))
             if is_valid:
                 yield Event(index=index, kind=VALID, key=key, request_id=request["request_id"],
-                            truth=truth, request=request)
+                            truth=truth, request=request, deadline_after_ms=deadline_after_ms)
             else:
                 kind = kinds[bad_count % len(kinds)]
                 bad_count += 1
@@ -505,6 +521,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="candidates per request: N, or drawn uniformly in MIN:MAX "
                         f"(at most {DEFAULT_LIMITS.max_candidates}; default "
                         f"{WorldConfig().num_candidates})")
+    p.add_argument("--deadline-ms", type=int, default=None, metavar="N",
+                   help="each request is due N ms after it is sent: valid requests carry "
+                        "deadline_ms = timestamp_ms + N (default: no deadline)")
     p.add_argument("--server-history", action="store_true",
                    help="send each request's history as engagements first, then the request "
                         "as ranking-request.v2 without history (the worker keeps histories)")
@@ -537,6 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.truth and args.out and os.path.abspath(args.truth) == os.path.abspath(args.out):
         parser.error("--truth and --out must be different files")
 
+    if args.deadline_ms is not None and args.deadline_ms < 0:
+        parser.error(f"--deadline-ms must be >= 0, got {args.deadline_ms}")
     if args.server_history and args.out and not args.engagements_out:
         parser.error("--server-history with --out needs --engagements-out FILE")
     if args.engagements_out and not (args.server_history and args.out):
@@ -544,7 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = generate_events(args.seed, args.count, source=args.source,
                              bad_fraction=args.bad_fraction,
                              world_config=WorldConfig(seed=args.world_seed),
-                             too_large_bytes=args.too_large_bytes, candidates=args.candidates)
+                             too_large_bytes=args.too_large_bytes, candidates=args.candidates,
+                             deadline_after_ms=args.deadline_ms)
     if args.server_history:
         events = with_server_history(events)
     truth_out = open(args.truth, "w", encoding="utf-8") if args.truth else None

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # How long Faust buffers fetched records before intake takes them (its take() timer).
 INTAKE_WAIT_S = 0.001
+# Batches still being published when the next one is handed to the ranker: the ranker must
+# not wait for the publishing of the batch before last (one is ranked at a time anyway).
+PUBLISHING_AHEAD = 3
 
 Lane = Callable[[InputRecord], Hashable]
 
@@ -170,7 +173,8 @@ class ScheduledBatches:
         prediction = self.cost.predict(p.width for p in to_rank) if to_rank else None
         if prediction is not None:
             self._free_at_ms = now + prediction.ms
-        dispatched = await self.handler.dispatch(self._stream, events, decoded)
+        dispatched = await self.handler.dispatch(self._stream, events, decoded,
+                                                 ahead=PUBLISHING_AHEAD)
         if prediction is None:
             return None
         dispatched.ranking.add_done_callback(lambda done: self._observe(prediction, done))

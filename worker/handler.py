@@ -168,8 +168,8 @@ class BatchHandler:
         self.metrics.stage_time.labels("decode").observe(decoded.decode_ms / 1000)
         return decoded
 
-    async def dispatch(self, stream: Any, events: Sequence[Any],
-                       decoded: DecodedBatch) -> Dispatched:
+    async def dispatch(self, stream: Any, events: Sequence[Any], decoded: DecodedBatch,
+                       ahead: int = 1) -> Dispatched:
         """Waits until at most one earlier batch is still in flight, queues the ranking of
         `decoded` (the records of `events`) and returns its futures: batch k+1 is decoded while
         batch k is ranked and published. A batch with nothing to rank is processed here, at
@@ -178,9 +178,11 @@ class BatchHandler:
         acknowledged by the broker."""
         loop = asyncio.get_running_loop()
         try:
-            # At most one batch ahead of this one: it keeps the ranker busy without letting
-            # decoded batches queue up behind several rankings (latency at moderate load).
-            while len(self._in_flight) > 1:
+            # At most `ahead` batches ahead of this one. One keeps the ranker busy without
+            # letting decoded batches queue up behind several rankings (latency at moderate
+            # load); the scheduler, which hands the ranker a batch only once it is free, lets
+            # more be published meanwhile.
+            while len(self._in_flight) > ahead:
                 await self._in_flight[0]  # raises the error of a failed batch
                 self._in_flight.popleft()  # only once done: close() still sees it if cancelled
             if decoded.has_requests:

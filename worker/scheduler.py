@@ -8,10 +8,12 @@ The policy, when the ranker is free (`next_batch`):
 - Earliest deadline first across lanes, first come first served within a lane (a lane is what
   must keep its order: the request key under at-least-once, the partition under exactly-once).
   A request without a deadline counts as due `latency_target_ms` after it arrived.
-- The batch is as large as the queue, up to `max_batch_size` and to the largest batch whose
-  predicted time fits half the latency target: a request that arrives just after a batch
-  started waits for that batch, then runs in the next, so two such batches fit the target.
-  A lone request is taken at once: nothing waits for a batch to fill while the ranker idles.
+- The batch is as large as the queue, up to the largest batch whose predicted time fits half
+  the latency target: a request that arrives just after a batch started waits for that
+  batch, then runs in the next, so two such batches fit the target. A lone request is taken
+  at once: nothing waits for a batch to fill while the ranker idles. When more than that
+  batch waits (a backlog: the queued requests wait for another batch anyway), the batch is
+  as large as `max_batch_size` allows, which drains the queue fastest.
 - A request whose deadline falls before the predicted finish of that batch is shed (refused
   as expired, without model time) instead of served late; so is a request that, on arrival
   (`add`), is predicted to finish after its deadline given the ranker's work and the queue
@@ -124,8 +126,10 @@ class DeadlineScheduler:
                 items.append(self._pop())
                 continue
             if not size:  # the first request to rank sets the batch's size and finish
-                size = min(len(self._dues), self.cost.largest_within(
-                    item.width, budget_ms, self.max_batch_size))
+                size = self.cost.largest_within(item.width, budget_ms, self.max_batch_size)
+                if len(self._dues) > size:  # a backlog: more than one batch waits anyway,
+                    size, budget_ms = self.max_batch_size, math.inf  # so drain it fastest
+                size = min(size, len(self._dues))
                 finish = now_ms + self.cost.uniform_ms(item.width, size) + self.after_ms
             if ranked == size:
                 break
