@@ -1,7 +1,7 @@
 """The latency-vs-load curve of the worker's two batch policies (`--batch-policy`, issue #27):
 how p99 and goodput hold up as the offered load nears and passes the worker's max.
 
-For each policy of `POLICIES`, on a worker and fresh topics of its own, at least once: a
+For each policy of `POLICIES`, on a broker, worker and topics of its own, at least once: a
 warm-up, a max phase (as fast as possible, no deadline), then a sustained max (paced at that
 phase's rate, so the producer and broker load the machine as they do at every point) that
 gives the policy's max results/s,
@@ -287,7 +287,7 @@ def section(curve: dict | None) -> list[str]:
         return out + ["The curve did not run (a results file from before it existed)."]
     reference = curve["reference_max_req_per_s"]
     out.append(
-        f"Each policy on a worker and topics of its own, at least once: a warm-up, a max phase "
+        f"Each policy on a broker, worker and topics of its own, at least once: a warm-up, a max phase "
         f"(sent at once), a sustained max (paced at that max's rate, no deadline: what the "
         f"worker answers while the producer and the broker share the machine), then each load "
         f"for {curve['seconds_per_point']:g} s, offered as a "

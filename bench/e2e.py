@@ -278,13 +278,18 @@ async def run_guarantee(broker: BrokerProcess, kind: str, cfg: BenchConfig,
         return await run_worker(phases, cfg, probe)
 
 
-async def run_curve(broker: BrokerProcess, kind: str, cfg: BenchConfig, partitions: int,
-                    run_id: str) -> dict:
+async def run_curve(kind: str, cfg: BenchConfig, partitions: int, run_id: str) -> dict:
     """The latency-vs-load curve (`bench.curve`), at least once, each batch policy on a
-    worker and topics of its own."""
-    def serve(policy: str) -> contextlib.AbstractAsyncContextManager[Phases]:
-        return fresh_worker(broker, kind, cfg, partitions, f"curve-{policy}-{run_id}",
-                            compare.AT_LEAST_ONCE, ("--batch-policy", policy))
+    broker, worker and topics of its own: the embedded broker slows as it holds more records
+    (after a backlog phase both policies answered 50% of max ~10% slower, and slower still
+    the next time), so a policy run second on the same broker would pay for the first."""
+    @contextlib.asynccontextmanager
+    async def serve(policy: str) -> AsyncIterator[Phases]:
+        with brokers.new_broker(kind) as broker:
+            async with fresh_worker(broker, kind, cfg, partitions, f"curve-{policy}-{run_id}",
+                                    compare.AT_LEAST_ONCE, ("--batch-policy", policy)
+                                    ) as phases:
+                yield phases
     return await curve.run(serve, cfg.curve_seconds, cfg.warmup_requests, cfg.max_requests)
 
 
@@ -307,7 +312,7 @@ async def run_kafka(settings: Settings, cfg: BenchConfig, probe: Callable[[], fl
                                        run_id)
         at_least_once = await guaranteed(compare.AT_LEAST_ONCE)
         print("== latency against load, each batch policy", flush=True)
-        load_curve = await run_curve(broker, kind, cfg, partitions, run_id)
+        load_curve = await run_curve(kind, cfg, partitions, run_id)
         reason = brokers.NO_EXACTLY_ONCE.get(kind)
         exactly_once = ({"not_run": reason} if reason
                         else await guaranteed(compare.EXACTLY_ONCE))

@@ -230,7 +230,8 @@ def _batches(settings: Settings, handler: BatchHandler, metrics: WorkerMetrics,
     lane = partition_lane if settings.processing_guarantee == "exactly_once" else key_lane
     return ScheduledBatches(
         handler, DeadlineScheduler(cost, settings.max_batch_size, settings.latency_target_ms),
-        lane, metrics, queue_limit=2 * settings.max_batch_size)
+        lane, metrics, queue_limit=2 * settings.max_batch_size,
+        wait_s=settings.max_batch_wait_ms / 1000)
 
 
 def _add_ranking(app: faust.App, requests: Any, settings: Settings, state: WorkerState,

@@ -1,6 +1,7 @@
 """The deadline policy's two loops around `DeadlineScheduler`: intake and dispatch.
 
-Intake (the agent's loop) takes whatever Faust has fetched (`INTAKE_WAIT_S` at most), decodes
+Intake (the agent's loop) takes what Faust has fetched (every `max_batch_wait_ms`, or as soon
+as `max_batch_size` records wait: fewer, larger takes cost less CPU per record), decodes
 it on the decode thread and queues each record: a request to rank, a dead letter from decoding,
 or a request shed on arrival because it cannot meet its deadline (these two leave with the next
 batch, without model time). It holds the stream while `queue_limit` records wait, so the rest
@@ -31,8 +32,6 @@ from worker.scheduler import Batch, DeadlineScheduler, Pending
 
 log = logging.getLogger(__name__)
 
-# How long Faust buffers fetched records before intake takes them (its take() timer).
-INTAKE_WAIT_S = 0.001
 # Batches still being published when the next one is handed to the ranker: the ranker must
 # not wait for the publishing of the batch before last (one is ranked at a time anyway).
 PUBLISHING_AHEAD = 3
@@ -76,10 +75,8 @@ class FixedBatches:
 class ScheduledBatches:
     """Intake and dispatch of one ranking agent (see the module doc)."""
 
-    wait_s = INTAKE_WAIT_S
-
     def __init__(self, handler: BatchHandler, scheduler: DeadlineScheduler, lane: Lane,
-                 metrics: WorkerMetrics, queue_limit: int):
+                 metrics: WorkerMetrics, queue_limit: int, wait_s: float):
         self.handler = handler
         self.pipeline = handler.pipeline
         self.scheduler = scheduler
@@ -87,6 +84,7 @@ class ScheduledBatches:
         self.lane = lane
         self.metrics = metrics
         self.queue_limit = queue_limit
+        self.wait_s = wait_s  # Faust's take() timer: the longest a fetched record waits
         self._wake = asyncio.Event()  # something to dispatch, or the ranker is free
         self._room = asyncio.Event()  # the queue went below its limit
         self._free_at_ms = 0.0  # when the batch being ranked is predicted to end

@@ -131,7 +131,9 @@ class Settings:
                                         "a request without a deadline is due this long after "
                                         "it was sent")
     max_batch_size: int = _setting(64, "most records taken from Kafka per batch")
-    max_batch_wait_ms: float = _setting(5.0, "longest wait to fill a batch (fixed policy)")
+    max_batch_wait_ms: float = _setting(5.0, "longest a fetched record waits to be taken: "
+                                        "to fill a batch (fixed policy), to be queued "
+                                        "(deadline policy)")
     batch_buckets: tuple[int, ...] = _setting((1, 2, 4, 8, 16, 32, 64),
                                               "requests per model call compiled at start")
     candidate_buckets: tuple[int, ...] = _setting(
