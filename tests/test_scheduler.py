@@ -181,3 +181,25 @@ def test_the_time_after_a_run_counts_towards_every_predicted_finish():
     late = request("late", arrival=0.0, deadline=3.0)
     assert not s.add(late, now_ms=0.0)
     assert late.shed_at_ms == pytest.approx(SHAPE_MS[1, 8] + 2.0)
+
+
+def test_shedding_pauses_while_no_ranked_batch_can_correct_the_estimates():
+    # Every request is predicted late (the estimates say 1000x): all are shed, none is ranked,
+    # so nothing could ever correct the estimates. After 4 latency targets (160 ms here)
+    # without a ranked batch, the next ones are queued and ranked; once one finished,
+    # shedding resumes.
+    s = scheduler(target_ms=40.0)
+    s.cost.shape_ms = {shape: ms * 1000 for shape, ms in SHAPE_MS.items()}
+    assert not s.add(request("a", arrival=0.0, deadline=100.0), now_ms=0.0)
+    assert not s.add(request("b", arrival=150.0, deadline=250.0), now_ms=150.0)
+    assert s.add(request("c", arrival=170.0, deadline=270.0), now_ms=170.0)
+    batch = s.next_batch(now_ms=170.0)
+    assert names(batch.to_rank) == ["c"]
+    s.ranked(now_ms=180.0)
+    assert not s.add(request("d", arrival=190.0, deadline=290.0), now_ms=190.0)
+
+
+def test_one_stalled_batch_moves_the_estimates_by_a_tenth_at_most():
+    model = cost()
+    model.observe(model.predict([8] * 16), model_ms=5000.0, host_ms=0.0)  # a 5 s stall
+    assert model.shape_ms[16, 8] == pytest.approx(SHAPE_MS[16, 8] * 1.1)

@@ -173,24 +173,30 @@ class ScheduledBatches:
             self._free_at_ms = now + prediction.ms
         dispatched = await self.handler.dispatch(self._stream, events, decoded,
                                                  ahead=PUBLISHING_AHEAD)
+        # Every batch says how long answers take to be out after a run, dead letters only
+        # too: were it learnt from ranked batches only, a worker shedding everything could
+        # never learn that publishing got faster again.
+        ends_ms = now + (prediction.ms if prediction is not None else 0.0)
+        dispatched.published.add_done_callback(lambda done: self._observe_after(ends_ms, done))
         if prediction is None:
             return None
         dispatched.ranking.add_done_callback(lambda done: self._observe(prediction, done))
-        ends_ms = now + prediction.ms
-        dispatched.published.add_done_callback(lambda done: self._observe_after(ends_ms, done))
         return dispatched.ranking
 
     def _observe_after(self, predicted_end_ms: float, done: asyncio.Future) -> None:
         """How long after the predicted end of its run a batch's answers were out."""
         if done.cancelled() or done.exception() is not None:
             return
-        after = max(0.0, _now_ms() - predicted_end_ms)
+        # One stall must not make the worker shed everything: each observation counts up to
+        # the latency target.
+        after = min(max(0.0, _now_ms() - predicted_end_ms), self.scheduler.latency_target_ms)
         self.scheduler.after_ms += SMOOTHING * (after - self.scheduler.after_ms)
 
     def _observe(self, prediction: Prediction, done: asyncio.Future) -> None:
         if done.cancelled() or done.exception() is not None:
             return
         processed: ProcessedBatch = done.result()
+        self.scheduler.ranked(_now_ms())
         times = processed.times
         self.cost.observe(prediction, times.model_ms, times.assemble_ms + times.encode_ms)
         actual_s = (times.model_ms + times.assemble_ms + times.encode_ms) / 1000

@@ -21,6 +21,8 @@ Shape = tuple[int, int]  # (requests, width) of one jitted call
 
 # Weight of the newest batch in the running estimates: about the last 10 batches count.
 SMOOTHING = 0.1
+# The most one batch can move a shape's estimate: a factor of 1 + SMOOTHING * (MAX_STEP - 1).
+MAX_STEP = 2.0
 # Host ms per request before any batch was served (assembly + encoding of a demo request on
 # the 2-core build machine is ~0.03 ms; the first batches correct it).
 INITIAL_HOST_MS = 0.05
@@ -103,7 +105,9 @@ class CostModel:
         """Folds in a served batch: each of its shapes moves towards its share of the measured
         model time (shares as predicted), the host cost towards the measured per request."""
         if prediction.model_ms > 0 and model_ms > 0:
-            ratio = model_ms / prediction.model_ms
+            # Clipped: one stalled batch (a pause of the whole process) moves the estimates
+            # by a tenth at most, not by the stall.
+            ratio = min(max(model_ms / prediction.model_ms, 1 / MAX_STEP), MAX_STEP)
             for shape in set(prediction.shapes):
                 old = self.shape_ms[shape]
                 self.shape_ms[shape] = old + SMOOTHING * (old * ratio - old)

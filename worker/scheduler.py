@@ -31,6 +31,9 @@ from typing import Any, Hashable, NamedTuple
 
 from worker.cost_model import CostModel
 
+# Shedding pauses once no ranked batch has finished for this many latency targets.
+STALE_TARGETS = 4
+
 
 @dataclasses.dataclass(eq=False)
 class Pending:
@@ -76,6 +79,8 @@ class DeadlineScheduler:
         # ahead to be published, then its own publishing): learnt by the caller, added to
         # every predicted finish.
         self.after_ms = 0.0
+        self._ranked_ms: float | None = None  # when a ranked batch last finished (or the
+        # first request came)
 
     def __len__(self) -> int:
         """Queued items, answered and shed ones included."""
@@ -96,7 +101,7 @@ class DeadlineScheduler:
             item.due_ms = item.arrival_ms  # nothing to wait for but its lane
         elif item.deadline_ms is not None:
             item.due_ms = item.deadline_ms
-            if item.lane not in self._lanes:
+            if item.lane not in self._lanes and self._estimates_fresh(now_ms):
                 finish = now_ms + busy_ms + self._queue_ms(item) + self.after_ms
                 if finish > item.deadline_ms:
                     item.shed_at_ms, item.due_ms = finish, item.arrival_ms
@@ -120,6 +125,7 @@ class DeadlineScheduler:
         items: list[Pending] = []
         counts: dict[int, int] = {}
         ranked, size, finish = 0, 0, now_ms
+        shedding = self._estimates_fresh(now_ms)
         while self._heads:
             item = self._lanes[self._heads[0][2]][0]
             if item.done:
@@ -133,7 +139,7 @@ class DeadlineScheduler:
                 finish = now_ms + self.cost.uniform_ms(item.width, size) + self.after_ms
             if ranked == size:
                 break
-            if item.deadline_ms is not None and item.deadline_ms < finish:
+            if shedding and item.deadline_ms is not None and item.deadline_ms < finish:
                 self._pop().shed_at_ms = finish  # it would be served late: refuse it now
                 items.append(item)
                 continue
@@ -144,6 +150,18 @@ class DeadlineScheduler:
             items.append(self._pop())
             ranked += 1
         return Batch(items, self.cost.batch_ms(counts))
+
+    def ranked(self, now_ms: float) -> None:
+        """A ranked batch finished: the cost estimates were just brought up to date."""
+        self._ranked_ms = now_ms
+
+    def _estimates_fresh(self, now_ms: float) -> bool:
+        """Whether to shed: not while no ranked batch has finished for `STALE_TARGETS`
+        latency targets, counted from the first request (every request shed: the estimates
+        that shed them cannot be corrected), so the next batch is ranked and corrects them."""
+        if self._ranked_ms is None:
+            self._ranked_ms = now_ms
+        return now_ms - self._ranked_ms <= STALE_TARGETS * self.latency_target_ms
 
     def _batch_cap(self, width: int) -> int:
         return self.cost.largest_within(width, self.batch_budget_ms, self.max_batch_size)
