@@ -19,7 +19,6 @@ Knows Faust events and the scheduler, never tensor shapes.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any, Callable, Hashable, Sequence
 
@@ -29,8 +28,6 @@ from worker.monitoring import WorkerMetrics
 from worker.pipeline import DecodedBatch, InputRecord, Outcome, ProcessedBatch
 from worker.request import RankingRequest
 from worker.scheduler import Batch, DeadlineScheduler, Pending
-
-log = logging.getLogger(__name__)
 
 # Batches still being published when the next one is handed to the ranker: the ranker must
 # not wait for the publishing of the batch before last (one is ranked at a time anyway).
@@ -136,11 +133,11 @@ class ScheduledBatches:
                 ranking = await self._dispatch(self.scheduler.next_batch(_now_ms(), drain))
                 self._room.set()
                 if ranking is None:
-                    continue  # dead letters only: the queue is empty now
+                    continue  # nothing in it to rank: look at the queue again
             waits = [asyncio.ensure_future(self._wake.wait())]
             if ranking is not None:
                 waits.append(ranking)
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             waits[0].cancel()
             self._wake.clear()
             if ranking is not None and ranking.done():
