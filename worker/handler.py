@@ -170,9 +170,9 @@ class BatchHandler:
 
     async def dispatch(self, stream: Any, events: Sequence[Any], decoded: DecodedBatch,
                        ahead: int = 1) -> Dispatched:
-        """Waits until at most one earlier batch is still in flight, queues the ranking of
-        `decoded` (the records of `events`) and returns its futures: batch k+1 is decoded while
-        batch k is ranked and published. A batch with nothing to rank is processed here, at
+        """Waits until at most `ahead` earlier batches are still in flight, queues the ranking
+        of `decoded` (the records of `events`) and returns its futures: batch k+1 is decoded
+        while batch k is ranked and published. A batch with nothing to rank is processed here, at
         once. Batches are ranked, published and acked in the order dispatched: results keep
         their per-partition order, and each input is acked only after its own result was
         acknowledged by the broker."""
