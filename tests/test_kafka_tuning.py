@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 
 import aiokafka
@@ -29,10 +30,12 @@ from faust.app import base as faust_app_base
 from faust.transport import base as faust_transport_base
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from mode import threads as mode_threads
 
 from tests.conftest import Kafka
-from worker.upstream import changelog_end_offsets, fetch_wait, inline_delivery, tuned_app, versions
+from worker.upstream import (changelog_end_offsets, fetch_wait, inline_delivery, stale_fetch,
+                             tuned_app, versions)
 from worker.upstream.fetch_wait import ConsumerTuning
 from worker.upstream.tuned_app import TunedApp, TunedConsumer, TunedConsumerThread, TunedTransport
 from worker.upstream.versions import KafkaTuningError
@@ -444,6 +447,61 @@ def test_perform_seek_during_a_rebalance_leaves_resuming_to_faust() -> None:
     flow_during, after = _seek_scenario(rebalancing=True)
     assert flow_during == [False, True]
     assert not after  # Faust's recovery resumes it right after the seek
+
+
+# ---- a fetch returned while the flow is stopped -------------------------------------------------
+
+
+def test_faust_drops_a_fetch_that_returns_while_the_flow_is_stopped() -> None:
+    """Why RewindStaleFetchThread puts such a fetch back: Faust's consumer thread checks the
+    flow only before it waits for records, aiokafka's wait spans a rebalance, and Faust's
+    getmany then drops the batch and seeks only the stream partitions (to their commits), so
+    changelog records the recovery had sought to were consumed and never delivered."""
+    from aiokafka.consumer import fetcher
+
+    fetch = inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread._fetch_records)
+    assert fetch.index("if not self.consumer.flow_active:") < fetch.index(
+        "await fetcher.fetched_records(")
+    assert "self._fetch_records," in inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread.getmany)
+    assert "await self._subscriptions.wait_for_assignment()" in inspect.getsource(
+        fetcher.Fetcher.fetched_records)
+    getmany = inspect.getsource(faust_consumer.Consumer.getmany)
+    assert getmany.index("await self._wait_next_records(timeout)") < getmany.index(
+        "if self.flow_active:") < getmany.index("await self.perform_seek()")
+    assert TunedConsumerThread._fetch_records is stale_fetch.RewindStaleFetchThread._fetch_records
+
+
+def _fetch_returned(flow_active: bool) -> tuple[dict, list]:
+    """What RewindStaleFetchThread._fetch_records returns, and the seeks it makes, for a
+    fetch of two partitions that returns with the flow running or stopped."""
+    records = {TP("req", 0): [types.SimpleNamespace(offset=o) for o in (7, 8)],
+               TP("changelog", 1): [types.SimpleNamespace(offset=o) for o in (0, 1, 2)]}
+    seeks: list[tuple[TP, int]] = []
+
+    class Fetched:
+        async def _fetch_records(self, consumer, active_partitions, timeout=None,
+                                 max_records=None):
+            return records
+
+    class Thread(stale_fetch.RewindStaleFetchThread, Fetched):
+        consumer = types.SimpleNamespace(flow_active=flow_active)
+
+    kafka_consumer = types.SimpleNamespace(seek=lambda tp, offset: seeks.append((tp, offset)))
+    fetched = asyncio.run(Thread()._fetch_records(kafka_consumer, set(records), timeout=1.0))
+    return fetched, seeks
+
+
+def test_a_fetch_returned_while_the_flow_is_stopped_is_sought_back_and_dropped() -> None:
+    fetched, seeks = _fetch_returned(flow_active=False)
+    assert fetched == {}
+    assert seeks == [(TP("req", 0), 7), (TP("changelog", 1), 0)]  # each to its first record
+
+
+def test_a_fetch_returned_with_the_flow_running_is_delivered_as_is() -> None:
+    fetched, seeks = _fetch_returned(flow_active=True)
+    assert {tp: [r.offset for r in batch] for tp, batch in fetched.items()} == {
+        TP("req", 0): [7, 8], TP("changelog", 1): [0, 1, 2]}
+    assert seeks == []
 
 
 # ---- end offsets for table recovery ------------------------------------------------------------

@@ -26,6 +26,7 @@ from worker.upstream.idempotent_producer import IdempotentOptionsProducer
 from worker.upstream.inline_delivery import InlineDeliveryConsumer
 from worker.upstream.producer_buffer_drain import DrainableBufferProducer
 from worker.upstream.producer_id_reset import ProducerIdReset
+from worker.upstream.stale_fetch import RewindStaleFetchThread
 from worker.upstream.takeover_seek import FlowStoppedSeekConsumer, SeekUncommittedThread
 from worker.upstream.thread_loop import SameLoopKindThread
 from worker.upstream.versions import KafkaTuningError, check_versions
@@ -34,9 +35,11 @@ check_versions()
 
 
 class TunedConsumerThread(FetchWaitThread, SameLoopKindThread, SeekUncommittedThread,
-                          FetchedEndsThread, faust_aiokafka.AIOKafkaConsumerThread):
+                          FetchedEndsThread, RewindStaleFetchThread,
+                          faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread: tuned fetch wait, a loop of the app's kind, the takeover
-    seek of uncommitted partitions, and the changelog ends table recovery reads to."""
+    seek of uncommitted partitions, the changelog ends table recovery reads to, and a fetch
+    returned while the flow is stopped put back."""
 
 
 class TunedConsumer(InlineDeliveryConsumer, FlowStoppedSeekConsumer, GuardedCommitConsumer,
