@@ -295,6 +295,7 @@ def _add_rollout(app: faust.App, settings: Settings, watcher: CheckpointWatcher,
 
 def _add_partition_tracking(app: faust.App, state: WorkerState, metrics: WorkerMetrics) -> None:
     """Readiness follows the rebalances: not ready from a revocation until an assignment."""
+    metrics.recovering.set_function(lambda: float(state.recovering()))
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs):

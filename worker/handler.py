@@ -389,12 +389,15 @@ class BatchHandler:
                 if stage != "decode_ms":  # observed as each batch is decoded
                     m.stage_time.labels(stage.removesuffix("_ms")).observe(ms / 1000)
         results = collections.Counter()
+        acked_ms = time.time() * 1000  # called once the batch's sends are acked
         for outcome in outcomes:
+            sent = outcome.record.timestamp_ms
             if outcome.is_result:
                 results[outcome.model_version] += 1
+                if sent:
+                    m.latency.observe(max(0.0, acked_ms - sent) / 1000)
             else:
                 m.dead_letters.labels(outcome.dead_letter_code).inc()
-            sent = outcome.record.timestamp_ms
             if sent:
                 m.queue_wait.observe(max(0.0, processed.started_ms - sent) / 1000)
         m.results.inc(sum(results.values()))  # once per batch: each inc takes a lock

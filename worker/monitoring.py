@@ -48,6 +48,10 @@ class WorkerMetrics:
                                     ["code"], registry=r)
         self.batch_size = Histogram("ranker_batch_size", "Records per ranked batch",
                                     buckets=_BATCH_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "ranker_request_latency_seconds", "Request timestamp to its result acked by the "
+            "broker (results only: the latency a caller sees)", buckets=_LATENCY_BUCKETS,
+            registry=r)
         self.queue_wait = Histogram("ranker_queue_wait_seconds",
                                     "Request timestamp to batch start", buckets=_LATENCY_BUCKETS,
                                     registry=r)
@@ -98,6 +102,11 @@ class WorkerMetrics:
             "ranker_history_users", "Users in this worker's history table (memory store; "
             "updated every 5 s)", registry=r)
         self.ready = Gauge("ranker_ready", "1 when compiled and assigned", registry=r)
+        self.recovering = Gauge(
+            "ranker_recovering", "1 while the history table is rebuilt from its changelog "
+            "(the requests of those partitions wait for it)", registry=r)
+        # process_cpu_seconds_total and the rest: the whole process, beside the Python threads.
+        prometheus_client.ProcessCollector(registry=r)
         self.breaker_open = Gauge("ranker_breaker_open",
                                   "1 while the dead-letter circuit breaker has stopped "
                                   "consumption", registry=r)
