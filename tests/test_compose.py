@@ -41,11 +41,11 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-CORE_SERVICES = ("kafka", "topics", "worker", "producer", "results")
+CORE_SERVICES = ("kafka", "topics", "worker", "producer", "results", "prometheus", "grafana")
 WORKERS = ("worker", "worker-gpu")
 VIEWERS = ("producer", "results")  # our image, other commands, start once a worker is ready
 KAFKA_IMAGE = re.compile(r"^apache/kafka:\d+\.\d+\.\d+$")
-EXACT_TAG = re.compile(r"^[\w.\-/]+:\d+\.\d+\.\d+[\w.\-]*(@sha256:[0-9a-f]{64})?$")
+EXACT_TAG = re.compile(r"^[\w.\-/]+:v?\d+\.\d+\.\d+[\w.\-]*(@sha256:[0-9a-f]{64})?$")
 HEADROOM_BYTES = 64 * 1024  # dead-letter envelope and Kafka record overhead around a payload
 REQUESTED_PARTITIONS = 4  # ranking-requests: the unit of scale-out (one consumer per partition)
 VALID_RANKER_ENV = frozenset(Settings.env_name(f.name) for f in dataclasses.fields(Settings))
@@ -472,6 +472,56 @@ def test_published_ports_stay_on_loopback(services):
     for name, service in services.items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+# ----------------------------------------------------------------------------- monitoring
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> host path of a service's bind mounts (read-only ones)."""
+    return {target: source for source, target, mode in
+            (volume.split(":") for volume in service.get("volumes", [])
+             if volume.startswith("./"))}
+
+
+def test_prometheus_is_the_version_the_tests_run_and_loads_the_repository_files(services):
+    from tools import prometheus
+
+    upstream = prometheus.VERSION.split("+")[0]  # 2.42.0+ds-5+deb12u1 -> 2.42.0
+    assert services["prometheus"]["image"] == f"prom/prometheus:v{upstream}"
+    dockerfile = (ROOT / "docker" / "prometheus.Dockerfile").read_text()
+    assert f"ARG PROMETHEUS_VERSION={prometheus.VERSION}\n" in dockerfile
+    mounts = _mounts(services["prometheus"])
+    for source in mounts.values():
+        assert (ROOT / source).is_file(), source
+    config = yaml.safe_load((ROOT / mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert mounts["/etc/prometheus/alerts.yml"] == "./monitoring/alerts.yml"
+
+
+def test_prometheus_scrapes_every_worker_replica_on_its_metrics_port(services):
+    config = yaml.safe_load((ROOT / "monitoring" / "prometheus" / "prometheus.yml").read_text())
+    scraped = {}
+    for job in config["scrape_configs"]:
+        for discovery in job["dns_sd_configs"]:  # the service name: every replica's address
+            assert discovery["type"] == "A"
+            scraped.update({name: discovery["port"] for name in discovery["names"]})
+    for name in WORKERS:
+        port = int(services[name]["environment"]["RANKER_METRICS_PORT"])
+        assert scraped[name] == port, name
+
+
+def test_grafana_mounts_its_provisioning_and_the_dashboard(services):
+    mounts = _mounts(services["grafana"])
+    assert mounts["/etc/grafana/provisioning/datasources"] == (
+        "./monitoring/grafana/provisioning/datasources")
+    assert mounts["/etc/grafana/provisioning/dashboards"] == (
+        "./monitoring/grafana/provisioning/dashboards")
+    for source in mounts.values():
+        assert (ROOT / source).is_dir(), source
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    folder, name = home.rsplit("/", 1)
+    assert (ROOT / mounts[folder] / name).is_file()
 
 
 # ----------------------------------------------------------------------------- Dockerfile

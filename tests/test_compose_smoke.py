@@ -1,10 +1,12 @@
 """tools/compose_smoke.py without a Docker engine: what it says when tools are missing, and the
 small decisions it makes before touching Docker (wheelhouse complete, apt mirror, base image,
-where the Kafka image comes from)."""
+where the Kafka, Prometheus and Grafana images come from, which dashboard queries a
+Prometheus has no data for)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -124,3 +126,49 @@ def test_kafka_image_is_built_locally_when_it_cannot_be_pulled(engine: Engine) -
 def test_a_local_kafka_image_carries_the_pinned_version_only() -> None:
     with pytest.raises(compose_smoke.SmokeError, match="pins apache/kafka:"):
         compose_smoke.build_kafka_image("apache/kafka:0.0.1", "base")
+
+
+# ----------------------------------------------------------------------------- monitoring
+
+
+def test_prometheus_image_is_built_from_debians_package_where_it_cannot_be_pulled(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tools import prometheus
+
+    builds: list[list[str]] = []
+    monkeypatch.setattr(compose_smoke, "run", lambda argv, **kwargs: builds.append(argv))
+    name = compose_smoke.compose_services()["prometheus"]["image"]
+    assert compose_smoke.prometheus_image("worker-base") == f"{name} (built here)"
+    build, = builds
+    assert build[:2] == ["docker", "build"] and build[build.index("-t") + 1] == name
+    assert f"PROMETHEUS_VERSION={prometheus.VERSION}" in build
+    assert str(compose_smoke.PROMETHEUS_DOCKERFILE) in build
+    engine.pullable = True
+    assert compose_smoke.prometheus_image("worker-base") == f"{name} (pulled)"
+    assert len(builds) == 1
+
+
+def test_grafana_runs_only_where_its_image_can_be_had(engine: Engine) -> None:
+    assert compose_smoke.grafana_image() is None
+    engine.pullable = True
+    assert compose_smoke.grafana_image() == (
+        f"{compose_smoke.compose_services()['grafana']['image']} (pulled)")
+
+
+def test_empty_panels_names_every_query_a_prometheus_has_no_data_for(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A real Prometheus that scrapes nothing: every dashboard query comes back empty, and
+    the engagement ones are not asked where no engagement was sent."""
+    from tools import dashboard
+    from tools.prometheus import PrometheusServer
+
+    queries = dashboard.queries(json.loads(dashboard.DASHBOARD_PATH.read_text()))
+    engagement = [q for q in queries if any(m in q[1] for m in compose_smoke.ENGAGEMENT_METRICS)]
+    assert engagement
+    with PrometheusServer([], tmp_path) as server:
+        monkeypatch.setattr(compose_smoke, "PROMETHEUS", server.url)
+        empty, not_asked = compose_smoke.empty_panels(with_engagements=False)
+        assert (len(empty), not_asked) == (len(queries) - len(engagement), len(engagement))
+        empty, not_asked = compose_smoke.empty_panels(with_engagements=True)
+        assert (len(empty), not_asked) == (len(queries), 0)
+        assert empty[0] == f"{queries[0][0]}: {queries[0][1]}"

@@ -13,7 +13,10 @@ fill ./wheelhouse from pyproject.toml's pins; build the worker image from it; st
 (kafka, its topics step, the worker); wait for the worker's health check; send the producer
 service's requests and as many from the host through localhost:29092; read every answer back
 with the viewer service; check the worker runs as uid 10001 and /ready and /metrics answer on
-the published port; `down`, and check nothing of the stack is left running. Every wait has a
+the published port; start Prometheus (the official image, or one built from Debian's package:
+docker/prometheus.Dockerfile) and Grafana (where its image can be pulled), check Prometheus
+scrapes the worker and every dashboard query returns data, and Grafana provisioned the
+dashboard; `down`, and check nothing of the stack is left running. Every wait has a
 timeout, and the stack goes down whatever happens. The last line is the summary.
 
 `--secured` (`make compose-smoke SECURED=1`) runs docker-compose.secured.yml over the plain
@@ -59,6 +62,12 @@ KAFKA_DOCKERFILE = ROOT / "docker" / "kafka.Dockerfile"
 KAFKA_SCRIPTS = ROOT / "docker" / "kafka"  # bin/, config/ and entrypoint.sh of the image
 LOCAL_BUILD_LABEL = "phoenix.local-build"  # marks an apache/kafka tag this tool built
 METRICS = "http://127.0.0.1:9100"  # the worker's published metrics port
+PROMETHEUS = "http://127.0.0.1:9090"  # the stack's Prometheus, published on loopback
+GRAFANA = "http://127.0.0.1:3000"
+PROMETHEUS_DOCKERFILE = ROOT / "docker" / "prometheus.Dockerfile"
+# What the dashboard's engagement panels read: empty where no engagement was sent.
+ENGAGEMENT_METRICS = ("ranker_engagements_total", "ranker_engagement_visible_lag_seconds")
+MONITORING_TIMEOUT_S = 90.0
 WORKER_UID = 10001
 
 HEALTHY_TIMEOUT_S = 900.0  # a cold worker compiles every batch bucket first (~2-5 min, 2 cores)
@@ -295,26 +304,55 @@ def build_kafka_image(name: str, base: str) -> None:
              "-t", name, str(context)], timeout=BUILD_TIMEOUT_S)
 
 
-def kafka_image(worker_base: str) -> str:
-    """Make the compose file's Kafka image present; says where it came from.
-
-    The official image when it is here or can be pulled; else one built here from the same
-    version's jars. One built here earlier is built again (cached layers: seconds), so that a
-    change to docker/kafka/ reaches it.
-    """
-    name = kafka_image_name()
+def official_image(name: str) -> str | None:
+    """`name (present)` or `name (pulled)` when the official image is here or can be pulled;
+    None (said why) when it cannot, or when the one here was built by this tool (built again,
+    cached layers: seconds, so that a change to its Dockerfile reaches it)."""
     if image_exists(name) and not image_label(name, LOCAL_BUILD_LABEL):
         return f"{name} (present)"
-    if not image_exists(name):
-        say(f"pulling {name}")
-        pulled = subprocess.run(["docker", "pull", name], capture_output=True, text=True,
-                                timeout=600)
-        if pulled.returncode == 0:
-            return f"{name} (pulled)"
-        reason = (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
-        say(f"cannot pull {name} ({reason}); building it locally")
+    if image_exists(name):
+        return None
+    say(f"pulling {name}")
+    pulled = subprocess.run(["docker", "pull", name], capture_output=True, text=True,
+                            timeout=600)
+    if pulled.returncode == 0:
+        return f"{name} (pulled)"
+    reason = (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
+    say(f"cannot pull {name} ({reason})")
+    return None
+
+
+def kafka_image(worker_base: str) -> str:
+    """Make the compose file's Kafka image present; says where it came from: the official
+    image, else one built here from the same version's jars."""
+    name = kafka_image_name()
+    if found := official_image(name):
+        return found
     build_kafka_image(name, kafka_base(worker_base))
     return f"{name} (built here)"
+
+
+def prometheus_image(worker_base: str) -> str:
+    """Make the compose file's Prometheus image present: the official one, else one built
+    here from Debian's prometheus package at the version the monitoring tests run."""
+    from tools.prometheus import VERSION
+
+    name = compose_services()["prometheus"]["image"]
+    if found := official_image(name):
+        return found
+    base = kafka_base(worker_base)
+    say(f"docker build -t {name} from docker/prometheus.Dockerfile on {base} (Debian's "
+        f"prometheus {VERSION})")
+    run(["docker", "build", "-f", str(PROMETHEUS_DOCKERFILE), "--build-arg", f"BASE_IMAGE={base}",
+         "--build-arg", f"PROMETHEUS_VERSION={VERSION}", "--label", f"{LOCAL_BUILD_LABEL}=1",
+         "-t", name, str(PROMETHEUS_DOCKERFILE.parent)], timeout=BUILD_TIMEOUT_S)
+    return f"{name} (built here)"
+
+
+def grafana_image() -> str | None:
+    """The compose file's Grafana image if present or pulled; None where it cannot be (no
+    Debian package to build one from: its provisioning files are checked by tests instead)."""
+    return official_image(compose_services()["grafana"]["image"])
 
 
 def pinned_requirements() -> list[str]:
@@ -469,6 +507,48 @@ def http_status(url: str) -> int:
         return 0
 
 
+def scraped_workers(expected: int) -> list[dict]:
+    """Prometheus' `up` samples of the worker job once it has `expected` of them, all up;
+    SmokeError with what it has after MONITORING_TIMEOUT_S."""
+    from tools.prometheus import PrometheusError, query
+
+    deadline, samples = time.monotonic() + MONITORING_TIMEOUT_S, []
+    while time.monotonic() < deadline:
+        try:
+            samples = query(PROMETHEUS, 'up{job="ranker"}')
+        except (PrometheusError, OSError):
+            samples = []
+        if len(samples) == expected and all(s["value"][1] == "1" for s in samples):
+            return samples
+        time.sleep(2)
+    raise SmokeError(f"Prometheus scrapes {len(samples)} worker(s), {expected} expected, all "
+                     f"up: {samples}")
+
+
+def empty_panels(with_engagements: bool) -> tuple[list[str], int]:
+    """The dashboard's queries that return no data from the stack's Prometheus, and how many
+    were not asked (the engagement panels, where no engagement was sent)."""
+    from tools import dashboard
+    from tools.prometheus import query
+
+    empty, skipped = [], 0
+    for title, expr in dashboard.queries(json.loads(dashboard.DASHBOARD_PATH.read_text())):
+        if not with_engagements and any(name in expr for name in ENGAGEMENT_METRICS):
+            skipped += 1
+            continue
+        if not query(PROMETHEUS, expr.replace(dashboard.RATE_INTERVAL, "1m")):
+            empty.append(f"{title}: {expr}")
+    return empty, skipped
+
+
+def grafana_dashboards() -> list[str]:
+    """Titles of the dashboards Grafana provisioned (its search API, as the admin)."""
+    request = urllib.request.Request(f"{GRAFANA}/api/search?type=dash-db", headers={
+        "Authorization": "Basic YWRtaW46YWRtaW4="})  # admin:admin, Grafana's first-start login
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return [hit["title"] for hit in json.load(response)]
+
+
 def worker_uids(cid: str) -> set[int]:
     """uids of the container's processes running `worker.app`, as the host kernel sees them."""
     out = run(["docker", "top", cid, "-eo", "pid,uid,args"]).stdout.splitlines()[1:]
@@ -519,6 +599,12 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
     say(f"kafka image: {kafka}")
     timings.phase("kafka image", t)
     t = time.monotonic()
+    prometheus = prometheus_image(base)
+    grafana = grafana_image()
+    say(f"prometheus image: {prometheus}; grafana image: "
+        f"{grafana or 'none (cannot be pulled: its provisioning is checked by tests only)'}")
+    timings.phase("monitoring images", t)
+    t = time.monotonic()
     wheels = fill_wheelhouse(pinned_requirements())
     timings.phase(f"wheelhouse ({wheels} wheels)", t)
     t = time.monotonic()
@@ -537,6 +623,8 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
         if (code := stack.wait_exited("topics", 60)) != 0:
             raise SmokeError(f"topics service exited {code}:\n{stack.logs('topics')}")
         timings.phase("stack up, worker healthy", t)
+        stack("up", "-d", "--no-build", "prometheus", *(["grafana"] if grafana else []),
+              timeout=300)
 
         t = time.monotonic()
         say(f"up: producer and results services; host producer to {HOST_BOOTSTRAP}")
@@ -546,7 +634,11 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
             sent_from_host = subprocess.run(
                 [sys.executable, "-m", "tools.producer", "--bootstrap", HOST_BOOTSTRAP,
                  "--count", str(args.host_requests), "--seed", "17", "--truth", str(truth),
-                 "--no-progress"], cwd=ROOT, env=host_client_env(stack, "producer", Path(tmp)),
+                 "--no-progress",
+                 # Histories as engagements, for the dashboard's history panels (the secured
+                 # stack's producer user may write requests only).
+                 *([] if stack.secured else ["--server-history"])],
+                cwd=ROOT, env=host_client_env(stack, "producer", Path(tmp)),
                 timeout=PRODUCER_TIMEOUT_S)
             if sent_from_host.returncode != 0:
                 raise SmokeError(f"the host producer exited {sent_from_host.returncode}")
@@ -570,9 +662,16 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
         timings.phase("answers read", t)
         uids = worker_uids(stack.container("worker"))
         ready, metrics = http_status(f"{METRICS}/ready"), http_status(f"{METRICS}/metrics")
+        t = time.monotonic()
+        scraped = len(scraped_workers(expected=1))
+        empty, not_asked = empty_panels(with_engagements=not stack.secured)
+        dashboards = grafana_dashboards() if grafana else None
+        say(f"Prometheus scrapes {scraped} worker; dashboard queries without data: "
+            f"{empty or 'none'} ({not_asked} not asked); Grafana dashboards: {dashboards}")
+        timings.phase("monitoring", t)
     except BaseException:
         setup = ("secrets", "access") if stack.secured else ()
-        for service in ("kafka", "topics", *setup, "worker", "producer"):
+        for service in ("kafka", "topics", *setup, "worker", "producer", "prometheus"):
             print(f"--- {service} logs ---\n{stack.logs(service, 20)}", flush=True)
         raise
     finally:
@@ -596,6 +695,10 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
         problems.append(f"/ready {ready}, /metrics {metrics}")
     if left:
         problems.append(f"left after down: {', '.join(left)}")
+    if empty:
+        problems.append(f"dashboard queries without data: {'; '.join(empty)}")
+    if dashboards is not None and "Phoenix ranking worker" not in dashboards:
+        problems.append(f"Grafana did not provision the dashboard (it has {dashboards})")
     problems += refused
     say(f"timings: {timings.line()}")
     verdict = "FAILED: " + "; ".join(problems) + ": " if problems else "OK: "
@@ -603,7 +706,10 @@ def smoke(args: argparse.Namespace, timings: Timings) -> str:
             f"{dead} dead letters{', codes as sent' if codes == expected_codes else ''}), "
             f"worker uid {','.join(map(str, sorted(uids)))}, "
             f"/ready {ready}, /metrics {metrics}, host producer {host_answered}/"
-            f"{args.host_requests}, down {'clean' if not left else 'NOT clean'}, kafka {kafka}"
+            f"{args.host_requests}, Prometheus scraping {scraped} worker with every dashboard "
+            f"query answered{f' ({not_asked} engagement queries not asked)' if not_asked else ''}"
+            f", Grafana {'provisioned' if dashboards else 'not run'}, "
+            f"down {'clean' if not left else 'NOT clean'}, kafka {kafka}"
             f"{' secured (SASL_SSL/SCRAM, ACLs; refusals checked)' if stack.secured else ''}, "
             f"{timings.total:.0f} s")
 
