@@ -73,7 +73,7 @@ train: venv
 	$(PY) -m training.train --out checkpoints/demo.npz
 
 eval: venv
-	$(PY) -m training.evaluate --checkpoint checkpoints/demo.npz --json bench/eval.json
+	$(PY) -m training.evaluate --checkpoint checkpoints/demo.npz --json bench/eval.json --plot bench/plots/eval.png
 
 demo: venv
 	$(PY) -m tools.demo --broker $(BROKER) $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT)) $(if $(call given,BROKER_PORT),--broker-port $(BROKER_PORT)) $(if $(SERVER_HISTORY),--server-history)

@@ -52,7 +52,7 @@ def _phase(results: dict, name: str) -> dict | None:
     return next((p for p in phases if p["phase"] == name), None)
 
 
-def _dig(value: object, keys: Sequence[str]) -> object:
+def dig(value: object, keys: Sequence[str]) -> object:
     """value[k1][k2]..., None where a level is missing."""
     for key in keys:
         value = value.get(key) if isinstance(value, dict) else None
@@ -61,7 +61,7 @@ def _dig(value: object, keys: Sequence[str]) -> object:
 
 def phase_value(name: str, *keys: str) -> Metric:
     """A figure of one load phase, e.g. phase_value("light", "latency_ms", "p99_ms")."""
-    return lambda results: _dig(_phase(results, name), keys)
+    return lambda results: dig(_phase(results, name), keys)
 
 
 def _curve_policy(results: dict, policy: str) -> dict | None:
@@ -74,7 +74,7 @@ def curve_value(policy: str, fraction: float, *keys: str) -> Metric:
     curve_value("deadline", 0.5, "latency_ms", "p99_ms")."""
     def metric(results: dict) -> float | None:
         figures = _curve_policy(results, policy)
-        return _dig(curve.point(figures["points"], fraction), keys) if figures else None
+        return dig(curve.point(figures["points"], fraction), keys) if figures else None
     return metric
 
 

@@ -596,6 +596,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where results-<broker>.json are written and read (bench)")
     parser.add_argument("--markdown", help="the report (default bench/results.md; a quick "
                                            "run only prints it unless given)")
+    parser.add_argument("--redraw", action="store_true",
+                        help="measure nothing: rebuild the report and its figures from the "
+                             "results files already written")
     for field in dataclasses.fields(BenchConfig):
         flag = f"--{field.name.replace('_', '-')}"
         if isinstance(field.default, bool):
@@ -613,6 +616,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.redraw:
+        publish(args, [])
+        return 0
     cfg, kind = args.config, args.broker
     started = time.time()
     # The worker gets the broker's fetch wait as a flag; loading the same flag here records
@@ -669,20 +675,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def write(results: dict, args: argparse.Namespace) -> None:
     """This run to its broker's JSON, then the report from every broker's latest JSON, and
-    with the report (`--markdown`) the curve's plot from the same files, which it links."""
+    with the report (`--markdown`) its figures (`bench.plots`) from the same files, each
+    linked after the table it illustrates."""
     out = compare.results_path(args.results_dir, results["broker"]["kind"], args.quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=_json_default))
+    publish(args, [str(out)])
+
+
+def publish(args: argparse.Namespace, written: list[str]) -> None:
+    """The report and its figures from every broker's latest JSON (`--redraw`: this only,
+    measuring nothing)."""
     runs = compare.load_runs(args.results_dir, args.quick)
-    written = [str(out)]
-    figure = None
-    if args.markdown:
-        markdown = Path(args.markdown)
-        png = plots.latency_vs_load(runs, plots.plot_path(markdown))
-        if png is not None:
-            figure = png.relative_to(markdown.parent).as_posix()
-            written.append(str(png))
-    text = compare.document(runs, report, figure)
+    text, figures = plots.document(runs, report, args.markdown)
+    written = [*written, *map(str, figures)]
     print("\n" + text)
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Ranking quality on held-out world requests: the trained model against baselines.
 
     python -m training.evaluate --checkpoint checkpoints/demo.npz [--requests 2000 --seed 12345]
+        [--json bench/eval.json --plot bench/plots/eval.png]
 
 Requests are sampled from the same world the model was trained on (its seed is read from the
 command line, default 0) with a different random stream, so users and posts are known but the
@@ -305,6 +306,17 @@ def target_lines(results: dict[str, MethodResult]) -> list[str]:
     return lines
 
 
+def to_json(checkpoint: str, trained: RankingRunner, ec: EvalConfig,
+            results: dict[str, MethodResult]) -> dict[str, Any]:
+    """What --json writes and --plot draws (one payload, so the picture is the numbers)."""
+    closed = gap_closed(results["trained"].ndcg_at_5, results["random"].ndcg_at_5,
+                        results["oracle"].ndcg_at_5)
+    return {"checkpoint": str(checkpoint), "model_version": trained.model_version,
+            "eval": dataclasses.asdict(ec),
+            "methods": {name: r.to_json() for name, r in results.items()},
+            "ndcg@5_gap_closed": closed}
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = EvalConfig()
     p = argparse.ArgumentParser(prog="python -m training.evaluate",
@@ -318,6 +330,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seed of the randomly initialised baseline")
     p.add_argument("--popularity-rows", type=int, default=d.popularity_rows)
     p.add_argument("--json", dest="json_out", default=None, help="also write the numbers here")
+    p.add_argument("--plot", default=None,
+                   help="also draw them here (a PNG: NDCG@k and AUC per method; needs the "
+                        "bench extra's matplotlib)")
     args = p.parse_args(argv)
     if args.requests < 1 or args.popularity_rows < 1:
         p.error("--requests and --popularity-rows must be >= 1")
@@ -341,15 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in target_lines(results):
         print(line)
+    payload = to_json(args.checkpoint, trained, ec, results)
     if args.json_out:
-        closed = gap_closed(results["trained"].ndcg_at_5, results["random"].ndcg_at_5,
-                            results["oracle"].ndcg_at_5)
-        payload = {"checkpoint": str(args.checkpoint), "model_version": trained.model_version,
-                   "eval": dataclasses.asdict(ec),
-                   "methods": {name: r.to_json() for name, r in results.items()},
-                   "ndcg@5_gap_closed": closed}
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n")
+    if args.plot:
+        from training.plots import eval_scores  # matplotlib: only where a picture is asked for
+
+        print(f"wrote {eval_scores(payload, args.plot)}")
     return 0
 
 
