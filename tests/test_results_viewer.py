@@ -1,4 +1,8 @@
+import asyncio
 import contextlib
+import io
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -8,8 +12,8 @@ import pytest
 
 from phoenix.actions import ACTION_NAMES
 from training.world import RequestTruth
-from tools.viewer import (Summary, bar, diversity_factor, format_dead_letter, format_result,
-                          latency_of, legend, raw_score)
+from tools.viewer import (LiveStats, Screen, Summary, bar, diversity_factor, format_dead_letter,
+                          format_result, latency_of, legend, raw_score, redrawing, render)
 
 
 def result(order_posts, request_id="r1", sent=1000):
@@ -177,3 +181,173 @@ def test_the_viewer_recovers_the_worker_s_diversity_factors(tiny_runner):
     factors = [line.split("same author ")[1].split(")")[0] if "same author" in line else None
                for _, line in same_author]
     assert factors == [None, "x0.70", "x0.49", "x0.34", "x0.30"]
+
+
+# ---- --live: the windowed stats, the frame, the screen ------------------------------------
+
+
+def dead(code: str) -> dict:
+    return {"error": {"code": code}}
+
+
+def versioned(version: str, latency: float) -> dict:
+    return {**result([11], sent=1000), "model_version": version, "produced_at_ms": 1000 + latency}
+
+
+def live_stats(window_s: float = 10.0) -> LiveStats:
+    """20 results of m1 at 0, 100, ..., 1900 ms (latency = 1 + arrival/100), dead letters
+    invalid at 200 and 5000 ms and expired at 9000 ms; read from 0 ms."""
+    stats = LiveStats(started_ms=0, window_s=window_s)
+    arrivals = [(i * 100, versioned("m1", 1.0 + i)) for i in range(20)] + [
+        (200, dead("invalid")), (5000, dead("invalid")), (9000, dead("expired"))]
+    for at, message in sorted(arrivals, key=lambda arrival: arrival[0]):  # as they arrive
+        if "error" in message:
+            stats.add_dead_letter(message, arrived_ms=at)
+        else:
+            stats.add_result(message, latency_of(message), arrived_ms=at)
+    return stats
+
+
+def test_live_rates_are_over_the_window_and_old_arrivals_leave_it():
+    stats = live_stats()
+    # (now - 10 s, now]: the result at 0 ms, exactly 10 s old, has left.
+    assert stats.rates(10_000) == (pytest.approx(1.9), pytest.approx(0.3))
+    assert stats.rates(10_500) == (pytest.approx(1.4), pytest.approx(0.2))
+    assert stats.window(10_500).results == 14 and stats.summary.results == 20
+
+
+def test_live_rates_before_a_full_window_are_over_the_time_read_so_far():
+    assert live_stats().rates(2_000)[0] == pytest.approx(10.0)  # 20 results over 2 s, not 10
+    stats = LiveStats(started_ms=0)
+    for at in (0, 100, 200):
+        stats.add_result(result([11]), 3.0, arrived_ms=at)
+    assert stats.rates(200)[0] == pytest.approx(3.0)  # over at least 1 s, not 0.2 s
+
+
+def test_a_quiet_stream_drops_the_window_to_zero_and_keeps_the_totals():
+    stats = live_stats()
+    assert stats.rates(19_000) == (0.0, 0.0)
+    window = stats.window(19_000)
+    assert window.percentile(50) is None and not window.dead_letters
+    assert stats.summary.results == 20 and stats.summary.percentile(50) == pytest.approx(10.5)
+
+
+def test_live_percentiles_by_code_and_by_version_per_window():
+    stats = live_stats()
+    for latency, at in ((100.0, 9_500), (300.0, 9_600)):
+        message = versioned("canary", latency)
+        stats.add_result(message, latency_of(message), arrived_ms=at)
+    window = stats.window(11_000)  # m1 from 1100 ms: latencies 12..20; canary both
+    assert window.percentile(50, "m1") == pytest.approx(16.0)
+    assert window.percentile(50, "canary") == pytest.approx(200.0)
+    assert window.percentile(99) == pytest.approx(np.percentile([*range(12, 21), 100, 300], 99))
+    assert dict(window.version_results) == {"m1": 9, "canary": 2}
+    assert dict(window.dead_letters) == {"invalid": 1, "expired": 1}
+    assert dict(stats.summary.dead_letters) == {"invalid": 2, "expired": 1}
+
+
+def cells(frame: str, label: str) -> list[str]:
+    """The cells of the frame's row that starts with `label` (cells are 2+ spaces apart)."""
+    line, = [line for line in frame.splitlines() if line.strip().startswith(label + "  ")]
+    return re.split(r"\s{2,}", line.strip())[1:]
+
+
+def test_the_live_frame_shows_the_window_and_the_totals():
+    stats = live_stats()
+    message = versioned("canary", 100.0)
+    stats.add_result(message, latency_of(message), arrived_ms=9_500)
+    frame = render(stats, 10_500)  # m1 from 600 ms: 14 results, latencies 7..20
+    assert frame.splitlines()[0].startswith("results viewer, live: elapsed 10.5 s, window 10 s")
+    assert cells(frame, "results") == ["15", "1.5/s", "21"]
+    assert cells(frame, "dead letters") == ["2", "0.2/s", "3"]
+    assert cells(frame, "latency p50") == ["14.0 ms", "11.0 ms"]
+    assert cells(frame, "invalid") == ["1", "2"] and cells(frame, "expired") == ["1", "1"]
+    assert cells(frame, "m1") == ["14", "93.3%", "13.5 ms", "20", "95.2%", "10.5 ms"]
+    assert cells(frame, "canary") == ["1", "6.7%", "100.0 ms", "1", "4.8%", "100.0 ms"]
+    quiet = render(stats, 30_000)
+    assert cells(quiet, "results") == ["0", "0.0/s", "21"]
+    assert cells(quiet, "latency p50") == ["-", "11.0 ms"]
+    assert cells(quiet, "m1") == ["0", "-", "-", "20", "95.2%", "10.5 ms"]
+
+
+def test_the_live_frame_fits_a_24_by_100_terminal_whatever_it_is_given():
+    stats = LiveStats(started_ms=0)
+    for i in range(12):
+        message = versioned(f"model-{i:02d}-" + "x" * 80, float(i))
+        stats.add_result(message, latency_of(message), arrived_ms=i)
+        stats.add_dead_letter(dead(f"code_{i:02d}"), arrived_ms=i)
+    lines = render(stats, 1_000).splitlines()
+    assert len(lines) <= 24 and max(map(len, lines)) <= 100
+    assert lines.count("  … 7 more") == 2  # codes, then versions: 5 of 12 shown each
+    assert any(line.startswith("  model-00-xxx") and "…" in line for line in lines)
+
+
+def test_the_screen_redraws_in_place_on_a_terminal_and_in_sequence_elsewhere():
+    terminal, pipe = io.StringIO(), io.StringIO()
+    for frame in ("one", "two"):
+        Screen(terminal, in_place=True).draw(frame)
+        Screen(pipe).draw(frame)  # a StringIO is no terminal
+    assert terminal.getvalue() == "\x1b[H\x1b[Jone\n\x1b[H\x1b[Jtwo\n"
+    assert pipe.getvalue().split("\f\n") == ["", "one\n", "two\n"]
+
+
+def test_redrawing_draws_while_nothing_arrives_and_stops_with_the_reading():
+    async def run() -> tuple[int, set]:
+        drawn, enough = 0, asyncio.Event()
+
+        def draw() -> None:
+            nonlocal drawn
+            drawn += 1
+            if drawn == 3:
+                enough.set()
+        # No message ever arrives; the wait_for only turns a hang into a failure.
+        await asyncio.wait_for(redrawing(enough.wait(), draw, refresh_s=0.001), 30)
+        return drawn, asyncio.all_tasks() - {asyncio.current_task()}
+    drawn, left = asyncio.run(run())
+    assert drawn == 3 and not left
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--live", "--json"], "--live draws its own screen"),
+    (["--live", "--refresh-s", "0"], "--refresh-s must be > 0, got 0"),
+    (["--live", "--window-s", "-1"], "--window-s must be > 0, got -1")],
+    ids=["json", "refresh", "window"])
+def test_the_viewer_refuses_live_flags_that_cannot_work(capsys, flags, error):
+    from tools.viewer import main
+    assert main(["--idle-timeout-s", "1", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"results: error: {error}") and err.count("\n") == 1
+
+
+@pytest.mark.timeout(120)
+def test_live_viewer_follows_the_broker_and_its_last_frame_has_the_totals(kafka):
+    """`--live` in a pipe: frames after form feeds (no escapes), redrawn while the topics are
+    quiet; the last one counts every message read, then the summary line."""
+    from tools.launcher import ROOT
+    from worker import codec
+
+    results, dead_letters = kafka.new_topic(), kafka.new_topic()
+    kafka.produce(results, [codec.encode_result(versioned(version, latency)) for version, latency
+                            in (("m1", 10), ("m1", 20), ("canary", 100), ("m1", 30),
+                                ("canary", 200), ("m1", 40))])
+    kafka.produce(dead_letters, [
+        codec.encode_dead_letter(b"x", topic="req", partition=0, offset=i, code=code,
+                                 message="why")
+        for i, code in enumerate(("invalid", "expired", "invalid"))])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
+    run = subprocess.run(
+        [sys.executable, "-m", "tools.viewer", "--live", "--refresh-s", "0.2",
+         "--idle-timeout-s", "2", "--bootstrap", kafka.bootstrap, "--results-topic", results,
+         "--dead-letter-topic", dead_letters],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
+    assert run.returncode == 0, run.stderr
+    assert "\x1b[" not in run.stdout and "legend:" not in run.stdout
+    frames = run.stdout.split("\f\n")[1:]
+    assert len(frames) >= 2, run.stdout  # redrawn during the 2 s idle, then the last frame
+    last, summary = frames[-1].rstrip("\n").rsplit("\n", 1)
+    assert cells(last, "results")[-1] == "6" and cells(last, "dead letters")[-1] == "3"
+    assert cells(last, "latency p50")[-1] == "35.0 ms"
+    assert cells(last, "invalid")[-1] == "2" and cells(last, "expired")[-1] == "1"
+    assert cells(last, "m1")[-3:] == ["4", "66.7%", "25.0 ms"]
+    assert cells(last, "canary")[-3:] == ["2", "33.3%", "150.0 ms"]
+    assert summary.startswith("summary: results 6, dead letters 3 (expired 1, invalid 2)")

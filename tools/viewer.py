@@ -7,6 +7,10 @@ dead letters by code, latency p50/p99 (the request's timestamp -> the result's p
 so results read long after they were produced still show their real latency) and, given the
 producer's `--truth` file, a rolling NDCG@5 of the served rankings against the world's true
 expected scores.
+
+`--live` prints no messages: it redraws one screen every `--refresh-s` (in place on a terminal,
+one frame after another after a form feed elsewhere) with the rates, latency percentiles, dead
+letters by code and model versions of the last `--window-s` seconds and of everything read.
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
+import dataclasses
 import json
 import sys
 import textwrap
-from typing import Callable
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Callable, TextIO
 
 import numpy as np
 
@@ -157,33 +165,48 @@ class Summary:
         self.ndcg = RollingNDCG(k=5)
 
     def add_result(self, result: dict, latency_ms: float | None) -> None:
-        self.results += 1
-        version = str(result.get("model_version"))
-        self.version_results[version] += 1
-        if latency_ms is not None:
-            self.latencies_ms.append(latency_ms)
-            self.versions[version].append(latency_ms)
+        self.count_result(str(result.get("model_version")), latency_ms)
         truth = self.truth.get(result["request_id"])
         if truth is not None:
             index = {int(p): i for i, p in enumerate(truth.candidate_post_ids.tolist())}
             order = np.array([index[c["post_id"]] for c in result["ranked"]])
             self.ndcg.add(truth.probabilities @ self.weights, order)
 
+    def count_result(self, version: str, latency_ms: float | None) -> None:
+        """Counts a result from what the counts keep of it (the live window replays these)."""
+        self.results += 1
+        self.version_results[version] += 1
+        if latency_ms is not None:
+            self.latencies_ms.append(latency_ms)
+            self.versions[version].append(latency_ms)
+
     def add_dead_letter(self, letter: dict) -> None:
-        self.dead_letters[letter["error"]["code"]] += 1
+        self.count_dead_letter(letter["error"]["code"])
+
+    def count_dead_letter(self, code: str) -> None:
+        self.dead_letters[code] += 1
+
+    def percentile(self, q: float, version: str | None = None) -> float | None:
+        """The q-th latency percentile, of all results or of one model version's; None
+        without latencies."""
+        values = self.latencies_ms if version is None else self.versions.get(version)
+        return float(np.percentile(values, q)) if values else None
+
+    @property
+    def dead_letter_count(self) -> int:
+        return sum(self.dead_letters.values())
 
     @property
     def total(self) -> int:
-        return self.results + sum(self.dead_letters.values())
+        return self.results + self.dead_letter_count
 
     def line(self) -> str:
         codes = ", ".join(f"{c} {n}" for c, n in sorted(self.dead_letters.items()))
         parts = [f"results {self.results}",
-                 f"dead letters {sum(self.dead_letters.values())}" + (f" ({codes})" if codes
-                                                                      else "")]
+                 f"dead letters {self.dead_letter_count}" + (f" ({codes})" if codes else "")]
         if self.latencies_ms:
-            p50, p99 = np.percentile(self.latencies_ms, [50, 99])
-            parts.append(f"latency p50 {p50:.1f} ms / p99 {p99:.1f} ms")
+            parts.append(f"latency p50 {self.percentile(50):.1f} ms / p99 "
+                         f"{self.percentile(99):.1f} ms")
         if self.ndcg.count:
             parts.append(f"rolling NDCG@5 {self.ndcg.mean:.3f} over {self.ndcg.count}")
         if len(self.version_results) > 1:
@@ -192,9 +215,9 @@ class Summary:
         return "summary: " + ", ".join(parts)
 
     def _version_text(self, version: str) -> str:
-        latencies = self.versions.get(version)
-        p50 = f" p50 {np.percentile(latencies, 50):.1f} ms" if latencies else ""
-        return f"{version} {self.version_results[version]} results{p50}"
+        p50 = self.percentile(50, version)
+        p50_text = f" p50 {p50:.1f} ms" if p50 is not None else ""
+        return f"{version} {self.version_results[version]} results{p50_text}"
 
 
 def latency_of(result: dict) -> float | None:
@@ -203,6 +226,190 @@ def latency_of(result: dict) -> float | None:
     time since as latency."""
     sent, produced = result.get("request_timestamp_ms"), result.get("produced_at_ms")
     return float(produced - sent) if sent and produced is not None else None
+
+
+# -- live: one screen redrawn in place ---------------------------------------------------------
+
+SCREEN_LINES, SCREEN_COLUMNS = 24, 100  # what a live frame fits in
+_LABEL_WIDTH = 32  # room for a model version name
+_CELL_WIDTHS = (10, 9, 10)  # count, rate or share, p50: once for the window, once for the total
+_LIST_LINES = 6  # dead-letter codes (all 6) and model versions, each: a frame of 22 lines
+_MIN_SPAN_S = 1.0  # a rate over less than a second of reading (the first frame) is noise
+
+
+def now_ms() -> float:
+    """The clock the live window runs on: the one `read_from_start` stamps arrivals with."""
+    return time.time() * 1000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrival:
+    """What the live window keeps of a message: when it arrived and what it counts as."""
+
+    at_ms: float
+    code: str | None = None  # a dead letter's code; None for a result
+    version: str = ""  # a result's model version
+    latency_ms: float | None = None
+
+
+class LiveStats:
+    """Everything read (a `Summary`) plus the arrivals of the last `window_s`, added in the
+    order they arrive. Time comes in as `now`, never from a clock, so the window can be
+    tested without waiting."""
+
+    def __init__(self, started_ms: float, window_s: float = 10.0,
+                 truth: dict[str, RequestTruth] | None = None):
+        self.started_ms, self.window_s = started_ms, window_s
+        self.summary = Summary(truth)
+        self._recent: collections.deque[Arrival] = collections.deque()
+
+    def add_result(self, result: dict, latency_ms: float | None, arrived_ms: float) -> None:
+        self.summary.add_result(result, latency_ms)
+        self._recent.append(Arrival(arrived_ms, version=str(result.get("model_version")),
+                                    latency_ms=latency_ms))
+
+    def add_dead_letter(self, letter: dict, arrived_ms: float) -> None:
+        self.summary.add_dead_letter(letter)
+        self._recent.append(Arrival(arrived_ms, code=letter["error"]["code"]))
+
+    def elapsed_s(self, now: float) -> float:
+        return max(0.0, (now - self.started_ms) / 1000.0)
+
+    def span_s(self, now: float) -> float:
+        """The seconds the window's rates are over: the window, or the time read so far
+        while that is shorter (the first frames would otherwise understate the rates)."""
+        return max(_MIN_SPAN_S, min(self.window_s, self.elapsed_s(now)))
+
+    def window(self, now: float) -> Summary:
+        """The counts of the arrivals in (now - window_s, now]; older ones are dropped."""
+        while self._recent and self._recent[0].at_ms <= now - self.window_s * 1000.0:
+            self._recent.popleft()
+        counts = Summary()
+        for arrival in self._recent:
+            if arrival.code is None:
+                counts.count_result(arrival.version, arrival.latency_ms)
+            else:
+                counts.count_dead_letter(arrival.code)
+        return counts
+
+    def rates(self, now: float) -> tuple[float, float]:
+        """Results/s and dead letters/s over the window."""
+        return per_second(self.window(now), self.span_s(now))
+
+
+def per_second(counts: Summary, span_s: float) -> tuple[float, float]:
+    """Results/s and dead letters/s of `counts` read over `span_s`."""
+    return counts.results / span_s, counts.dead_letter_count / span_s
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _row(label: str, window: Sequence[object] = (), total: Sequence[object] = ()) -> str:
+    """One line of the frame's grid: a label, then (count, rate or share, p50) for the window
+    and for everything read; missing cells are blank."""
+    def cells(values: Sequence[object]) -> str:
+        padded = [*values, *[""] * (len(_CELL_WIDTHS) - len(values))]
+        return "".join(f"{str(v):>{w}}" for v, w in zip(padded, _CELL_WIDTHS))
+    return (f"{_clip(label, _LABEL_WIDTH - 1):<{_LABEL_WIDTH}}{cells(window)}"
+            f"{cells(total)}").rstrip()
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.1f} ms" if value is not None else "-"
+
+
+def _limited(lines: list[str], limit: int) -> list[str]:
+    """At most `limit` lines, the last saying how many were left out."""
+    if len(lines) <= limit:
+        return lines
+    return lines[:limit - 1] + [f"  … {len(lines) - limit + 1} more"]
+
+
+def _code_rows(window: Summary, total: Summary) -> list[str]:
+    codes = sorted(total.dead_letters, key=lambda c: (-total.dead_letters[c], c))
+    return [_row(f"  {code}", (window.dead_letters[code],), (total.dead_letters[code],))
+            for code in codes]
+
+
+def _version_cells(counts: Summary, version: str) -> tuple[object, ...]:
+    results = counts.version_results[version]
+    share = f"{100.0 * results / counts.results:.1f}%" if counts.results else "-"
+    return results, share, _ms(counts.percentile(50, version))
+
+
+def _version_rows(window: Summary, total: Summary) -> list[str]:
+    versions = sorted(total.version_results, key=lambda v: (-total.version_results[v], v))
+    return [_row(f"  {v}", _version_cells(window, v), _version_cells(total, v))
+            for v in versions]
+
+
+def render(stats: LiveStats, now: float) -> str:
+    """One frame (at most SCREEN_LINES x SCREEN_COLUMNS): the window and the totals."""
+    window, total = stats.window(now), stats.summary
+    results_rate, dead_rate = per_second(window, stats.span_s(now))
+    last = f"last {stats.window_s:g} s"
+    ndcg = (f"  rolling NDCG@5 {total.ndcg.mean:.3f} over {total.ndcg.count}"
+            if total.ndcg.count else "")
+    lines = [
+        f"results viewer, live: elapsed {stats.elapsed_s(now):.1f} s, window {stats.window_s:g} "
+        f"s{ndcg}",
+        _row("", (last, "rate"), ("total",)),
+        _row("results", (window.results, f"{results_rate:.1f}/s"), (total.results,)),
+        _row("dead letters", (window.dead_letter_count, f"{dead_rate:.1f}/s"),
+             (total.dead_letter_count,)),
+        _row("latency p50", ("", "", _ms(window.percentile(50))),
+             ("", "", _ms(total.percentile(50)))),
+        _row("latency p99", ("", "", _ms(window.percentile(99))),
+             ("", "", _ms(total.percentile(99)))),
+        "",
+        _row("dead letters by code", (last,), ("total",)),
+        *_limited(_code_rows(window, total), _LIST_LINES),
+        "",
+        _row("model versions", (last, "share", "p50"), ("total", "share", "p50")),
+        *_limited(_version_rows(window, total), _LIST_LINES),
+    ]
+    return "\n".join(_clip(line, SCREEN_COLUMNS) for line in lines[:SCREEN_LINES])
+
+
+class Screen:
+    """Where live frames go: redrawn in place on a terminal (cursor home, clear to the end);
+    elsewhere (a pipe, a file, a test) one after another, each after a form feed line, so
+    the output stays readable and splits into frames."""
+
+    CLEAR = "\x1b[H\x1b[J"
+
+    def __init__(self, stream: TextIO, in_place: bool | None = None):
+        self.stream = stream
+        self.in_place = stream.isatty() if in_place is None else in_place
+
+    def draw(self, frame: str) -> None:
+        self.stream.write((self.CLEAR if self.in_place else "\f\n") + frame + "\n")
+        self.stream.flush()
+
+
+def drawer(stats: LiveStats, screen: Screen) -> Callable[[], None]:
+    """Draws the frame of now."""
+    return lambda: screen.draw(render(stats, now_ms()))
+
+
+async def redrawing(following: Awaitable[None], draw: Callable[[], None],
+                    refresh_s: float) -> None:
+    """Awaits `following` while calling `draw` every `refresh_s`, messages or not: a quiet
+    stream must still show its rates falling to 0."""
+    async def redraw_forever() -> None:
+        while True:
+            await asyncio.sleep(refresh_s)
+            draw()
+
+    redraws = asyncio.create_task(redraw_forever())
+    try:
+        await following
+    finally:
+        redraws.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await redraws
 
 
 async def follow(settings: Settings, topics: list[str], on_message: Callable[[str, dict, float],
@@ -222,22 +429,44 @@ async def follow(settings: Settings, topics: list[str], on_message: Callable[[st
             on_message(record.topic, message, arrived)
 
 
-def _printer(settings: Settings, summary: Summary, as_json: bool, quiet: bool,
-             negative_threshold: float) -> Callable[[str, dict, float], None]:
+def _route(settings: Settings, on_result: Callable[[dict, float | None, float], None],
+           on_dead_letter: Callable[[dict, float], None]) -> Callable[[str, dict, float], None]:
+    """An `on_message` for `follow`: dead letters to `on_dead_letter(letter, arrived_ms)`,
+    results to `on_result(result, latency_ms, arrived_ms)`."""
     def on_message(topic: str, message: dict, arrived_ms: float) -> None:
         if topic == settings.dead_letter_topic:
-            summary.add_dead_letter(message)
-            if as_json:
-                message = {**message, "original": message["original"].hex()}
-            text = json.dumps(message) if as_json else format_dead_letter(message)
+            on_dead_letter(message, arrived_ms)
         else:
-            latency = latency_of(message)
-            summary.add_result(message, latency)
-            text = json.dumps(message) if as_json else format_result(
-                message, latency, negative_threshold=negative_threshold)
+            on_result(message, latency_of(message), arrived_ms)
+    return on_message
+
+
+def _printer(settings: Settings, summary: Summary, as_json: bool, quiet: bool,
+             negative_threshold: float) -> Callable[[str, dict, float], None]:
+    def show(text: str) -> None:
         if not quiet:
             print(text, flush=True)
-    return on_message
+
+    def on_dead_letter(letter: dict, _arrived_ms: float) -> None:
+        summary.add_dead_letter(letter)
+        show(json.dumps({**letter, "original": letter["original"].hex()}) if as_json
+             else format_dead_letter(letter))
+
+    def on_result(result: dict, latency: float | None, _arrived_ms: float) -> None:
+        summary.add_result(result, latency)
+        show(json.dumps(result) if as_json else format_result(
+            result, latency, negative_threshold=negative_threshold))
+    return _route(settings, on_result, on_dead_letter)
+
+
+def _flag_error(args: argparse.Namespace) -> str | None:
+    """Why the viewer's own flags cannot go together, or None."""
+    if args.live and (args.json or args.summary_only):
+        return "--live draws its own screen; drop --json and --summary-only"
+    for flag, value in (("--refresh-s", args.refresh_s), ("--window-s", args.window_s)):
+        if not value > 0:
+            return f"{flag} must be > 0, got {value:g}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +484,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--negative-threshold", type=float, default=NEGATIVE_THRESHOLD,
                         help="show a negative action's probability above this (default "
                              f"{NEGATIVE_THRESHOLD})")
+    parser.add_argument("--live", action="store_true",
+                        help="no messages: one screen of rates, latency, dead letters by code "
+                             "and model versions, redrawn in place")
+    parser.add_argument("--refresh-s", type=float, default=1.0,
+                        help="--live: redraw this often (default 1.0)")
+    parser.add_argument("--window-s", type=float, default=10.0,
+                        help="--live: rates and window percentiles over the last this many "
+                             "seconds (default 10)")
     args, rest = parser.parse_known_args(argv)
     try:
         settings = Settings.load(rest, prog=PROG, tool_flags=[  # topics, security: the worker's
@@ -262,25 +499,37 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"results: error: {error}", file=sys.stderr)
         return 2
+    if (flag_error := _flag_error(args)) is not None:
+        print(f"results: error: {flag_error}", file=sys.stderr)
+        return 2
     truth = None
     if args.truth:
         from tools.producer import read_truth
         truth = read_truth(args.truth)
-    summary = Summary(truth)
     topics = [settings.results_topic] + ([] if args.no_dead_letters
                                          else [settings.dead_letter_topic])
-    on_message = _printer(settings, summary, args.json, args.summary_only,
-                          args.negative_threshold)
-    if not (args.json or args.summary_only):
-        print(legend(args.negative_threshold), flush=True)
+    draw: Callable[[], None] | None = None
+    if args.live:
+        live = LiveStats(now_ms(), args.window_s, truth)
+        summary, draw = live.summary, drawer(live, Screen(sys.stdout))
+        on_message = _route(settings, live.add_result, live.add_dead_letter)
+    else:
+        summary = Summary(truth)
+        on_message = _printer(settings, summary, args.json, args.summary_only,
+                              args.negative_threshold)
+        if not (args.json or args.summary_only):
+            print(legend(args.negative_threshold), flush=True)
+    following = follow(settings, topics, on_message, count=args.count,
+                       idle_timeout_s=args.idle_timeout_s, bootstrap=args.bootstrap)
     try:
-        asyncio.run(follow(settings, topics, on_message, count=args.count,
-                           idle_timeout_s=args.idle_timeout_s, bootstrap=args.bootstrap))
+        asyncio.run(following if draw is None else redrawing(following, draw, args.refresh_s))
     except KeyboardInterrupt:
         pass
     except KafkaIOError as error:
         print(f"results: {error}", file=sys.stderr)
         return 2
+    if draw is not None:
+        draw()  # the last frame: everything read, whatever ended the reading
     print(summary.line(), file=sys.stderr if args.json else sys.stdout, flush=True)
     return 0
 
