@@ -1,7 +1,7 @@
 """The Grafana dashboard (monitoring/grafana/) is what tools/dashboard.py writes, its
 provisioning points at it, and every panel's query returns data from a real Prometheus
-(Debian's 2.42) scraping a worker under load: the throughput panel within 10% of the
-offered rate."""
+(Debian's 2.42) scraping a worker under load with the compose stack's own jobs and rules:
+the throughput panel within 10% of the offered rate, the alert rules loaded."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import random
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import aiokafka
@@ -99,6 +100,20 @@ async def _offer_load(bootstrap: str, topics: WorkerTopics, stop: threading.Even
         await producer.stop()
 
 
+def compose_config_on_host(port: int) -> dict:
+    """The compose stack's Prometheus configuration, for the host: its jobs and rules as they
+    are (the alert rules read from the repository), a 1 s scrape, and the worker's address in
+    place of the DNS discovery of its service name (Prometheus asks the DNS servers, not
+    /etc/hosts, and there is no Docker DNS here)."""
+    config = yaml.safe_load((ROOT / "monitoring" / "prometheus" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(ROOT / "monitoring" / "alerts.yml")]
+    for job in config["scrape_configs"]:
+        names = [name for discovery in job.pop("dns_sd_configs") for name in discovery["names"]]
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"] if "worker" in names else []}]
+    return config
+
+
 def _value(samples: list[dict]) -> float:
     return sum(float(sample["value"][1]) for sample in samples)
 
@@ -108,8 +123,8 @@ def test_every_panel_query_returns_data_from_a_worker_under_load(kafka, worker_f
     topics = WorkerTopics.create(kafka, partitions=2)
     worker = worker_factory(topics, partitions=2).start()
     worker.wait_ready()
-    with PrometheusServer([f"127.0.0.1:{worker.metrics_port}"], tmp_path / "prometheus",
-                          scrape_interval_s=1.0) as prometheus:
+    with PrometheusServer([], tmp_path / "prometheus",
+                          config=compose_config_on_host(worker.metrics_port)) as prometheus:
         stop = threading.Event()
         sent: list[int] = []
         load = threading.Thread(target=lambda: sent.append(
@@ -118,17 +133,26 @@ def test_every_panel_query_returns_data_from_a_worker_under_load(kafka, worker_f
         try:
             time.sleep(LOAD_S)  # the load itself: the panels are read while it runs
             at = time.time()
+            up = prometheus.query('up{job="ranker"}', at)
+            rules = json.load(urllib.request.urlopen(f"{prometheus.url}/api/v1/rules"))
             answers = {(title, expr): prometheus.query(
                 expr.replace(dashboard.RATE_INTERVAL, RATE_WINDOW), at)
                 for title, expr in dashboard.queries(committed())}
         finally:
             stop.set()
             load.join()
+    # The compose configuration's worker job scrapes the worker, and its alert rules load.
+    assert [(s["metric"]["instance"], s["value"][1]) for s in up] == [
+        (f"127.0.0.1:{worker.metrics_port}", "1")]
+    loaded = {rule["name"] for group in rules["data"]["groups"] for rule in group["rules"]}
+    alerts = yaml.safe_load((ROOT / "monitoring" / "alerts.yml").read_text())
+    assert loaded == {rule["alert"] for group in alerts["groups"] for rule in group["rules"]}
     empty = [key for key, samples in answers.items() if not samples]
     assert not empty, (empty, prometheus.log()[-2000:])
     throughput = {panel_expr[1]: _value(samples) for panel_expr, samples in answers.items()
                   if panel_expr[0] == "Throughput"}
     requests = throughput[dashboard.PANELS[0].queries[0].expr]
+    print(f"\ndashboard under load: offered {OFFERED_PER_S:.0f}/s; Prometheus: {throughput}")
     assert requests == pytest.approx(OFFERED_PER_S, rel=0.10), throughput
     answered = (throughput[dashboard.PANELS[0].queries[1].expr]
                 + throughput[dashboard.PANELS[0].queries[2].expr])

@@ -105,19 +105,24 @@ class PrometheusError(WorkerError, RuntimeError):
 
 class PrometheusServer:
     """Debian's `prometheus` scraping `targets` (host:port of /metrics) every
-    `scrape_interval_s`, its data in `directory`; a context manager."""
+    `scrape_interval_s` (or running `config`, a whole configuration), its data in
+    `directory`; a context manager."""
 
     def __init__(self, targets: Sequence[str], directory: Path, *,
-                 scrape_interval_s: float = 1.0, rule_files: Sequence[Path] = ()):
+                 scrape_interval_s: float = 1.0, rule_files: Sequence[Path] = (),
+                 config: dict | None = None):
         self.targets = list(targets)
         self.directory = Path(directory)
         self.scrape_interval_s = scrape_interval_s
         self.rule_files = list(rule_files)
+        self._config = config  # a whole configuration instead (targets etc. then unused)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen | None = None
 
     def config(self) -> dict:
+        if self._config is not None:
+            return self._config
         interval = f"{self.scrape_interval_s:g}s"
         return {"global": {"scrape_interval": interval, "evaluation_interval": interval},
                 "rule_files": [str(path) for path in self.rule_files],
