@@ -200,17 +200,23 @@ def build_local_debian() -> None:
             raise SmokeError(f"importing the Debian root failed: {imported.stderr.strip()}")
 
 
+def pull(name: str) -> str | None:
+    """`docker pull name`: None once pulled, else why not (the last line it printed)."""
+    say(f"pulling {name}")
+    pulled = subprocess.run(["docker", "pull", name], capture_output=True, text=True,
+                            timeout=600)
+    if pulled.returncode == 0:
+        return None
+    return (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
+
+
 def base_image() -> str:
     """The Dockerfile's default base when it is here or can be pulled; else a local stand-in."""
     default = default_base_image()
     if image_exists(default):
         return default
-    say(f"pulling {default}")
-    pulled = subprocess.run(["docker", "pull", default], capture_output=True, text=True,
-                            timeout=600)
-    if pulled.returncode == 0:
+    if (reason := pull(default)) is None:
         return default
-    reason = (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
     say(f"cannot pull {default} ({reason}); using a local base image {LOCAL_BASE}")
     if not image_exists(LOCAL_BASE):
         if not image_exists(LOCAL_DEBIAN):
@@ -312,12 +318,8 @@ def official_image(name: str) -> str | None:
         return f"{name} (present)"
     if image_exists(name):
         return None
-    say(f"pulling {name}")
-    pulled = subprocess.run(["docker", "pull", name], capture_output=True, text=True,
-                            timeout=600)
-    if pulled.returncode == 0:
+    if (reason := pull(name)) is None:
         return f"{name} (pulled)"
-    reason = (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
     say(f"cannot pull {name} ({reason})")
     return None
 
