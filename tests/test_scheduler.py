@@ -50,6 +50,17 @@ def test_cost_model_follows_the_measured_times():
     assert model.shape_ms[8, 8] == SHAPE_MS[8, 8]  # shapes not run keep their estimate
 
 
+def test_the_time_after_a_run_follows_what_is_observed_and_one_stall_counts_little():
+    model = cost()
+    for _ in range(60):  # answers are out 3 ms after each run's predicted end
+        model.observe_after(3.0, most_ms=50.0)
+    assert model.after_ms == pytest.approx(3.0, rel=0.01)
+    model.observe_after(10_000.0, most_ms=50.0)  # one publishing stall of 10 s
+    assert model.after_ms == pytest.approx(3.0 + 0.1 * (50.0 - 3.0), rel=0.01)
+    model.observe_after(-5.0, most_ms=50.0)  # out before the predicted end: counts as 0
+    assert model.after_ms < 3.0 + 0.1 * (50.0 - 3.0)
+
+
 def test_a_lone_request_is_taken_at_once():
     s = scheduler()
     assert s.add(request("a"), now_ms=0.0)
@@ -177,7 +188,7 @@ def test_the_time_after_a_run_counts_towards_every_predicted_finish():
     on_time = request("on-time", arrival=0.0, deadline=3.0)
     assert s.add(on_time, now_ms=0.0)  # its run ends at 1.5 ms
     s.next_batch(now_ms=0.0)
-    s.after_ms = 2.0  # answers are out 2 ms after a run ends: 3.5 ms, after its deadline
+    s.cost.after_ms = 2.0  # answers are out 2 ms after a run ends: 3.5 ms, after its deadline
     late = request("late", arrival=0.0, deadline=3.0)
     assert not s.add(late, now_ms=0.0)
     assert late.shed_at_ms == pytest.approx(SHAPE_MS[1, 8] + 2.0)

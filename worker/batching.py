@@ -22,7 +22,7 @@ import asyncio
 import time
 from typing import Any, Callable, Hashable, Sequence
 
-from worker.cost_model import SMOOTHING, CostModel, Prediction
+from worker.cost_model import CostModel, Prediction
 from worker.handler import BatchHandler
 from worker.monitoring import WorkerMetrics
 from worker.pipeline import DecodedBatch, InputRecord, Outcome, ProcessedBatch
@@ -184,10 +184,8 @@ class ScheduledBatches:
         """How long after the predicted end of its run a batch's answers were out."""
         if done.cancelled() or done.exception() is not None:
             return
-        # One stall must not make the worker shed everything: each observation counts up to
-        # the latency target.
-        after = min(max(0.0, _now_ms() - predicted_end_ms), self.scheduler.latency_target_ms)
-        self.scheduler.after_ms += SMOOTHING * (after - self.scheduler.after_ms)
+        self.cost.observe_after(_now_ms() - predicted_end_ms,
+                                most_ms=self.scheduler.latency_target_ms)
 
     def _observe(self, prediction: Prediction, done: asyncio.Future) -> None:
         if done.cancelled() or done.exception() is not None:

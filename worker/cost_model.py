@@ -44,6 +44,9 @@ class CostModel:
     buckets: Buckets
     shape_ms: dict[Shape, float]  # measured model time of each compiled shape
     host_ms_per_request: float = INITIAL_HOST_MS
+    # From a batch's run to its answers being out (the wait for the batch ahead to be
+    # published, then its own publishing): added to every predicted finish.
+    after_ms: float = 0.0
 
     @classmethod
     def measure(cls, buckets: Buckets, run: Callable[[Shape], None],
@@ -114,3 +117,10 @@ class CostModel:
         if prediction.requests:
             per_request = max(0.0, host_ms) / prediction.requests
             self.host_ms_per_request += SMOOTHING * (per_request - self.host_ms_per_request)
+
+    def observe_after(self, after_ms: float, most_ms: float) -> None:
+        """Folds in how long after its run's predicted end a batch's answers were out, each
+        observation counted up to `most_ms`: one publishing stall must not make the
+        predicted finishes shed everything."""
+        after_ms = min(max(0.0, after_ms), most_ms)
+        self.after_ms += SMOOTHING * (after_ms - self.after_ms)

@@ -75,10 +75,6 @@ class DeadlineScheduler:
         self._dues: list[float] = []  # due times of the queued requests to rank, sorted
         self._count = 0
         self._seq = 0
-        # What comes after a batch's run before its answers are out (the wait for the batch
-        # ahead to be published, then its own publishing): learnt by the caller, added to
-        # every predicted finish.
-        self.after_ms = 0.0
         self._ranked_ms: float | None = None  # when a ranked batch last finished (or the
         # first request came)
 
@@ -97,12 +93,14 @@ class DeadlineScheduler:
         `busy_ms` more of the batch being ranked, the batches of the requests due before it,
         and its own. Shed and answered items leave with the next batch, first, in their
         lane's order, without model time."""
+        if self._ranked_ms is None:  # the first request starts the staleness clock
+            self._ranked_ms = now_ms
         if item.width is None:
             item.due_ms = item.arrival_ms  # nothing to wait for but its lane
         elif item.deadline_ms is not None:
             item.due_ms = item.deadline_ms
             if item.lane not in self._lanes and self._estimates_fresh(now_ms):
-                finish = now_ms + busy_ms + self._queue_ms(item) + self.after_ms
+                finish = now_ms + busy_ms + self._queue_ms(item) + self.cost.after_ms
                 if finish > item.deadline_ms:
                     item.shed_at_ms, item.due_ms = finish, item.arrival_ms
         else:
@@ -136,7 +134,7 @@ class DeadlineScheduler:
                 if len(self._dues) > size:  # a backlog: more than one batch waits anyway,
                     size, budget_ms = self.max_batch_size, math.inf  # so drain it fastest
                 size = min(size, len(self._dues))
-                finish = now_ms + self.cost.uniform_ms(item.width, size) + self.after_ms
+                finish = now_ms + self.cost.uniform_ms(item.width, size) + self.cost.after_ms
             if ranked == size:
                 break
             if shedding and item.deadline_ms is not None and item.deadline_ms < finish:
@@ -159,9 +157,8 @@ class DeadlineScheduler:
         """Whether to shed: not while no ranked batch has finished for `STALE_TARGETS`
         latency targets, counted from the first request (every request shed: the estimates
         that shed them cannot be corrected), so the next batch is ranked and corrects them."""
-        if self._ranked_ms is None:
-            self._ranked_ms = now_ms
-        return now_ms - self._ranked_ms <= STALE_TARGETS * self.latency_target_ms
+        return (self._ranked_ms is None
+                or now_ms - self._ranked_ms <= STALE_TARGETS * self.latency_target_ms)
 
     def _batch_cap(self, width: int) -> int:
         return self.cost.largest_within(width, self.batch_budget_ms, self.max_batch_size)
