@@ -202,3 +202,31 @@ def test_every_thread_pool_of_the_app_is_shut_down_when_it_stops(tmp_path, monke
     for pool in made:
         with pytest.raises(RuntimeError, match="after shutdown"):
             pool.submit(int, "1")
+
+
+def test_ready_and_recovering_gauges_say_what_the_state_says_at_each_scrape(tmp_path):
+    import asyncio
+    from unittest import mock
+
+    from worker import app as worker_app
+    from worker.handler import WorkerState
+    from worker.monitoring import WorkerMetrics
+    from worker.settings import Settings
+
+    settings = Settings(broker="kafka://127.0.0.1:1", data_dir=str(tmp_path))
+    state, metrics = WorkerState(), WorkerMetrics()
+
+    def sample(name: str) -> float:
+        return metrics.registry.get_sample_value(name)
+
+    async def build_and_stop() -> list[tuple[float, float]]:
+        app = worker_app.create_app(settings, mock.Mock(), state, metrics)
+        seen = [(sample("ranker_ready"), sample("ranker_recovering"))]  # compiling
+        state.compiled, state.assigned, state.resuming = True, True, lambda: False
+        seen.append((sample("ranker_ready"), sample("ranker_recovering")))  # ready
+        state.recovering = lambda: True
+        seen.append((sample("ranker_ready"), sample("ranker_recovering")))  # rebuilding
+        await app.stop()
+        return seen
+
+    assert asyncio.run(build_and_stop()) == [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]

@@ -296,6 +296,7 @@ def _add_rollout(app: faust.App, settings: Settings, watcher: CheckpointWatcher,
 def _add_partition_tracking(app: faust.App, state: WorkerState, metrics: WorkerMetrics) -> None:
     """Readiness follows the rebalances: not ready from a revocation until an assignment."""
     metrics.recovering.set_function(lambda: float(state.recovering()))
+    metrics.ready.set_function(lambda: float(state.readiness()[0]))  # as /ready says, at scrape
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs):
@@ -304,7 +305,6 @@ def _add_partition_tracking(app: faust.App, state: WorkerState, metrics: WorkerM
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs):
         state.assigned = True
-        metrics.ready.set(1 if state.readiness()[0] else 0)
         log.info("assigned partitions: %s", sorted(f"{tp.topic}[{tp.partition}]"
                                                    for tp in assigned))
 
@@ -325,7 +325,6 @@ def _add_broker_health(app: faust.App, settings: Settings, topics: AppTopics,
             log.warning("cannot check the broker nodes: %r", error)
             return
         metrics.silent_brokers.set(len(silent))
-        metrics.ready.set(1 if state.readiness()[0] else 0)
 
     @app.on_before_shutdown.connect
     async def close_health(app, **kwargs):
@@ -338,7 +337,7 @@ _LAG_REPORT_INTERVAL_S = 5.0
 def _add_lag_reporting(app: faust.App, settings: Settings, state: WorkerState,
                        metrics: WorkerMetrics, table: Any) -> None:
     """Every few seconds: consumer lag per partition, how fetched records were delivered,
-    readiness, and (memory store) how many users the history table holds."""
+    and (memory store) how many users the history table holds."""
 
     @app.timer(_LAG_REPORT_INTERVAL_S)
     async def report_lag():
@@ -350,7 +349,6 @@ def _add_lag_reporting(app: faust.App, settings: Settings, state: WorkerState,
                 metrics.consumer_lag.labels(str(tp.partition)).set(max(0, highwater - last - 1))
         metrics.fetch_deliveries.labels("inline").set(consumer.inline_deliveries)
         metrics.fetch_deliveries.labels("waited").set(consumer.waited_deliveries)
-        metrics.ready.set(1 if state.readiness()[0] else 0)
         if settings.history_store == "memory":  # a RocksDB count would read every key
             metrics.history_users.set(len(table.data))
 

@@ -101,7 +101,9 @@ class WorkerMetrics:
         self.history_users = Gauge(
             "ranker_history_users", "Users in this worker's history table (memory store; "
             "updated every 5 s)", registry=r)
-        self.ready = Gauge("ranker_ready", "1 when compiled and assigned", registry=r)
+        self.ready = Gauge("ranker_ready", "1 while GET /ready answers 200 (compiled, "
+                           "assigned, recovered, resumed, breaker closed, brokers answering)",
+                           registry=r)
         self.recovering = Gauge(
             "ranker_recovering", "1 while the history table is rebuilt from its changelog "
             "(the requests of those partitions wait for it)", registry=r)
