@@ -12,7 +12,7 @@ stream partitions to their committed offsets, but nothing seeks the changelog pa
 back: their records are consumed and never reach the recovery, which then finds each
 changelog's position at its end, takes the gap for aborted transactions ("Aborted tx until
 highwater") and completes with those partitions empty. Seen on Apache Kafka under
-exactly-once, about one run in three of tests/test_history_live.py's takeover test: the worker
+exactly-once, 2 of 9 runs of tests/test_history_live.py's takeover test: the worker
 that took over a killed one's partitions ranked its users with no history.
 
 `RewindStaleFetchThread._fetch_records` looks at the flow on the consumer thread as soon as a
