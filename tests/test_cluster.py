@@ -94,6 +94,16 @@ def _kill_and_restart(cluster: KafkaCluster, what: str, node: int, worker: Worke
     return fault
 
 
+def _group_coordinated_by(cluster: KafkaCluster, node: int) -> str:
+    """A fresh group id whose coordinator is `node` (a group's coordinator is the leader of
+    the offsets topic's partition its id hashes to: about one id in three)."""
+    for _ in range(100):
+        group = f"group-{uuid.uuid4().hex[:8]}"
+        if cluster.coordinator_of(group) == node:
+            return group
+    raise AssertionError(f"no group id coordinated by node {node} in 100 tries")
+
+
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -225,16 +235,21 @@ def test_the_broker_tool_runs_a_three_node_cluster(tmp_path):
 def test_cut_off_from_a_leader_for_20s_degraded_then_caught_up(guarantee: str):
     """The cluster and the worker on hosts of their own (network namespaces): the worker's
     host loses its network path to the node leading requests[0] for 20 s while both keep
-    running. Nothing is lost, /ready says degraded (naming that node) meanwhile, and after
-    the heal the same worker process catches up."""
+    running. That node also coordinates the worker's group (the group id is chosen so): the
+    worker's session expires and it joins again after the heal, keeping its partitions (the
+    case that once answered 139 requests twice under exactly-once). Nothing is lost, /ready
+    says degraded (naming that node) meanwhile, and after the heal the same worker process
+    catches up."""
     names = ["k1", "k2", "k3", "worker"]
     with TestHosts(names) as hosts, KafkaCluster(
             3, hosts=[hosts.address(n) for n in names[:3]],
             netns=[hosts.netns(n) for n in names[:3]], config=KAFKA_TEST_CONFIG) as cluster:
         topics = _topics(cluster)
+        leader = cluster.leader_of(topics.requests, 0)
+        group = _group_coordinated_by(cluster, leader)
         bootstrap = ";".join(node.bootstrap_servers for node in cluster.nodes)
-        worker = WorkerProcess(bootstrap, topics, partitions=2, netns=hosts.netns("worker"),
-                               http_host=hosts.address("worker"),
+        worker = WorkerProcess(bootstrap, topics, group_id=group, partitions=2,
+                               netns=hosts.netns("worker"), http_host=hosts.address("worker"),
                                extra_args=("--processing-guarantee", guarantee))
         try:
             worker.start().wait_ready()
@@ -245,7 +260,8 @@ def test_cut_off_from_a_leader_for_20s_degraded_then_caught_up(guarantee: str):
                             rate=RATE, idempotent=True).start()
                 _wait(lambda: len(reader.records(_out(topics))) >= 2 * RATE, 60,
                       "results before the cut")
-                leader = cluster.leader_of(topics.requests, 0)
+                assert cluster.leader_of(topics.requests, 0) == leader
+                assert cluster.coordinator_of(group) == leader
                 cut_at = time.monotonic()
                 hosts.cut("worker", f"k{leader}")
                 said = []
@@ -273,7 +289,8 @@ def test_cut_off_from_a_leader_for_20s_degraded_then_caught_up(guarantee: str):
         finally:
             worker.close()
     duplicates = _duplicates(answers, copies, sent)
-    print(f"\n{guarantee}, cut from node {leader} (leader of requests[0]) for 20 s: "
+    print(f"\n{guarantee}, cut from node {leader} (leader of requests[0], the group's "
+          f"coordinator) for 20 s: "
           f"{len(sent)} sent, {len(sent & set(answers))} answered, "
           f"{len(sent - set(answers))} lost, {duplicates} duplicates "
           f"({_written_twice(copies)} requests written twice by the load); results paused "

@@ -15,14 +15,21 @@ import dataclasses
 import inspect
 import random
 import time
+import types
+import uuid
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.protocol import commit as aiokafka_commit
+from aiokafka.structs import TopicPartition as KafkaTP
 from confluent_kafka import Consumer, TopicPartition
 
+from faust.app import base as faust_app
 from faust.tables import recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP as FaustTP
 from tests.conftest import ON_KAFKA
 from tests.librdkafka_helpers import Reader
 from tests.test_history_live import engagements_of
@@ -154,7 +161,107 @@ def test_sigkill_twice_under_load_each_request_answered_once_with_exactly_once(k
     assert exactly_once.changelog_writes == exactly_once.engagements, exactly_once
 
 
+async def _stale_reads(bootstrap: str, source: str, output: str, rounds: int,
+                       restart: bool) -> tuple[int, int]:
+    """Commits up to `rounds` transactions, each moving a group's offset of `source[0]` one
+    on, and returns (stale, rounds run): how often the offset read right after the commit was
+    not the one just committed. `restart`: a producer with the same transactional id is
+    started before each read (what `ExactlyOnceTransactions.on_rebalance` does before Faust
+    reads the offsets); without it, stops at the first stale read."""
+    tp = KafkaTP(source, 0)
+    group, transactional_id = f"stale-{uuid.uuid4().hex[:8]}", f"stale-{uuid.uuid4().hex[:8]}"
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                              enable_auto_commit=False)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id)
+    await reader.start()
+    await producer.start()
+    stale = 0
+    try:
+        for offset in range(1, rounds + 1):
+            await producer.begin_transaction()
+            await producer.send_and_wait(output, b"result")
+            await producer.send_offsets_to_transaction({tp: offset}, group)
+            await producer.commit_transaction()
+            if restart:
+                await producer.stop()
+                producer = AIOKafkaProducer(bootstrap_servers=bootstrap,
+                                            transactional_id=transactional_id)
+                await producer.start()
+                await producer.begin_transaction()  # returns once InitProducerId has
+                await producer.abort_transaction()
+            stale += await reader.committed(tp) != offset
+            if stale and not restart:
+                break
+    finally:
+        await producer.stop()
+        await reader.stop()
+    return stale, offset
+
+
+@pytest.mark.kafka
+@pytest.mark.kafka_contract
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not ON_KAFKA, reason="the embedded broker has no transactions")
+def test_offsets_of_a_transaction_read_stale_until_a_restarted_producer_completes_it(kafka):
+    """Why a rebalance restarts the transactional producers of the partitions a worker keeps
+    (worker/upstream/exactly_once_commit.py, fix 3): aiokafka reads a group's offsets with
+    OffsetFetch v3, without `require_stable` (v7, KIP-447), and right after a transaction
+    that commits offsets returns, Apache Kafka may still answer the offsets before it (the
+    transaction's markers are written after its commit is answered). A producer started with
+    the same transactional id returns from InitProducerId only once that transaction is
+    complete, so offsets read after it are the committed ones."""
+    source, output = kafka.new_topic(1, prefix="in"), kafka.new_topic(1, prefix="out")
+    plain, tried = asyncio.run(_stale_reads(kafka.bootstrap, source, output, 1000,
+                                            restart=False))
+    restarted, rounds = asyncio.run(_stale_reads(kafka.bootstrap, source, output, 100,
+                                                 restart=True))
+    print(f"\nthe first stale read right after a transaction's commit: transaction {tried}; "
+          f"after a producer restart: {restarted} of {rounds} reads stale")
+    assert plain, f"{tried} stable reads: does aiokafka read with require_stable now?"
+    assert restarted == 0
+
+
+def test_a_rebalance_restarts_the_producers_of_kept_partitions_before_faust_starts_them():
+    """Fix 3: every assigned partition's producer is stopped, then Faust starts the assigned
+    ones afresh (a kept producer would keep its open transaction), all under the commit
+    guard so that no commit runs on a producer being replaced."""
+    calls = []
+
+    class Producer:
+        async def stop_transaction(self, transactional_id: str) -> None:
+            calls.append(("stop", transactional_id, manager.commit_guard.locked()))
+
+        async def maybe_begin_transaction(self, transactional_id: str) -> None:
+            calls.append(("begin", transactional_id, manager.commit_guard.locked()))
+
+    app = types.SimpleNamespace(conf=types.SimpleNamespace(id="g"), assignor=types.SimpleNamespace(
+        group_for_topic=lambda topic: 0, is_standby=lambda tp: False))
+    manager = ExactlyOnceTransactions(types.SimpleNamespace(app=app), consumer=None,
+                                      producer=Producer())
+    assigned = {FaustTP("req", 0), FaustTP("req", 1), FaustTP("eng", 1)}
+    asyncio.run(manager.on_rebalance(assigned, {FaustTP("req", 2)}, {FaustTP("req", 1)}))
+    assert calls == [("stop", "g-0-0", True), ("stop", "g-0-1", True),  # kept: restarted
+                     ("stop", "g-0-2", True),  # Faust's own: revoked
+                     ("begin", "g-0-0", True), ("begin", "g-0-1", True)]
+
+
 # ---- pins: the Faust 0.15.3 internals the exactly-once fixes rely on -----------------------
+
+
+def test_faust_keeps_producers_through_a_rebalance_then_seeks_to_committed_offsets():
+    # The flaw fix 3 removes: Faust stops only revoked partitions' producers, and starting
+    # an assigned one reuses the producer it has (with its open transaction).
+    on_rebalance = inspect.getsource(faust_consumer.TransactionManager.on_rebalance)
+    assert "revoked_tids = sorted(self._tps_to_transactional_ids(revoked))" in on_rebalance
+    begin = inspect.getsource(faust_aiokafka.Producer.begin_transaction)
+    assert "if transaction_producer is None:" in begin
+    # The restart runs before the seek: transactions first, then the tables, whose recovery
+    # seeks the stream partitions to their committed offsets.
+    assigned = inspect.getsource(faust_app.App._on_partitions_assigned)
+    assert assigned.index("consumer.transactions.on_rebalance") < \
+        assigned.index("self.tables.on_rebalance")
+    # aiokafka reads offsets without require_stable.
+    assert "require_stable" not in inspect.getsource(aiokafka_commit)
 
 
 def test_faust_transaction_ids_are_per_partition_of_a_topic_group():

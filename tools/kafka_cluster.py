@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from tools.apache_kafka import LOG_CONFIG, ApacheKafka, classpath, cluster_id, java_binary
 from tools.broker import BrokerStartError, TopicsArg, free_port
@@ -182,6 +183,18 @@ class KafkaCluster:
         described = asyncio.run(self._admin(lambda admin: admin.describe_topics([topic])))
         return next(sorted(p["isr"]) for p in described[0]["partitions"]
                     if p["partition"] == partition)
+
+    def coordinator_of(self, group: str, *, timeout_s: float = 60.0) -> int:
+        """The node id coordinating consumer group `group` (FindCoordinator; the first call
+        on a fresh cluster creates the offsets topic, answered once it has leaders)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return asyncio.run(self._admin(lambda admin: admin.find_coordinator(group)))
+            except KafkaError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def active_controller(self) -> int:
         """The node id leading the KRaft controller quorum (Kafka's metadata quorum tool)."""

@@ -20,6 +20,10 @@ tests/test_exactly_once.py):
    buffer of changelog writes first).
 4. A worker that takes over a partition skips its table's recovery
    (`changelog_end_offsets.committed_record_ends`).
+5. A worker given back partitions it held keeps their open transactions and may read their
+   committed offsets before the last commit is complete (`exactly_once_commit`: a rebalance
+   restarts the producer of every assigned partition, which completes or aborts what is
+   pending before the offsets are read).
 """
 
 from __future__ import annotations
