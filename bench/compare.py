@@ -12,6 +12,7 @@ Pure: results dicts in, markdown out (tests/test_bench.py builds them by hand).
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -75,6 +76,17 @@ def curve_value(policy: str, fraction: float, *keys: str) -> Metric:
     def metric(results: dict) -> float | None:
         figures = _curve_policy(results, policy)
         return dig(curve.point(figures["points"], fraction), keys) if figures else None
+    return metric
+
+
+def curve_ceiling(policy: str) -> Metric:
+    """`curve.goodput_ceiling_per_s` of one policy; None where the run did not measure it."""
+    def metric(results: dict) -> float | None:
+        run = results.get("end_to_end", {}).get("curve")
+        if not _curve_policy(results, policy):
+            return None
+        ceiling = curve.goodput_ceiling_per_s(run, policy)
+        return None if math.isnan(ceiling) else ceiling
     return metric
 
 
@@ -256,6 +268,8 @@ CURVE_ROWS: tuple[tuple[str, Metric], ...] = (
       for f in curve.LOAD_FRACTIONS for policy in curve.POLICIES),
     *((f"{policy}: goodput/s at {f:.0%}", curve_value(policy, f, "goodput_req_per_s"))
       for f in (1.0, curve.OVERLOAD_FRACTION) for policy in curve.POLICIES),
+    *((f"{policy}: the CPU's goodput ceiling/s at {curve.OVERLOAD_FRACTION:.0%}",
+       curve_ceiling(policy)) for policy in curve.POLICIES),
 )
 
 

@@ -16,6 +16,12 @@ Per point: offered, sent and results per second; latency of the results (produce
 within their deadline per second of sending; the expired dead letters, and apart from them
 what the scheduler shed (the worker's `ranker_shed_total`); mean batch; CPU per request.
 
+Last, an all-shed phase at `OVERLOAD_FRACTION` with every request due when it is sent, so each
+is dead-lettered `expired` without model time: its CPU per request is what a shed request costs
+the machine (its send, its decode, its dead letter and their trips through the broker).
+With the CPU the sustained max kept busy and its CPU per served request, it bounds the goodput
+this machine can give at that load at these costs (`goodput_ceiling_per_s`).
+
 Targets (`curve_targets`, same run): the deadline policy's p99 at 50% and 85% against its own
 p99 at 10% (light load), its max against the fixed max, its goodput at 120% against the fixed
 max. `section` reports the same ratios for the fixed policy beside them, for contrast.
@@ -30,8 +36,9 @@ import dataclasses
 import math
 from typing import AsyncContextManager, Callable, Iterable, Mapping, Protocol, Sequence
 
-from bench.load import (Arrival, BenchWorker, DeadLetter, DeadLetterCollector, Offered,
-                        ResultCollector, counter_deltas, mean_batch, offer, wait_for_answers)
+from bench.load import (CORES_BUSY, LOAD_GENERATOR, NATIVE, Arrival, BenchWorker, DeadLetter,
+                        DeadLetterCollector, Offered, ResultCollector, counter_deltas,
+                        mean_batch, offer, wait_for_answers)
 from bench.stats import BenchStatsError, Target, latency_summary, markdown_table
 from tools.producer import generate_events
 from worker.errors import EXPIRED
@@ -45,7 +52,7 @@ OVERLOAD_FRACTION = 1.20
 CURVE_DEADLINE_MS = 100  # every curve request is due this long after it is sent
 POINT_TIMEOUT_S = 120.0  # for every request of a point to get its result or dead letter
 # Request seeds: the same requests for both policies (on their own topics); points count up.
-WARMUP_SEED, MAX_SEED, SUSTAINED_SEED, FIRST_POINT_SEED = 200, 201, 202, 210
+WARMUP_SEED, MAX_SEED, SUSTAINED_SEED, FIRST_POINT_SEED, ALL_SHED_SEED = 200, 201, 202, 210, 230
 
 
 
@@ -103,16 +110,20 @@ async def run_policy(phases: Phases, policy: str, reference: float | None, secon
         for i, fraction in enumerate(LOAD_FRACTIONS):
             points.append(await run_point(phases, letters, policy, fraction, fraction * base,
                                           seconds, FIRST_POINT_SEED + i))
+        all_shed = await run_point(phases, letters, f"{policy}, all shed", OVERLOAD_FRACTION,
+                                   OVERLOAD_FRACTION * base, seconds, ALL_SHED_SEED,
+                                   due_after_ms=0)
     return {"burst_max": burst, "max": top, "max_req_per_s": top["results_req_per_s"],
-            "points": points}
+            "points": points, "all_shed": all_shed}
 
 
 async def run_point(phases: Phases, letters: DeadLetterCollector, policy: str,
-                    fraction: float, rate: float, seconds: float, seed: int) -> dict:
-    """`rate` requests per second for `seconds`, each due `CURVE_DEADLINE_MS` after it is
-    sent, until each has its result or its dead letter."""
+                    fraction: float, rate: float, seconds: float, seed: int,
+                    due_after_ms: int = CURVE_DEADLINE_MS) -> dict:
+    """`rate` requests per second for `seconds`, each due `due_after_ms` after it is sent,
+    until each has its result or its dead letter."""
     events = list(generate_events(seed, max(2, round(rate * seconds)),
-                                  deadline_after_ms=CURVE_DEADLINE_MS))
+                                  deadline_after_ms=due_after_ms))
     offered = await offer(events, rate, phases.bootstrap, phases.topics["requests"],
                           phases.worker, phases.broker_pid,
                           lambda ids: wait_for_answers((phases.collector, letters), ids,
@@ -196,6 +207,33 @@ def _divide(numerator: float, denominator: float | None) -> float:
     return numerator / denominator if denominator else math.nan
 
 
+def _cpu(phase: dict | None) -> dict:
+    return (phase or {}).get("cpu_us_per_request") or {}
+
+
+def goodput_ceiling_per_s(curve: dict, policy: str) -> float:
+    """The most goodput per second the machine's CPU allows at `OVERLOAD_FRACTION` of the
+    reference max at the measured costs. At its sustained max the policy kept `cores` busy
+    at `served_us` of CPU per request (all processes; full batches, its cheapest); a shed
+    request costs `shed_us` (the all-shed phase). Serving G of the R offered per second
+    takes G * served_us + (R - G) * shed_us <= cores, so G <= (cores - R * shed_us) /
+    (served_us - shed_us), between 0 and R. nan where a figure is missing."""
+    figures = curve["policies"][policy]
+    top, shed = _cpu(figures.get("max")), _cpu(figures.get("all_shed"))
+    if CORES_BUSY not in top or "total" not in shed:
+        return math.nan
+    cores, served_us, shed_us = top[CORES_BUSY], top["total"], shed["total"]
+    offered = OVERLOAD_FRACTION * curve["reference_max_req_per_s"]
+    if served_us <= shed_us:  # shedding saves nothing: the CPU bounds nothing here
+        return offered
+    return min(max(0.0, (cores * 1e6 - offered * shed_us) / (served_us - shed_us)), offered)
+
+
+def goodput_ceiling(curve: dict, policy: str) -> float:
+    """`goodput_ceiling_per_s` over the reference max, as the goodput target is."""
+    return _divide(goodput_ceiling_per_s(curve, policy), curve["reference_max_req_per_s"])
+
+
 # ----------------------------------------------------------------------------- targets
 
 
@@ -250,7 +288,7 @@ def curve_targets(curve: dict | None) -> list[Target]:
 
 CURVE_HEADERS = ("load", "offered/s", "sent/s", "results/s", "p50 ms", "p99 ms", "p99.9 ms",
                  "goodput/s", "shed (expired)", "of which by scheduler", "mean batch",
-                 "CPU us/req")
+                 "CPU us/req", "cores busy")
 
 
 def _latency(p: dict, key: str) -> float | str:
@@ -263,8 +301,8 @@ def curve_table(points: Sequence[dict]) -> str:
         [f"{p['fraction']:.0%}", p["offered_req_per_s"], p["sent_req_per_s"],
          p["results_req_per_s"], _latency(p, "p50_ms"), _latency(p, "p99_ms"),
          _latency(p, "p99_9_ms"), p["goodput_req_per_s"], p["expired"],
-         p["shed_by_scheduler"], p["mean_batch"],
-         (p["cpu_us_per_request"] or {}).get("total", "n/a")]
+         p["shed_by_scheduler"], p["mean_batch"], _cpu(p).get("total", "n/a"),
+         _cpu(p).get(CORES_BUSY, "n/a")]
         for p in points])
 
 
@@ -273,11 +311,39 @@ def _times(ratio: float) -> str:
 
 
 def ratio_table(curve: dict) -> str:
-    """Every check's ratio for each policy; only the target policy's is a target."""
+    """Every check's ratio for each policy (only the target policy's is a target), then the
+    goodput the machine's CPU allows at the overload point."""
     return markdown_table(
         ["ratio", *POLICIES, f"target ({TARGET_POLICY})"],
         [[check.label, *(_times(check.measure(curve, policy)) for policy in POLICIES),
-          f"{'>=' if check.at_least else '<='} {check.limit:g}x"] for check in CHECKS])
+          f"{'>=' if check.at_least else '<='} {check.limit:g}x"] for check in CHECKS]
+        + [[CEILING_LABEL, *(_times(goodput_ceiling(curve, p)) for p in POLICIES),
+            "(a bound, not a target)"]])
+
+
+CEILING_LABEL = (f"goodput ceiling at {OVERLOAD_FRACTION:.0%} (this machine's CPU) / "
+                 f"{REFERENCE_POLICY} max")
+
+
+def all_shed_line(curve: dict, policy: str) -> list[str]:
+    """What a shed request costs and the goodput ceiling it sets, or nothing (older runs)."""
+    figures = curve["policies"][policy]
+    top, shed = _cpu(figures.get("max")), _cpu(figures.get("all_shed"))
+    if CORES_BUSY not in top or "total" not in shed:
+        return []
+    p = figures["all_shed"]
+    worker = shed.get("worker python threads", 0.0) + shed.get(NATIVE, 0.0)
+    return ["", f"All shed ({p['offered_req_per_s']:.0f}/s offered, every request due when "
+                f"sent: {p['expired']} of {p['requests']} dead-lettered `expired`, "
+                f"{shed.get(CORES_BUSY, math.nan):.2f} cores busy): {shed['total']:.0f} µs of CPU "
+                f"per request, all processes (worker {worker:.0f}, broker "
+                f"{shed.get('broker', math.nan):.0f}, load generator "
+                f"{shed.get(LOAD_GENERATOR, math.nan):.0f}), against {top['total']:.0f} µs per "
+                f"request served at the sustained max ({top[CORES_BUSY]:.2f} cores busy). At "
+                f"these costs, serving some of {OVERLOAD_FRACTION:.0%} offered and shedding the "
+                f"rest fits in this machine's CPU only up to "
+                f"{goodput_ceiling_per_s(curve, policy):.0f} results/s "
+                f"({_times(goodput_ceiling(curve, policy))} the {REFERENCE_POLICY} max)."]
 
 
 def section(curve: dict | None) -> list[str]:
@@ -295,7 +361,10 @@ def section(curve: dict | None) -> list[str]:
         f"every request due {curve['deadline_ms']} ms after it is sent. Latency: results "
         f"only, send to arrival at a consumer. Goodput: results that arrived by their "
         f"deadline, per second of sending. Shed: `expired` dead letters (by the scheduler, "
-        f"unranked, or found expired at decode). CPU: all processes, per request offered.")
+        f"unranked, or found expired at decode). CPU: all processes, per request offered; "
+        f"cores busy: their CPU seconds per second of the point, sending to last answer. "
+        f"Last, an all-shed phase at {OVERLOAD_FRACTION:.0%}: every request due when sent, "
+        f"so each is dead-lettered unranked: what a shed request costs the machine.")
     for policy in POLICIES:
         figures = curve["policies"][policy]
         burst = figures.get("burst_max", {}).get("results_req_per_s", math.nan)
@@ -304,7 +373,7 @@ def section(curve: dict | None) -> list[str]:
                     f"results/s ({_times(max_over_reference(curve, policy))} the "
                     f"{REFERENCE_POLICY} one; {cpu:.0f} µs of CPU per request, all processes), "
                     f"max sent at once {burst:.0f} results/s.",
-                "", curve_table(figures["points"])]
+                "", curve_table(figures["points"]), *all_shed_line(curve, policy)]
     out += ["", f"Ratios of each policy (the {TARGET_POLICY} policy's are targets, below):",
             "", ratio_table(curve)]
     return out

@@ -151,6 +151,8 @@ def _stat_cpu_s(path: str) -> float:
 
 
 NATIVE = "worker native threads (XLA, JAX: the model)"
+LOAD_GENERATOR = "bench producer + consumer"  # this process
+CORES_BUSY = "cores busy"  # CPU seconds of all processes per second of the phase
 
 
 def process_cpu(pid: int) -> float | None:
@@ -194,9 +196,9 @@ class CpuMeter:
                NATIVE: ((w1 - w0) - (p1 - p0)) * per}
         if b0 is not None and b1 is not None:
             out["broker"] = (b1 - b0) * per
-        out["bench producer + consumer"] = (s1 - s0) * per
+        out[LOAD_GENERATOR] = (s1 - s0) * per
         out["total"] = sum(out.values())
-        out["cores busy"] = out["total"] * requests / 1e6 / (t1 - t0)
+        out[CORES_BUSY] = out["total"] * requests / 1e6 / (t1 - t0)
         return out
 
 

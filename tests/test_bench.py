@@ -589,6 +589,69 @@ def test_the_report_has_a_curve_table_per_policy_and_both_policies_ratios():
     assert _row(gap_text, "p99 at 85% / its p99 at 10%")[0] == "n/a"
 
 
+def _with_cpu(curve, max_cpu, shed_cpu):
+    """`curve` where each policy's sustained max and all-shed phase carry these CPU figures."""
+    import copy
+
+    out = copy.deepcopy(curve)
+    for figures in out["policies"].values():
+        figures["max"] = {"cpu_us_per_request": dict(max_cpu)}
+        if shed_cpu is not None:
+            figures["all_shed"] = {**_point(1.2, None, 0.0, expired=2400),
+                                   "requests": 2400, "cpu_us_per_request": dict(shed_cpu)}
+    return out
+
+
+def test_the_goodput_ceiling_is_what_the_cpu_left_by_the_shed_requests_can_serve():
+    from bench.curve import goodput_ceiling, goodput_ceiling_per_s
+
+    # 1.8 cores at 2000 us per served request; a shed one 700 us; 120% of 1000/s offered:
+    # G * 2000 + (1200 - G) * 700 <= 1.8e6  ->  G <= (1.8e6 - 840000) / 1300 = 738.5/s
+    curve = _with_cpu(GOOD_CURVE, {"total": 2000.0, "cores busy": 1.8}, {"total": 700.0})
+    curve["reference_max_req_per_s"] = 1000.0
+    assert goodput_ceiling_per_s(curve, "deadline") == pytest.approx(960000 / 1300)
+    assert goodput_ceiling(curve, "deadline") == pytest.approx(0.73846, abs=1e-5)
+    starved = _with_cpu(curve, {"total": 2000.0, "cores busy": 0.5}, {"total": 700.0})
+    assert goodput_ceiling_per_s(starved, "fixed") == 0.0  # shedding alone fills the CPU
+    free = _with_cpu(curve, {"total": 2000.0, "cores busy": 1.8}, {"total": 2500.0})
+    assert goodput_ceiling_per_s(free, "fixed") == pytest.approx(1200.0)  # no bound at all
+    roomy = _with_cpu(curve, {"total": 500.0, "cores busy": 1.8}, {"total": 100.0})
+    assert goodput_ceiling_per_s(roomy, "fixed") == pytest.approx(1200.0)  # at most R
+    older = _with_cpu(GOOD_CURVE, {"total": 2000.0, "cores busy": 1.8}, None)
+    assert math.isnan(goodput_ceiling(older, "deadline"))  # no all-shed phase measured
+
+
+def test_the_report_gives_cores_busy_per_point_and_the_all_shed_phase_and_its_ceiling():
+    from bench.compare import MISSING, curve_comparison
+    from bench.curve import CEILING_LABEL, section
+
+    shed = {"worker python threads": 300.0, "worker native threads (XLA, JAX: the model)": 5.0,
+            "broker": 250.0, "bench producer + consumer": 145.0, "total": 700.0,
+            "cores busy": 1.52}
+    curve = _with_cpu(GOOD_CURVE, {"total": 2000.0, "cores busy": 1.8}, shed)
+    curve["policies"]["deadline"]["points"][2]["cpu_us_per_request"]["cores busy"] = 1.7
+    text = "\n".join(section(curve))
+    fixed, deadline = text.split("`--batch-policy deadline`")
+    assert _row(deadline, "50%")[-2:] == ["900", "1.7"]  # CPU us/req, cores busy
+    assert _row(fixed, "50%")[-1] == "n/a"  # not measured (an older run)
+    # R = 2400/s: (1.8e6 - 2400 * 700) / 1300 = 92.3/s, 0.05x the fixed max of 2000/s
+    assert ("All shed (2400/s offered, every request due when sent: 2400 of 2400 "
+            "dead-lettered `expired`, 1.52 cores busy): 700 µs of CPU per request, all "
+            "processes (worker 305, broker 250, load generator 145), against 2000 µs per "
+            "request served at the sustained max (1.80 cores busy)") in deadline
+    assert "CPU only up to 92 results/s (0.05x the fixed max)" in deadline
+    assert _row(text, CEILING_LABEL) == ["0.05x", "0.05x", "(a bound, not a target)"]
+    assert "All shed" not in "\n".join(section(GOOD_CURVE))  # older runs: no such line
+    kafka = _run("kafka", "Apache Kafka 4.1.1", light_p99=12.5, max_rate=2100.0,
+                 broker_cpu=180.0)
+    kafka["end_to_end"]["curve"] = curve
+    older = _run("embedded", "embedded broker (tansu)", light_p99=25.7, max_rate=1692.3,
+                 broker_cpu=256.0)
+    older["end_to_end"]["curve"] = GOOD_CURVE
+    table = curve_comparison({"embedded": older, "kafka": kafka})
+    assert _row(table, "deadline: the CPU's goodput ceiling/s at 120%") == [MISSING, "92.3"]
+
+
 def test_results_md_sets_each_brokers_curve_side_by_side_and_links_the_plot(tmp_path):
     from bench.compare import MISSING, NOT_RUN, curve_comparison, document
 
