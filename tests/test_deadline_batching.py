@@ -9,7 +9,7 @@ import time
 import msgpack
 import pytest
 
-from tests.worker_harness import WorkerTopics
+from tests.worker_harness import WorkerTopics, wait_for_metric
 from tools.producer import generate_events
 from worker import codec
 
@@ -46,6 +46,7 @@ def test_a_request_that_cannot_meet_its_deadline_is_shed_without_model_time(
     results = kafka.consume(topics.results, len(plain), timeout_s=60)
     assert {codec.decode_message(r.value)["request_id"] for r in results} == {
         e.request_id for e in plain}
+    wait_for_metric(worker, "ranker_batch_size_sum", len(plain))
     assert worker.metric("ranker_batch_size_sum") == len(plain)  # ranked: those only
 
 
@@ -61,6 +62,7 @@ def test_the_fixed_policy_ranks_every_request(kafka, worker_factory):
     results = kafka.consume(topics.results, len(events), timeout_s=60)
     assert sorted(codec.decode_message(r.value)["request_id"] for r in results) == sorted(
         e.request_id for e in events)
+    wait_for_metric(worker, "ranker_batch_size_sum", len(events))
     # No scheduler ran: it predicts each batch's time.
     assert worker.metric("ranker_batch_seconds_count") == 0
     assert worker.metric("ranker_batch_size_sum") == len(events)
@@ -75,6 +77,7 @@ def test_the_deadline_policy_predicts_every_batch(kafka, worker_factory):
     now = int(time.time() * 1000)
     kafka.produce(topics.requests, [(e.key, e.encode(now)) for e in events])
     kafka.consume(topics.results, len(events), timeout_s=60)
+    wait_for_metric(worker, "ranker_batch_size_sum", len(events))
     batches = worker.metric("ranker_batch_size_count")
     assert worker.metric('ranker_batch_seconds_count{kind="predicted"}') == batches > 0
     assert worker.metric('ranker_batch_seconds_count{kind="actual"}') == batches

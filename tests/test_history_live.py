@@ -14,7 +14,7 @@ import pytest
 from phoenix.actions import ACTION_NAMES
 from tests.conftest import ON_KAFKA
 from tests.librdkafka_helpers import Reader
-from tests.worker_harness import WorkerTopics
+from tests.worker_harness import WorkerTopics, wait_for_metric
 from worker import codec, history, wire
 from worker.topics import history_changelog_topic
 
@@ -58,13 +58,6 @@ def assert_same_ranking(got: dict, expected: dict) -> None:
         [[c["probabilities"][a] for a in ACTION_NAMES] for c in got["ranked"]],
         [[c["probabilities"][a] for a in ACTION_NAMES] for c in expected["ranked"]],
         atol=1e-6)
-
-
-def wait_for_metric(worker, name: str, value: float, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while worker.metric(name) < value:
-        assert time.monotonic() < deadline, f"{name} = {worker.metric(name)}, waited for {value}"
-        time.sleep(0.1)
 
 
 def committed_total(kafka, group_id: str, topic: str) -> int:

@@ -10,6 +10,7 @@ against a broker, with its own topics and consumer group, and reads its readines
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 
 from tests.conftest import TEST_BROKER
@@ -68,3 +69,12 @@ class WorkerProcess(worker_process.WorkerProcess):
         self.bootstrap = bootstrap
         self.topics = topics
         self.group_id = self.args[self.args.index("--group-id") + 1]
+
+
+def wait_for_metric(worker, name: str, value: float, timeout_s: float = 30.0) -> None:
+    """Waits until `worker`'s metric `name` reaches `value`. A batch's metrics are observed
+    once its answers are acked, so a reader can see the answers first."""
+    deadline = time.monotonic() + timeout_s
+    while worker.metric(name) < value:
+        assert time.monotonic() < deadline, f"{name} = {worker.metric(name)}, waited for {value}"
+        time.sleep(0.1)
